@@ -1,0 +1,206 @@
+//! RFC 3339 timestamps as milliseconds since the Unix epoch, without allocation.
+//!
+//! Shared by the generator (which writes them) and eventide (which parses `createdAt`
+//! on the hot path and writes `windowStart`/`windowEnd`).
+
+/// Appends `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn push_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let (y, m, d) = civil_from_days(days);
+    let mut buf = [0u8; 24];
+    let y = y.clamp(0, 9999) as u32;
+    put(&mut buf[0..4], y, 4);
+    buf[4] = b'-';
+    put(&mut buf[5..7], m, 2);
+    buf[7] = b'-';
+    put(&mut buf[8..10], d, 2);
+    buf[10] = b'T';
+    put(&mut buf[11..13], sod / 3600, 2);
+    buf[13] = b':';
+    put(&mut buf[14..16], sod / 60 % 60, 2);
+    buf[16] = b':';
+    put(&mut buf[17..19], sod % 60, 2);
+    buf[19] = b'.';
+    put(&mut buf[20..23], millis, 3);
+    buf[23] = b'Z';
+    out.extend_from_slice(&buf);
+}
+
+/// `ms` as an RFC 3339 string (for tests and cold paths).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let mut v = Vec::with_capacity(24);
+    push_rfc3339_ms(&mut v, ms);
+    String::from_utf8(v).expect("ASCII")
+}
+
+fn put(dst: &mut [u8], mut v: u32, width: usize) {
+    for i in (0..width).rev() {
+        dst[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into epoch milliseconds
+/// (fractions below a millisecond are truncated). `None` if it is not RFC 3339.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let year = digits(&b[0..4])? as i64;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let hour = digits(&b[11..13])?;
+    let minute = digits(&b[14..16])?;
+    let second = digits(&b[17..19])?;
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0u32;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + (b[i] - b'0') as u32;
+            }
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 {
+            return None;
+        }
+        for _ in n..3 {
+            millis *= 10;
+        }
+    }
+    let offset_secs: i64 = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = digits(&b[i + 1..i + 3])? as i64;
+            let om = digits(&b[i + 4..i + 6])? as i64;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset_secs;
+    Some(secs * 1000 + millis as i64)
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as u32;
+    }
+    Some(v)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_round_trip() {
+        for ms in [
+            0i64,
+            1,
+            999,
+            1_767_225_600_123,
+            951_782_400_000,
+            -1,
+            -86_400_001,
+            4_102_444_799_999,
+        ] {
+            let s = rfc3339_ms(ms);
+            assert_eq!(parse_rfc3339_ms(&s), Some(ms), "{s}");
+        }
+        assert_eq!(rfc3339_ms(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_offsets_and_fractions() {
+        let z = parse_rfc3339_ms("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339_ms("2026-01-01T01:30:00+01:30"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2025-12-31T23:00:00-01:00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-01-01T00:00:00.5Z"), Some(z + 500));
+        assert_eq!(
+            parse_rfc3339_ms("2026-01-01T00:00:00.123456789Z"),
+            Some(z + 123)
+        );
+        assert_eq!(parse_rfc3339_ms("2026-01-01t00:00:00z"), Some(z));
+    }
+
+    #[test]
+    fn rejects_what_is_not_rfc3339() {
+        for s in [
+            "",
+            "yesterday",
+            "2026-01-01",
+            "2026-01-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00Zjunk",
+            "2026-01-01T00:00:00+0100",
+            "1e10",
+        ] {
+            assert_eq!(parse_rfc3339_ms(s), None, "{s}");
+        }
+    }
+}

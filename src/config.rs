@@ -1,0 +1,798 @@
+//! Configuration: TOML, strict (unknown keys are errors), then [`Config::validate`].
+//!
+//! Every error names the offending key path (`windows[1].slide`), so that
+//! `eventide check-config` can tell a user exactly what to fix.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::rules::expr;
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// A duration written as a string: `"500ms"`, `"5s"`, `"1m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn ms(self) -> i64 {
+        self.0.as_millis().min(i64::MAX as u128 / 4) as i64
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a duration string such as "500ms", "5s" or "1m""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s)
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub windows: Vec<WindowConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    File,
+    Stdin,
+    Simulator,
+    Kafka,
+    Http,
+}
+
+/// `[source]`. One table for every kind; `validate` rejects keys that do not
+/// belong to the chosen kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// file: the NDJSON file to read.
+    pub path: Option<PathBuf>,
+    /// simulator: number of devices (default 1000).
+    pub devices: Option<u32>,
+    /// simulator: events per second; 0 or absent is as fast as possible.
+    pub rate: Option<f64>,
+    /// simulator: stop after this many events.
+    pub count: Option<u64>,
+    /// simulator: stop after this much wall-clock time.
+    pub duration: Option<Dur>,
+    /// simulator: seed of the generated stream.
+    pub seed: Option<u64>,
+    /// simulator: fraction of messages re-sent as duplicates.
+    pub duplicates: Option<f64>,
+    /// simulator: largest lag of createdAt behind the device clock.
+    pub max_disorder: Option<Dur>,
+    /// simulator: fraction of malformed messages.
+    pub malformed: Option<f64>,
+    /// simulator: fraction of messages that are batches.
+    pub batch_fraction: Option<f64>,
+    /// simulator: events per batch.
+    pub batch_size: Option<u32>,
+    /// simulator: fields in complexData.
+    pub complex_fields: Option<u32>,
+    /// simulator: devices whose CO2 swings around `threshold`.
+    pub hot_devices: Option<u32>,
+    /// simulator: the CO2 threshold the hot devices cross.
+    pub threshold: Option<f64>,
+    /// simulator: each device reports about once per this event-time interval.
+    pub interval: Option<Dur>,
+    /// simulator: event time of the first event, RFC 3339 or "now" (the default).
+    pub start: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupeMode {
+    EventId,
+    DeviceSequence,
+    #[default]
+    Both,
+    None,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Partition actors (default: the number of cores).
+    pub partitions: Option<usize>,
+    /// How far behind the newest event time an event may arrive (default 5s).
+    pub max_out_of_order: Option<Dur>,
+    /// How long past its end (in watermark time) a window stays open (default 0s).
+    pub allowed_lateness: Option<Dur>,
+    /// After this long without events a partition's watermark follows the wall clock
+    /// (default 10s).
+    pub idle_timeout: Option<Dur>,
+    /// How duplicates are recognised (default both).
+    #[serde(default)]
+    pub dedupe: DedupeMode,
+    /// How long (in event time) event ids are remembered; default
+    /// max_out_of_order + allowed_lateness + the largest window.
+    pub dedupe_horizon: Option<Dur>,
+    /// Event types to keep; others are counted as filtered. Absent: keep all.
+    pub types: Option<Vec<String>>,
+}
+
+impl PipelineConfig {
+    pub fn partitions(&self) -> usize {
+        self.partitions.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+    }
+    pub fn max_out_of_order(&self) -> Dur {
+        self.max_out_of_order.unwrap_or(Dur(Duration::from_secs(5)))
+    }
+    pub fn allowed_lateness(&self) -> Dur {
+        self.allowed_lateness.unwrap_or_default()
+    }
+    pub fn idle_timeout(&self) -> Dur {
+        self.idle_timeout.unwrap_or(Dur(Duration::from_secs(10)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Tumbling,
+    Sliding,
+}
+
+/// `[[windows]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    pub name: String,
+    pub kind: WindowKind,
+    pub size: Dur,
+    /// sliding only: how far apart window starts are.
+    pub slide: Option<Dur>,
+}
+
+impl WindowConfig {
+    /// The slide, which for a tumbling window is its size.
+    pub fn slide(&self) -> Dur {
+        self.slide.unwrap_or(self.size)
+    }
+}
+
+/// `[[rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// The `[[windows]]` name whose closed windows the rule tests.
+    pub window: String,
+    /// Which windows the rule looks at, e.g. `type = 'CO2'`.
+    pub filter: Option<String>,
+    /// Raise when this holds, e.g. `avg > 1000`.
+    pub when: String,
+    /// Clear when this holds, e.g. `avg < 950` (default: when `when` no longer holds).
+    pub clear: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Windows,
+    Alerts,
+    Devices,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Jsonl,
+    Stdout,
+    Cosmos,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StdoutFormat {
+    /// One JSON record per line (the contract's records).
+    #[default]
+    Json,
+    /// Alerts one per line and a summary per closed window set, for people.
+    Pretty,
+}
+
+/// `[[sinks]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// Which records this sink receives (default: windows and alerts).
+    pub streams: Option<Vec<Stream>>,
+    /// jsonl: the file to write.
+    pub path: Option<PathBuf>,
+    /// jsonl: append to an existing file instead of replacing it (default false).
+    pub append: Option<bool>,
+    /// stdout: `json` (default) or `pretty`.
+    pub format: Option<StdoutFormat>,
+}
+
+impl SinkConfig {
+    pub fn streams(&self) -> Vec<Stream> {
+        self.streams
+            .clone()
+            .unwrap_or_else(|| vec![Stream::Windows, Stream::Alerts])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    #[default]
+    Jsonl,
+    Stdout,
+    Stderr,
+}
+
+/// `[dead_letter]`: where rejected input goes, with its reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    #[serde(default)]
+    pub kind: DeadLetterKind,
+    /// jsonl: the file (default `dead-letter.jsonl`).
+    pub path: Option<PathBuf>,
+    /// jsonl: append instead of replacing (default false).
+    pub append: Option<bool>,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            kind: DeadLetterKind::Jsonl,
+            path: None,
+            append: None,
+        }
+    }
+}
+
+impl DeadLetterConfig {
+    pub fn path(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("dead-letter.jsonl"))
+    }
+}
+
+/// `[server]`: the query and metrics endpoints.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP address (SQL, metrics, ingest).
+    pub http: Option<String>,
+    /// PostgreSQL wire protocol address.
+    pub postgres: Option<String>,
+    /// How long closed windows stay queryable.
+    pub retention: Option<Dur>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::invalid("(file)", one_line(&e.to_string())))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut key = e.path().to_string();
+            let message = one_line(&e.inner().to_string());
+            // For a missing field serde names the key only in its message: add it to the path.
+            let named = |marker: &str| {
+                message
+                    .split(marker)
+                    .nth(1)
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_owned)
+            };
+            if let Some(field) = named("unknown field `").or_else(|| named("missing field `")) {
+                if key == "." {
+                    key = field;
+                } else if !key.ends_with(&field) {
+                    key = format!("{key}.{field}");
+                }
+            }
+            ConfigError::invalid(key, message)
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what the types alone cannot: ranges, references, per-kind keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_source()?;
+        let p = &self.pipeline;
+        if let Some(n) = p.partitions {
+            if n == 0 || n > 1024 {
+                return Err(ConfigError::invalid(
+                    "pipeline.partitions",
+                    format!("must be between 1 and 1024, got {n}"),
+                ));
+            }
+        }
+        if p.idle_timeout.is_some_and(|d| d.0.is_zero()) {
+            return Err(ConfigError::invalid(
+                "pipeline.idle_timeout",
+                "must be greater than 0s",
+            ));
+        }
+        if let Some(types) = &p.types {
+            if types.is_empty() {
+                return Err(ConfigError::invalid(
+                    "pipeline.types",
+                    "is empty, so every event would be filtered; remove the key to keep all types",
+                ));
+            }
+        }
+        if self.windows.is_empty() {
+            return Err(ConfigError::invalid(
+                "windows",
+                "at least one [[windows]] table is required",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, w) in self.windows.iter().enumerate() {
+            let key = |k: &str| format!("windows[{i}].{k}");
+            check_name(&w.name, &key("name"))?;
+            if !names.insert(w.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("duplicate window name {:?}", w.name),
+                ));
+            }
+            if w.size.0.as_millis() == 0 || w.size.0.subsec_nanos() % 1_000_000 != 0 {
+                return Err(ConfigError::invalid(
+                    key("size"),
+                    format!("must be a whole number of milliseconds > 0, got {}", w.size),
+                ));
+            }
+            match (w.kind, w.slide) {
+                (WindowKind::Tumbling, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        key("slide"),
+                        "only sliding windows have a slide",
+                    ));
+                }
+                (WindowKind::Sliding, None) => {
+                    return Err(ConfigError::invalid(
+                        key("slide"),
+                        "a sliding window needs a slide",
+                    ));
+                }
+                (WindowKind::Sliding, Some(slide)) => {
+                    if slide.0.as_millis() == 0 || slide.0.subsec_nanos() % 1_000_000 != 0 {
+                        return Err(ConfigError::invalid(
+                            key("slide"),
+                            format!("must be a whole number of milliseconds > 0, got {slide}"),
+                        ));
+                    }
+                    if slide > w.size {
+                        return Err(ConfigError::invalid(
+                            key("slide"),
+                            format!("must not exceed size ({}), got {slide}", w.size),
+                        ));
+                    }
+                }
+                (WindowKind::Tumbling, None) => {}
+            }
+        }
+        let mut rule_names = HashSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            check_name(&r.name, &key("name"))?;
+            if !rule_names.insert(r.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("duplicate rule name {:?}", r.name),
+                ));
+            }
+            if !names.contains(r.window.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("window"),
+                    format!("no [[windows]] is named {:?}", r.window),
+                ));
+            }
+            let exprs = [
+                ("filter", r.filter.as_deref()),
+                ("when", Some(r.when.as_str())),
+                ("clear", r.clear.as_deref()),
+            ];
+            for (k, text) in exprs {
+                if let Some(text) = text {
+                    let parsed = expr::parse(text).map_err(|e| {
+                        ConfigError::invalid(key(k), format!("rule {:?}: {e}", r.name))
+                    })?;
+                    if k != "filter" && parsed.first_aggregate().is_none() {
+                        return Err(ConfigError::invalid(
+                            key(k),
+                            format!(
+                                "rule {:?}: the condition must test an aggregate (count, sum, avg, min, max)",
+                                r.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            self.validate_sink(i, s)?;
+        }
+        let d = &self.dead_letter;
+        if d.kind != DeadLetterKind::Jsonl && (d.path.is_some() || d.append.is_some()) {
+            let k = if d.path.is_some() { "path" } else { "append" };
+            return Err(ConfigError::invalid(
+                format!("dead_letter.{k}"),
+                "only the jsonl dead-letter kind writes a file",
+            ));
+        }
+        for (k, v) in [
+            ("http", &self.server.http),
+            ("postgres", &self.server.postgres),
+        ] {
+            if let Some(addr) = v {
+                addr.parse::<SocketAddr>().map_err(|e| {
+                    ConfigError::invalid(
+                        format!("server.{k}"),
+                        format!("not a socket address ({addr:?}): {e}"),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_source(&self) -> Result<(), ConfigError> {
+        let s = &self.source;
+        let set: Vec<(&str, bool)> = vec![
+            ("path", s.path.is_some()),
+            ("devices", s.devices.is_some()),
+            ("rate", s.rate.is_some()),
+            ("count", s.count.is_some()),
+            ("duration", s.duration.is_some()),
+            ("seed", s.seed.is_some()),
+            ("duplicates", s.duplicates.is_some()),
+            ("max_disorder", s.max_disorder.is_some()),
+            ("malformed", s.malformed.is_some()),
+            ("batch_fraction", s.batch_fraction.is_some()),
+            ("batch_size", s.batch_size.is_some()),
+            ("complex_fields", s.complex_fields.is_some()),
+            ("hot_devices", s.hot_devices.is_some()),
+            ("threshold", s.threshold.is_some()),
+            ("interval", s.interval.is_some()),
+            ("start", s.start.is_some()),
+        ];
+        let allowed: &[&str] = match s.kind {
+            SourceKind::File => &["path"],
+            SourceKind::Stdin => &[],
+            SourceKind::Simulator => &[
+                "devices",
+                "rate",
+                "count",
+                "duration",
+                "seed",
+                "duplicates",
+                "max_disorder",
+                "malformed",
+                "batch_fraction",
+                "batch_size",
+                "complex_fields",
+                "hot_devices",
+                "threshold",
+                "interval",
+                "start",
+            ],
+            SourceKind::Kafka | SourceKind::Http => {
+                return Err(ConfigError::invalid(
+                    "source.kind",
+                    format!("{:?} sources are not available in this version; use file, stdin or simulator", s.kind).to_lowercase(),
+                ));
+            }
+        };
+        for (k, present) in set {
+            if present && !allowed.contains(&k) {
+                return Err(ConfigError::invalid(
+                    format!("source.{k}"),
+                    format!("not a key of a {:?} source", s.kind).to_lowercase(),
+                ));
+            }
+        }
+        if s.kind == SourceKind::File && s.path.is_none() {
+            return Err(ConfigError::invalid(
+                "source.path",
+                "a file source needs a path",
+            ));
+        }
+        for (k, v) in [
+            ("duplicates", s.duplicates),
+            ("malformed", s.malformed),
+            ("batch_fraction", s.batch_fraction),
+        ] {
+            if let Some(v) = v {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::invalid(
+                        format!("source.{k}"),
+                        format!("must be between 0 and 1, got {v}"),
+                    ));
+                }
+            }
+        }
+        if s.rate.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
+            return Err(ConfigError::invalid("source.rate", "must be a number ≥ 0"));
+        }
+        if s.devices == Some(0) {
+            return Err(ConfigError::invalid("source.devices", "must be at least 1"));
+        }
+        if let Some(start) = &s.start {
+            if start != "now" && eventide_simulator::time::parse_rfc3339_ms(start).is_none() {
+                return Err(ConfigError::invalid(
+                    "source.start",
+                    format!("must be RFC 3339 or \"now\", got {start:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sink(&self, i: usize, s: &SinkConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("sinks[{i}].{k}");
+        match s.kind {
+            SinkKind::Jsonl => {
+                if s.path.is_none() {
+                    return Err(ConfigError::invalid(
+                        key("path"),
+                        "a jsonl sink needs a path",
+                    ));
+                }
+                if s.format.is_some() {
+                    return Err(ConfigError::invalid(
+                        key("format"),
+                        "only the stdout sink has a format",
+                    ));
+                }
+            }
+            SinkKind::Stdout => {
+                if s.path.is_some() || s.append.is_some() {
+                    let k = if s.path.is_some() { "path" } else { "append" };
+                    return Err(ConfigError::invalid(
+                        key(k),
+                        "the stdout sink writes no file",
+                    ));
+                }
+            }
+            SinkKind::Cosmos | SinkKind::Kafka => {
+                return Err(ConfigError::invalid(
+                    key("kind"),
+                    format!(
+                        "{:?} sinks are not available in this version; use jsonl or stdout",
+                        s.kind
+                    )
+                    .to_lowercase(),
+                ));
+            }
+        }
+        if let Some(streams) = &s.streams {
+            if streams.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("streams"),
+                    "is empty: name windows and/or alerts",
+                ));
+            }
+            if streams.contains(&Stream::Devices) {
+                return Err(ConfigError::invalid(
+                    key("streams"),
+                    "the devices stream is written by the cosmos sink only",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.contains('|') || name.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be non-empty without '|' or control characters, got {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [source]
+        kind = "file"
+        path = "events.ndjson"
+        [pipeline]
+        partitions = 2
+        max_out_of_order = "5s"
+        dedupe = "both"
+        [[windows]]
+        name = "tumbling_1m"
+        kind = "tumbling"
+        size = "1m"
+        [[windows]]
+        name = "sliding_5m"
+        kind = "sliding"
+        size = "5m"
+        slide = "1m"
+        [[rules]]
+        name = "co2_high"
+        window = "sliding_5m"
+        filter = "type = 'CO2'"
+        when = "avg > 1000"
+        clear = "avg < 950"
+        [[sinks]]
+        kind = "jsonl"
+        path = "out/windows.jsonl"
+    "#;
+
+    fn key_of(text: &str) -> String {
+        Config::parse(text)
+            .unwrap_err()
+            .key()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    #[test]
+    fn a_good_config_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.windows[1].slide().ms(), 60_000);
+        assert_eq!(c.pipeline.max_out_of_order().ms(), 5_000);
+        assert_eq!(c.sinks[0].streams(), vec![Stream::Windows, Stream::Alerts]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert_eq!(
+            key_of(&GOOD.replace("partitions = 2", "partitons = 2")),
+            "pipeline.partitons"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("size = \"1m\"", "sise = \"1m\"")),
+            "windows[0].sise"
+        );
+        assert_eq!(key_of(&format!("{GOOD}\n[bogus]\nx = 1")), "bogus");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert_eq!(
+            key_of(&GOOD.replace("size = \"1m\"", "size = \"1 fortnight\"")),
+            "windows[0].size"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("slide = \"1m\"", "slide = \"6m\"")),
+            "windows[1].slide"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("dedupe = \"both\"", "dedupe = \"sometimes\"")),
+            "pipeline.dedupe"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("partitions = 2", "partitions = 0")),
+            "pipeline.partitions"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("window = \"sliding_5m\"", "window = \"nope\"")),
+            "rules[0].window"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("avg > 1000", "avg >> 1000")),
+            "rules[0].when"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("avg < 950", "colour < 950")),
+            "rules[0].clear"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("path = \"events.ndjson\"", "")),
+            "source.path"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("path = \"events.ndjson\"", "path = \"e\"\nrate = 5.0")),
+            "source.rate"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("kind = \"jsonl\"", "kind = \"parquet\"")),
+            "sinks[0].kind"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("name = \"sliding_5m\"", "name = \"tumbling_1m\"")),
+            "windows[1].name"
+        );
+    }
+
+    #[test]
+    fn the_rule_name_is_in_an_expression_error() {
+        let err = Config::parse(&GOOD.replace("avg > 1000", "avg > ")).unwrap_err();
+        assert!(err.to_string().contains("co2_high"), "{err}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Stage 1: sources, de-batching and routing.
+//!
+//! In: bytes from a source (file, stdin, the built-in simulator).
+//! Out: per partition, a [`Msg::Work`]: a shared [`Block`] of whole lines and the
+//! byte ranges ([`Item`]s) of the events in it that belong to that partition.
+//!
+//! ```text
+//! source ──bytes──▶ Router ──Arc<Block> + Vec<Item>──▶ partition 0..N (bounded channels)
+//!                    │ split lines, de-batch JSON arrays,
+//!                    │ route by hash(deviceId) % N
+//! ```
+//! The router parses only as far as `deviceId`; the partition does the full decode, so
+//! decoding runs in parallel across partitions. Items travel as ranges into the shared
+//! block: no per-event allocation or copy. A message whose `deviceId` cannot be found
+//! is routed by line number; its partition's decode then dead-letters it with the reason.
+
+pub mod decode;
+pub mod file;
+pub mod simulator;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use serde_json::value::RawValue;
+
+/// Longest message accepted; a longer one is dead-lettered (reason `parse`).
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Target size of a block read from a source.
+pub const BLOCK_SIZE: usize = 512 << 10;
+
+/// Whole lines of input, shared by every partition that has events in it.
+#[derive(Debug)]
+pub struct Block {
+    pub data: Vec<u8>,
+    /// Where the bytes came from (a path, `stdin`, `simulator`), for dead-letter `source`.
+    pub origin: Arc<str>,
+    /// Line number (1-based) of the first line in `data`.
+    pub first_line: u64,
+    /// When the block was read, in ns since the pipeline started (latency tracking).
+    pub arrived_ns: u64,
+}
+
+/// One event (or one undecodable message) in a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Item {
+    pub start: u32,
+    pub end: u32,
+    /// Line offset from `Block::first_line`.
+    pub line: u32,
+    pub flags: u8,
+}
+
+impl Item {
+    /// The message was longer than [`MAX_MESSAGE`]; the range holds its beginning.
+    pub const OVERSIZE: u8 = 1;
+}
+
+/// What a partition actor receives.
+#[derive(Debug)]
+pub enum Msg {
+    Work {
+        block: Arc<Block>,
+        items: Vec<Item>,
+    },
+    /// The source is finite and has ended: close every window.
+    Eof,
+}
+
+/// The channel to the partitions is closed: the pipeline is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the partitions have stopped")]
+pub struct Disconnected;
+
+/// Splits blocks into events and sends each partition its share.
+pub struct Router {
+    senders: Vec<Sender<Msg>>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    next_line: u64,
+}
+
+impl Router {
+    pub fn new(senders: Vec<Sender<Msg>>, epoch: Instant, stop: Arc<AtomicBool>) -> Self {
+        Router {
+            senders,
+            epoch,
+            stop,
+            next_line: 1,
+        }
+    }
+
+    /// Whether a shutdown was requested (sources check between blocks).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Routes a block of whole lines (the last may lack its `\n`).
+    /// Blocks while a partition's queue is full: backpressure reaches the source.
+    pub fn route(&mut self, data: Vec<u8>, origin: &Arc<str>) -> Result<(), Disconnected> {
+        let n = self.senders.len();
+        let estimate = data.len() / 700 / n + 8;
+        let mut items: Vec<Vec<Item>> = (0..n).map(|_| Vec::with_capacity(estimate)).collect();
+        let mut line_no = 0u32;
+        let mut start = 0usize;
+        while start < data.len() {
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+            let mut line = &data[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            route_line(&data, start, line, line_no, &mut items);
+            line_no += 1;
+            start = end + 1;
+        }
+        let block = Arc::new(Block {
+            data,
+            origin: origin.clone(),
+            first_line: self.next_line,
+            arrived_ns: self.epoch.elapsed().as_nanos() as u64,
+        });
+        self.next_line += line_no as u64;
+        self.send(block, items)
+    }
+
+    /// Routes the beginning of a message longer than [`MAX_MESSAGE`], to be dead-lettered.
+    pub fn route_oversize(
+        &mut self,
+        prefix: Vec<u8>,
+        origin: &Arc<str>,
+    ) -> Result<(), Disconnected> {
+        let n = self.senders.len();
+        let mut items: Vec<Vec<Item>> = (0..n).map(|_| Vec::new()).collect();
+        let p = (self.next_line % n as u64) as usize;
+        items[p].push(Item {
+            start: 0,
+            end: prefix.len() as u32,
+            line: 0,
+            flags: Item::OVERSIZE,
+        });
+        let block = Arc::new(Block {
+            data: prefix,
+            origin: origin.clone(),
+            first_line: self.next_line,
+            arrived_ns: self.epoch.elapsed().as_nanos() as u64,
+        });
+        self.next_line += 1;
+        self.send(block, items)
+    }
+
+    fn send(&mut self, block: Arc<Block>, items: Vec<Vec<Item>>) -> Result<(), Disconnected> {
+        for (tx, items) in self.senders.iter().zip(items) {
+            if !items.is_empty() {
+                tx.send(Msg::Work {
+                    block: block.clone(),
+                    items,
+                })
+                .map_err(|_| Disconnected)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every partition that a finite source has ended.
+    pub fn finish(self) {
+        for tx in &self.senders {
+            let _ = tx.send(Msg::Eof);
+        }
+    }
+}
+
+/// Which partition a device belongs to.
+pub fn partition_of(device_id: &str, partitions: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(device_id.as_bytes()) % partitions as u64) as usize
+}
+
+fn route_line(data: &[u8], offset: usize, line: &[u8], line_no: u32, items: &mut [Vec<Item>]) {
+    let n = items.len();
+    let first = line.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(first) = first else { return }; // blank line: not a message
+    let by_line = line_no as usize % n;
+    let item = |s: usize, e: usize| Item {
+        start: s as u32,
+        end: e as u32,
+        line: line_no,
+        flags: 0,
+    };
+    if line[first] == b'[' {
+        // A batch: one item per element, each routed by its own deviceId.
+        if let Ok(elements) = serde_json::from_slice::<Vec<&RawValue>>(line) {
+            for el in elements {
+                let s = el.get().as_ptr() as usize - data.as_ptr() as usize;
+                let e = s + el.get().len();
+                let p = decode::device_key(&data[s..e]).map_or(by_line, |d| partition_of(&d, n));
+                items[p].push(item(s, e));
+            }
+            return;
+        }
+        // Not a valid array: the whole line is one bad message (decode says why).
+    }
+    let p = decode::device_key(line).map_or(by_line, |d| partition_of(&d, n));
+    items[p].push(item(offset, offset + line.len()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+
+    #[test]
+    fn lines_and_batches_are_split_and_routed_by_device() {
+        let (t0, r0) = bounded(8);
+        let (t1, r1) = bounded(8);
+        let mut router = Router::new(
+            vec![t0, t1],
+            Instant::now(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let ev = |d: &str| format!(r#"{{"eventId":"x","deviceId":"{d}"}}"#);
+        let text = format!(
+            "{}\n\n[{}, {}]\r\nbroken\n{}",
+            ev("a"),
+            ev("b"),
+            ev("a"),
+            ev("c")
+        );
+        router
+            .route(text.clone().into_bytes(), &Arc::from("f"))
+            .unwrap();
+        let mut seen = Vec::new();
+        for (p, rx) in [r0, r1].iter().enumerate() {
+            while let Ok(Msg::Work { block, items }) = rx.try_recv() {
+                for it in items {
+                    let s = std::str::from_utf8(&block.data[it.start as usize..it.end as usize])
+                        .unwrap();
+                    seen.push((p, it.line, s.to_owned()));
+                }
+            }
+        }
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        let part = |d: &str| partition_of(d, 2);
+        for (p, line, s) in &seen {
+            match s.as_str() {
+                "broken" => assert_eq!((*line, *p), (3, 3 % 2)),
+                s => {
+                    let d = decode::device_key(s.as_bytes()).unwrap();
+                    assert_eq!(*p, part(&d));
+                    assert!(s.starts_with('{') && s.ends_with('}'));
+                }
+            }
+        }
+        assert_eq!(
+            seen.iter().filter(|s| s.1 == 2).count(),
+            2,
+            "batch is line 2"
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! The partition actor: owns every piece of state for its devices.
+//!
+//! In: [`Msg`]s from the router (blocks of events, end of input).
+//! Out: [`Output`]s to the sink thread (closed windows as a `RecordBatch`, alerts,
+//! dead letters), one per block or watermark advance, never per event.
+//!
+//! Per event: decode → type filter → dedupe → watermark → (close due windows) →
+//! pane update. No locks, no logging, no metrics calls, and no allocation except
+//! for a device, type or series seen for the first time, or a rejected event's
+//! dead-letter record. Counts are kept in locals and published per block.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt64Array};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hashbrown::HashMap;
+use hdrhistogram::Histogram;
+
+use super::{Counts, PartitionStats, Settings};
+use crate::config::DedupeMode;
+use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker};
+use crate::event::{DeadLetter, Reason, now_ms, rfc3339_ms, window_schema};
+use crate::ingest::decode::{DecodeError, Event, decode};
+use crate::ingest::{Block, Item, Msg};
+use crate::rules::{RuleEngine, SeriesNames};
+use crate::sinks::Output;
+use crate::windows::{END_OF_TIME, WindowEngine, WindowOutput};
+
+/// Dense numbers for devices, types and (device, type) series.
+#[derive(Default)]
+pub struct Interner {
+    devices: HashMap<Box<str>, u32>,
+    device_names: Vec<Box<str>>,
+    types: HashMap<Box<str>, u32>,
+    type_names: Vec<Box<str>>,
+    series: PreHashedMap<u64, u32>,
+    /// Per series: (device, type).
+    series_keys: Vec<(u32, u32)>,
+}
+
+impl Interner {
+    #[inline]
+    pub fn intern_device(&mut self, name: &str) -> u32 {
+        if let Some(&d) = self.devices.get(name) {
+            return d;
+        }
+        let d = self.device_names.len() as u32;
+        self.devices.insert(name.into(), d);
+        self.device_names.push(name.into());
+        d
+    }
+
+    #[inline]
+    pub fn intern_series(&mut self, device: u32, kind: &str) -> u32 {
+        let t = match self.types.get(kind) {
+            Some(&t) => t,
+            None => {
+                let t = self.type_names.len() as u32;
+                self.types.insert(kind.into(), t);
+                self.type_names.push(kind.into());
+                t
+            }
+        };
+        let key = (device as u64) << 32 | t as u64;
+        let next = self.series_keys.len() as u32;
+        let s = *self.series.entry(key).or_insert(next);
+        if s == next {
+            self.series_keys.push((device, t));
+        }
+        s
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series_keys.len()
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.device_names.len()
+    }
+}
+
+impl SeriesNames for Interner {
+    fn device(&self, series: u32) -> &str {
+        &self.device_names[self.series_keys[series as usize].0 as usize]
+    }
+    fn kind(&self, series: u32) -> &str {
+        &self.type_names[self.series_keys[series as usize].1 as usize]
+    }
+}
+
+/// What a partition reports when it stops.
+#[derive(Debug)]
+pub struct PartitionReport {
+    pub partition: usize,
+    pub counts: Counts,
+    /// Event arrival → window close, µs.
+    pub latency: Histogram<u64>,
+    pub devices: usize,
+}
+
+/// One partition's state. See the module docs.
+pub struct Partition {
+    id: usize,
+    settings: Arc<Settings>,
+    names: Interner,
+    event_ids: EventIdSet,
+    seqs: SeqTracker,
+    windows: WindowEngine,
+    rules: RuleEngine,
+    /// Highest event time seen.
+    max_ts: i64,
+    /// max_ts - max_out_of_order, or later when idle; never moves back.
+    wm: i64,
+    counts: Counts,
+    stats: Arc<PartitionStats>,
+    rows: WindowOutput,
+    alerts: Vec<crate::event::Alert>,
+    dead: Vec<DeadLetter>,
+    latency: Histogram<u64>,
+    epoch: Instant,
+    tx: Sender<Output>,
+}
+
+impl Partition {
+    pub fn new(
+        id: usize,
+        settings: Arc<Settings>,
+        stats: Arc<PartitionStats>,
+        epoch: Instant,
+        tx: Sender<Output>,
+    ) -> Self {
+        let windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
+        let rules = RuleEngine::new(&settings.rules, windows.defs())
+            .expect("rules were validated with the config");
+        Partition {
+            id,
+            event_ids: EventIdSet::new(settings.dedupe_horizon_ms),
+            seqs: SeqTracker::default(),
+            windows,
+            rules,
+            names: Interner::default(),
+            max_ts: i64::MIN,
+            wm: i64::MIN,
+            counts: Counts::default(),
+            stats,
+            rows: WindowOutput::default(),
+            alerts: Vec::new(),
+            dead: Vec::new(),
+            latency: Histogram::new(3).expect("3 significant digits is valid"),
+            epoch,
+            tx,
+            settings,
+        }
+    }
+
+    /// Runs until end of input (closing every window) or until the router is dropped
+    /// (an interrupted run: what has closed is flushed, open windows are not).
+    pub fn run(mut self, rx: Receiver<Msg>) -> PartitionReport {
+        let idle = Duration::from_millis(self.settings.idle_timeout_ms.max(1) as u64);
+        let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut last_event = Instant::now();
+        let mut idle_clock: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(tick) {
+                Ok(Msg::Work { block, items }) => {
+                    self.on_block(&block, &items);
+                    last_event = Instant::now();
+                    idle_clock = None;
+                }
+                Ok(Msg::Eof) => {
+                    self.close(END_OF_TIME);
+                    self.flush();
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    if self.wm != i64::MIN && now.duration_since(last_event) >= idle {
+                        // Idle: event time follows the wall clock from here.
+                        let from = idle_clock.unwrap_or(last_event + idle);
+                        let advance = now.duration_since(from).as_millis() as i64;
+                        idle_clock = Some(now);
+                        if advance > 0 {
+                            self.wm = self.wm.saturating_add(advance);
+                            if self.windows.due(self.wm) {
+                                self.close(self.wm);
+                            }
+                            self.flush();
+                        }
+                    }
+                    self.publish();
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    break;
+                }
+            }
+        }
+        self.publish();
+        PartitionReport {
+            partition: self.id,
+            counts: self.counts,
+            latency: self.latency,
+            devices: self.names.device_count(),
+        }
+    }
+
+    /// Processes one block's events for this partition, then hands the outputs on.
+    pub fn on_block(&mut self, block: &Block, items: &[Item]) {
+        for it in items {
+            self.counts.received += 1;
+            let raw = &block.data[it.start as usize..it.end as usize];
+            if it.flags & Item::OVERSIZE != 0 {
+                self.reject(
+                    Reason::Parse,
+                    format!("message exceeds {} bytes", crate::ingest::MAX_MESSAGE),
+                    raw,
+                    block,
+                    it,
+                );
+                continue;
+            }
+            match decode(raw) {
+                Ok(ev) => self.on_event(ev, raw, block, it),
+                Err(DecodeError::Parse(e)) => self.reject(Reason::Parse, e, raw, block, it),
+                Err(DecodeError::Schema(e)) => self.reject(Reason::Schema, e, raw, block, it),
+            }
+        }
+        self.event_ids.advance(self.wm);
+        self.flush();
+        self.publish();
+    }
+
+    #[inline]
+    fn on_event(&mut self, ev: Event<'_>, raw: &[u8], block: &Block, it: &Item) {
+        if ev.ts > self.max_ts {
+            self.max_ts = ev.ts;
+            let candidate = ev.ts.saturating_sub(self.settings.ooo_ms);
+            if candidate > self.wm {
+                self.wm = candidate;
+                if self.windows.due(self.wm) {
+                    self.close(self.wm);
+                }
+            }
+        }
+        if let Some(types) = &self.settings.types {
+            if !types.iter().any(|t| **t == *ev.kind) {
+                self.counts.filtered += 1;
+                return;
+            }
+        }
+        let device = self.names.intern_device(&ev.device_id);
+        let mode = self.settings.dedupe;
+        if matches!(mode, DedupeMode::EventId | DedupeMode::Both)
+            && self.event_ids.check_and_insert(&ev.event_id, self.wm)
+        {
+            self.counts.duplicate += 1;
+            return;
+        }
+        if matches!(mode, DedupeMode::DeviceSequence | DedupeMode::Both)
+            && self.seqs.check(device, ev.seq) == SeqCheck::Duplicate
+        {
+            self.counts.duplicate += 1;
+            return;
+        }
+        let series = self.names.intern_series(device, &ev.kind);
+        if self
+            .windows
+            .update(series, ev.ts, ev.value, block.arrived_ns)
+        {
+            self.counts.aggregated += 1;
+        } else {
+            self.counts.late += 1;
+            let error = format!(
+                "createdAt {} is behind the watermark {}: every window it belongs to has closed",
+                rfc3339_ms(ev.ts),
+                rfc3339_ms(self.wm)
+            );
+            self.dead
+                .push(dead_letter(Reason::Late, error, raw, block, it));
+        }
+    }
+
+    fn reject(&mut self, reason: Reason, error: String, raw: &[u8], block: &Block, it: &Item) {
+        self.counts.dead_lettered += 1;
+        self.dead.push(dead_letter(reason, error, raw, block, it));
+    }
+
+    /// Closes the windows the watermark `wm` has passed and runs the rules on them.
+    fn close(&mut self, wm: i64) {
+        let from = self.rows.len();
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        self.windows.close(
+            wm,
+            self.names.series_count(),
+            now_ns,
+            &mut self.rows,
+            &mut self.latency,
+        );
+        self.rules.evaluate(
+            &self.rows,
+            from,
+            self.windows.defs(),
+            &self.names,
+            &mut self.alerts,
+        );
+    }
+
+    /// Hands closed windows, alerts and dead letters to the sinks.
+    fn flush(&mut self) {
+        if self.rows.is_empty() && self.alerts.is_empty() && self.dead.is_empty() {
+            return;
+        }
+        self.counts.windows += self.rows.len() as u64;
+        self.counts.alerts += self.alerts.len() as u64;
+        let windows = (!self.rows.is_empty()).then(|| self.record_batch());
+        self.rows.clear();
+        let out = Output {
+            windows,
+            alerts: std::mem::take(&mut self.alerts),
+            dead: std::mem::take(&mut self.dead),
+        };
+        // The sink thread only goes away when the pipeline is failing; the run reports that.
+        let _ = self.tx.send(out);
+    }
+
+    /// The closed windows as an Arrow batch in [`window_schema`].
+    fn record_batch(&self) -> RecordBatch {
+        let r = &self.rows;
+        let n = r.len();
+        let defs = self.windows.defs();
+        let mut window = StringBuilder::with_capacity(n, n * 12);
+        let mut device = StringBuilder::with_capacity(n, n * 24);
+        let mut kind = StringBuilder::with_capacity(n, n * 4);
+        for i in 0..n {
+            window.append_value(&*defs[r.window[i] as usize].name);
+            device.append_value(self.names.device(r.series[i]));
+            kind.append_value(self.names.kind(r.series[i]));
+        }
+        let avg: Vec<f64> = r
+            .sum
+            .iter()
+            .zip(&r.count)
+            .map(|(s, c)| s / *c as f64)
+            .collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(window.finish()),
+            Arc::new(device.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(TimestampMillisecondArray::from(r.start.clone()).with_timezone("UTC")),
+            Arc::new(TimestampMillisecondArray::from(r.end.clone()).with_timezone("UTC")),
+            Arc::new(UInt64Array::from(r.count.clone())),
+            Arc::new(Float64Array::from(r.sum.clone())),
+            Arc::new(Float64Array::from(avg)),
+            Arc::new(Float64Array::from(r.min.clone())),
+            Arc::new(Float64Array::from(r.max.clone())),
+        ];
+        RecordBatch::try_new(window_schema(), columns).expect("columns match the window schema")
+    }
+
+    /// Publishes the local counts for status lines and the final report.
+    fn publish(&mut self) {
+        self.counts.gaps = self.seqs.gaps;
+        self.counts.open_alerts = self.rules.open;
+        self.stats.store(&self.counts, self.wm);
+    }
+}
+
+fn dead_letter(reason: Reason, error: String, raw: &[u8], block: &Block, it: &Item) -> DeadLetter {
+    DeadLetter {
+        reason,
+        error,
+        payload: String::from_utf8_lossy(raw).into_owned(),
+        source: format!("{}:{}", block.origin, block.first_line + it.line as u64),
+        received_at: rfc3339_ms(now_ms()),
+    }
+}
+
+impl PartitionStats {
+    fn store(&self, c: &Counts, wm: i64) {
+        let s = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        s(&self.received, c.received);
+        s(&self.aggregated, c.aggregated);
+        s(&self.duplicate, c.duplicate);
+        s(&self.filtered, c.filtered);
+        s(&self.late, c.late);
+        s(&self.dead_lettered, c.dead_lettered);
+        s(&self.windows, c.windows);
+        s(&self.alerts, c.alerts);
+        s(&self.gaps, c.gaps);
+        self.watermark.store(wm, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,117 @@
+//! Window records as JSON, written straight from the Arrow columns.
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
+
+use crate::event::{col, push_rfc3339_ms};
+
+/// Appends row `row` of a closed-window batch as the contract's window record:
+/// `id`, `window`, `deviceId`, `type`, `windowStart`, `windowEnd`, `count`, `sum`,
+/// `avg`, `min`, `max`. The id is `{window}|{deviceId}|{type}|{windowStart}`.
+pub fn window_record(batch: &RecordBatch, row: usize, out: &mut Vec<u8>) {
+    let text = |c: usize| batch.column(c).as_string::<i32>().value(row);
+    let ts = |c: usize| {
+        batch
+            .column(c)
+            .as_primitive::<TimestampMillisecondType>()
+            .value(row)
+    };
+    let f = |c: usize| batch.column(c).as_primitive::<Float64Type>().value(row);
+    let (window, device, kind) = (text(col::WINDOW), text(col::DEVICE_ID), text(col::TYPE));
+    let (start, end) = (ts(col::WINDOW_START), ts(col::WINDOW_END));
+
+    out.extend_from_slice(b"{\"id\":\"");
+    escape_into(window, out);
+    out.push(b'|');
+    escape_into(device, out);
+    out.push(b'|');
+    escape_into(kind, out);
+    out.push(b'|');
+    push_rfc3339_ms(out, start);
+    out.extend_from_slice(b"\",\"window\":\"");
+    escape_into(window, out);
+    out.extend_from_slice(b"\",\"deviceId\":\"");
+    escape_into(device, out);
+    out.extend_from_slice(b"\",\"type\":\"");
+    escape_into(kind, out);
+    out.extend_from_slice(b"\",\"windowStart\":\"");
+    push_rfc3339_ms(out, start);
+    out.extend_from_slice(b"\",\"windowEnd\":\"");
+    push_rfc3339_ms(out, end);
+    out.extend_from_slice(b"\",\"count\":");
+    let count = batch
+        .column(col::COUNT)
+        .as_primitive::<UInt64Type>()
+        .value(row);
+    out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
+    for (name, c) in [
+        ("sum", col::SUM),
+        ("avg", col::AVG),
+        ("min", col::MIN),
+        ("max", col::MAX),
+    ] {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        number_into(f(c), out);
+    }
+    out.push(b'}');
+}
+
+/// A JSON number; non-finite values (a sum that overflowed) become `null`.
+pub fn number_into(v: f64, out: &mut Vec<u8>) {
+    if v.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Appends `s` as the inside of a JSON string.
+pub fn escape_into(s: &str, out: &mut Vec<u8>) {
+    let b = s.as_bytes();
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&b[from..i]);
+                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
+                from = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[from..i]);
+        out.extend_from_slice(esc);
+        from = i + 1;
+    }
+    out.extend_from_slice(&b[from..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_round_trips_through_a_json_parser() {
+        for s in [
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "new\nline",
+            "\u{1}ctl",
+            "ünï",
+        ] {
+            let mut out = b"\"".to_vec();
+            escape_into(s, &mut out);
+            out.push(b'"');
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{Dur, WindowConfig, WindowKind};
+
+fn win(name: &str, size_ms: u64, slide_ms: Option<u64>) -> WindowConfig {
+    WindowConfig {
+        name: name.into(),
+        kind: if slide_ms.is_some() {
+            WindowKind::Sliding
+        } else {
+            WindowKind::Tumbling
+        },
+        size: Dur(std::time::Duration::from_millis(size_ms)),
+        slide: slide_ms.map(|s| Dur(std::time::Duration::from_millis(s))),
+    }
+}
+
+type Key = (u16, u32, i64); // window, series, start
+type Agg = (u64, i64, i64, i64); // count, sum, min, max (integer values: exact sums)
+
+fn naive(defs: &[WindowConfig], events: &[(u32, i64, i64)]) -> BTreeMap<Key, Agg> {
+    let mut m = BTreeMap::new();
+    for (w, d) in defs.iter().enumerate() {
+        let size = d.size.ms();
+        let slide = d.slide().ms();
+        for &(series, t, v) in events {
+            let mut s = align_down(t, slide);
+            while s > t - size {
+                let e = m
+                    .entry((w as u16, series, s))
+                    .or_insert((0, 0, i64::MAX, i64::MIN));
+                e.0 += 1;
+                e.1 += v;
+                e.2 = e.2.min(v);
+                e.3 = e.3.max(v);
+                s -= slide;
+            }
+        }
+    }
+    m
+}
+
+/// Feeds events in arrival order with watermark = max t - ooo, closing as it goes.
+fn stream(
+    defs: &[WindowConfig],
+    arrivals: &[(u32, i64, i64)],
+    ooo: i64,
+    lateness: i64,
+) -> (BTreeMap<Key, Agg>, usize) {
+    let mut e = WindowEngine::new(defs, lateness);
+    let mut out = WindowOutput::default();
+    let mut hist = Histogram::new(3).unwrap();
+    let mut wm = i64::MIN;
+    let mut late = 0;
+    for &(series, t, v) in arrivals {
+        wm = wm.max(t - ooo);
+        if e.due(wm) {
+            e.close(wm, 16, 0, &mut out, &mut hist);
+        }
+        if !e.update(series, t, v as f64, 0) {
+            late += 1;
+        }
+    }
+    e.close(END_OF_TIME, 16, 0, &mut out, &mut hist);
+    assert_eq!(e.open_panes(), 0, "every pane is recycled at the end");
+    let mut m = BTreeMap::new();
+    for i in 0..out.len() {
+        let key = (out.window[i], out.series[i], out.start[i]);
+        let size = defs[out.window[i] as usize].size.ms();
+        assert_eq!(out.end[i], out.start[i] + size);
+        let prev = m.insert(
+            key,
+            (
+                out.count[i],
+                out.sum[i] as i64,
+                out.min[i] as i64,
+                out.max[i] as i64,
+            ),
+        );
+        assert!(prev.is_none(), "window {key:?} emitted twice");
+    }
+    (m, late)
+}
+
+#[test]
+fn tumbling_windows_are_epoch_aligned() {
+    let defs = [win("t", 60_000, None)];
+    let events = [(1, -1, 4), (0, 59_999, 1), (0, 60_000, 2), (0, 119_999, 3)];
+    let (got, late) = stream(&defs, &events, 0, 0);
+    assert_eq!(late, 0);
+    assert_eq!(got, naive(&defs, &events));
+    assert!(
+        got.contains_key(&(0, 1, -60_000)),
+        "negative times align down"
+    );
+}
+
+#[test]
+fn late_events_are_rejected_only_when_every_window_is_closed() {
+    let defs = [win("t", 1000, None), win("s", 5000, Some(1000))];
+    let mut e = WindowEngine::new(&defs, 0);
+    let mut out = WindowOutput::default();
+    let mut hist = Histogram::new(3).unwrap();
+    assert!(e.update(0, 500, 1.0, 0));
+    e.close(2500, 1, 0, &mut out, &mut hist);
+    // [0,1000) tumbling closed; sliding windows containing 500 end at 1000..5000.
+    assert_eq!(
+        out.len(),
+        3,
+        "tumbling [0,1s), sliding [-4s,1s) and [-3s,2s)"
+    );
+    assert!(
+        e.update(0, 600, 1.0, 0),
+        "still open in the sliding windows"
+    );
+    e.close(10_000, 1, 0, &mut out, &mut hist);
+    assert!(!e.update(0, 700, 1.0, 0), "late for everything");
+}
+
+#[test]
+fn allowed_lateness_keeps_windows_open_longer() {
+    let defs = [win("t", 1000, None)];
+    let mut e = WindowEngine::new(&defs, 2000);
+    let mut out = WindowOutput::default();
+    let mut hist = Histogram::new(3).unwrap();
+    e.update(0, 10, 1.0, 0);
+    e.close(2999, 1, 0, &mut out, &mut hist);
+    assert!(out.is_empty());
+    assert!(!e.due(2999));
+    assert!(e.update(0, 20, 1.0, 0));
+    assert!(e.due(3000));
+    e.close(3000, 1, 0, &mut out, &mut hist);
+    assert_eq!(out.count, vec![2]);
+}
+
+#[test]
+fn a_pane_shared_by_two_definitions_is_updated_once() {
+    let defs = [win("t", 60_000, None), win("s", 300_000, Some(60_000))];
+    let e = WindowEngine::new(&defs, 0);
+    assert_eq!(e.stores.len(), 1);
+    let defs = [win("t", 60_000, None), win("s", 300_000, Some(120_000))];
+    assert_eq!(
+        WindowEngine::new(&defs, 0).stores.len(),
+        1,
+        "gcd(300s,120s)=60s"
+    );
+    let defs = [win("t", 7_000, None), win("s", 300_000, Some(120_000))];
+    assert_eq!(WindowEngine::new(&defs, 0).stores.len(), 2);
+}
+
+#[test]
+fn a_watermark_jump_does_not_walk_empty_windows() {
+    let defs = [win("s", 10_000, Some(1))];
+    let mut e = WindowEngine::new(&defs, 0);
+    let mut out = WindowOutput::default();
+    let mut hist = Histogram::new(3).unwrap();
+    e.update(0, 0, 1.0, 0);
+    e.update(0, 1_000_000_000_000, 1.0, 0);
+    let started = std::time::Instant::now();
+    e.close(END_OF_TIME, 1, 0, &mut out, &mut hist);
+    assert_eq!(out.len(), 20_000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+fn arb_case()
+-> impl Strategy<Value = (Vec<(u32, i64, i64)>, Vec<i64>, i64, Vec<(u64, Option<u64>)>)> {
+    let defs = prop::collection::vec(
+        prop_oneof![
+            (1u64..20).prop_map(|s| (s * 500, None)),
+            (1u64..6, 1u64..6).prop_map(|(k, slide)| (slide * 500 * k, Some(slide * 500))),
+        ],
+        1..4,
+    );
+    (
+        prop::collection::vec((0u32..6, -30_000i64..120_000, -50i64..50), 1..300),
+        prop::collection::vec(0i64..4_000, 300),
+        0i64..4_000,
+        defs,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever the arrival order within the out-of-order bound, the streamed windows
+    /// equal a naive recomputation, and nothing is late.
+    #[test]
+    fn streaming_windows_equal_naive_recomputation((events, delays, ooo, defs) in arb_case()) {
+        let defs: Vec<WindowConfig> = defs
+            .iter()
+            .enumerate()
+            .map(|(i, (size, slide))| win(&format!("w{i}"), *size, *slide))
+            .collect();
+        // Arrival order: by event time plus a delay of at most `ooo`.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|&i| (events[i].1 + delays[i] % (ooo + 1), i));
+        let arrivals: Vec<_> = order.iter().map(|&i| events[i]).collect();
+        let (got, late) = stream(&defs, &arrivals, ooo, 0);
+        prop_assert_eq!(late, 0);
+        prop_assert_eq!(got, naive(&defs, &events));
+    }
+}
