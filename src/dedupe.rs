@@ -100,6 +100,8 @@ impl EventIdSet {
 struct SeqState {
     /// One past the highest sequence number seen; 0 before the first.
     next: u64,
+    /// The first number seen: gaps are counted above it only.
+    first: u64,
     bits: [u64; WORDS],
 }
 
@@ -141,6 +143,7 @@ impl SeqTracker {
                 }
             } else {
                 s.bits = [0; WORDS];
+                s.first = seq;
             }
             let (w, m) = bit(seq);
             s.bits[w] |= m;
@@ -155,7 +158,10 @@ impl SeqTracker {
             return SeqCheck::Duplicate;
         }
         s.bits[w] |= m;
-        self.gaps = self.gaps.saturating_sub(1);
+        if seq > s.first {
+            // It filled a gap counted when the mark jumped past it.
+            self.gaps = self.gaps.saturating_sub(1);
+        }
         SeqCheck::New
     }
 }
@@ -201,7 +207,12 @@ mod tests {
         assert_eq!(t.check(0, 12), SeqCheck::New);
         assert_eq!(t.gaps, 1);
         assert_eq!(t.check(0, 12), SeqCheck::Duplicate);
-        assert_eq!(t.check(1, 0), SeqCheck::New, "devices are independent");
+        assert_eq!(t.check(1, 5), SeqCheck::New, "devices are independent");
+        assert_eq!(t.check(1, 4), SeqCheck::New);
+        assert_eq!(
+            t.gaps, 1,
+            "a number below the first seen is not a gap filled"
+        );
         assert_eq!(t.check(0, 13 + SEQ_WINDOW * 3), SeqCheck::New);
         assert_eq!(t.check(0, 13 + SEQ_WINDOW * 3), SeqCheck::Duplicate);
         assert_eq!(

@@ -1,0 +1,92 @@
+//! Every example in config/ validates, and bad configs name the offending key.
+
+use std::process::Command;
+
+use eventide::config::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_eventide");
+
+#[test]
+fn every_example_config_validates() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let out = Command::new(BIN)
+                .arg("check-config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "config/ holds the examples ({n} found)");
+}
+
+#[test]
+fn the_embedded_demo_config_is_valid() {
+    let c = Config::parse(eventide::DEMO_CONFIG).unwrap();
+    assert_eq!(c.rules.len(), 1);
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_non_zero() {
+    let good =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/file.toml")).unwrap();
+    let cases = [
+        (
+            "max_out_of_order = \"5s\"",
+            "max_out_of_ordr = \"5s\"",
+            "pipeline.max_out_of_ordr",
+        ),
+        (
+            "max_out_of_order = \"5s\"",
+            "max_out_of_order = \"five\"",
+            "pipeline.max_out_of_order",
+        ),
+        ("dedupe = \"both\"", "dedupe = \"maybe\"", "pipeline.dedupe"),
+        ("slide = \"1m\"", "slide = \"10m\"", "windows[1].slide"),
+        ("when = \"avg > 1000\"", "when = \"avg >\"", "rules[0].when"),
+        (
+            "window = \"sliding_5m\"",
+            "window = \"hourly\"",
+            "rules[0].window",
+        ),
+        (
+            "kind = \"jsonl\"",
+            "kind = \"jsonl\"\nformat = \"pretty\"",
+            "sinks[0].format",
+        ),
+        ("[pipeline]", "[pipeline]\nworkers = 3", "pipeline.workers"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to, key) in cases {
+        assert!(good.contains(from), "{from}");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{key}:")),
+            "expected the key {key} in: {stderr}"
+        );
+    }
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("/no/such.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,461 @@
+//! End to end: simulator output → eventide → windows, alerts and dead letters,
+//! checked against the independent reference model in `common`.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use common::*;
+use eventide::config::Config;
+use eventide::pipeline::{self, Status};
+use eventide_simulator::SimConfig;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_eventide");
+
+fn config_text(dir: &Path, source: &str, partitions: usize, extra_pipeline: &str) -> String {
+    format!(
+        r#"
+[source]
+{source}
+
+[pipeline]
+partitions = {partitions}
+max_out_of_order = "5s"
+allowed_lateness = "2s"
+dedupe = "both"
+{extra_pipeline}
+
+[[windows]]
+name = "tumbling_1m"
+kind = "tumbling"
+size = "1m"
+
+[[windows]]
+name = "sliding_5m"
+kind = "sliding"
+size = "5m"
+slide = "1m"
+
+[[rules]]
+name = "co2_high"
+window = "sliding_5m"
+filter = "type = 'CO2'"
+when = "avg > 1000"
+clear = "avg < 950"
+
+[[sinks]]
+kind = "jsonl"
+path = "{out}"
+streams = ["windows", "alerts"]
+
+[dead_letter]
+kind = "jsonl"
+path = "{dead}"
+"#,
+        out = dir.join("out.jsonl").display(),
+        dead = dir.join("dead.jsonl").display(),
+    )
+}
+
+fn model(partitions: usize) -> Model {
+    Model {
+        partitions,
+        ooo: 5_000,
+        lateness: 2_000,
+        windows: vec![
+            WindowSpec {
+                name: "tumbling_1m".into(),
+                size: 60_000,
+                slide: 60_000,
+            },
+            WindowSpec {
+                name: "sliding_5m".into(),
+                size: 300_000,
+                slide: 60_000,
+            },
+        ],
+        rules: vec![RuleSpec {
+            name: "co2_high".into(),
+            window: "sliding_5m".into(),
+            kind: "CO2".into(),
+            above: 1000.0,
+            below: 950.0,
+        }],
+        types: None,
+    }
+}
+
+/// Messy input: duplicates, malformed lines, batches, and disorder beyond the
+/// out-of-order bound (so some events are late). ~33 minutes of event time.
+fn messy_input(events: u64, seed: u64) -> Vec<u8> {
+    generate(
+        SimConfig {
+            devices: 300,
+            seed,
+            interval_ms: 30_000,
+            duplicate_fraction: 0.02,
+            malformed_fraction: 0.01,
+            batch_fraction: 0.1,
+            batch_size: 8,
+            // Beyond the 5-minute sliding window for some: late for every window.
+            max_disorder_ms: 400_000,
+            hot_devices: 15,
+            complex_fields: 4,
+            ..SimConfig::default()
+        },
+        events,
+    )
+}
+
+#[test]
+fn simulated_input_matches_the_reference_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = messy_input(30_000, 7);
+    let path = dir.path().join("events.ndjson");
+    std::fs::write(&path, &input).unwrap();
+    let cfg = Config::parse(&config_text(
+        dir.path(),
+        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
+        3,
+        "",
+    ))
+    .unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+
+    let exp = model(3).expect(&input);
+    let messy = (exp.late, exp.duplicate, exp.parse, exp.schema);
+    assert!(
+        exp.late > 100 && exp.duplicate > 100 && exp.parse > 10 && exp.schema > 10,
+        "the input is messy enough: {messy:?}"
+    );
+    assert!(
+        exp.alerts.values().any(|a| a.0 == "cleared"),
+        "hysteresis is exercised"
+    );
+    let c = report.counts;
+    assert!(report.completed);
+    assert!(c.balanced(), "{c}");
+    assert_eq!(c.received, 30_000);
+    assert_eq!(
+        (
+            c.received,
+            c.aggregated,
+            c.duplicate,
+            c.filtered,
+            c.late,
+            c.dead_lettered
+        ),
+        (
+            exp.received,
+            exp.aggregated,
+            exp.duplicate,
+            exp.filtered,
+            exp.late,
+            exp.parse + exp.schema
+        )
+    );
+    assert_eq!(c.gaps, exp.gaps, "sequence gaps");
+
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_windows(&out, &exp.windows);
+    assert_alerts(&out, &exp.alerts);
+    assert_eq!(c.windows as usize, exp.windows.len());
+
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    let by = |r: &str| dead.iter().filter(|d| d["reason"] == r).count() as u64;
+    assert_eq!(
+        (by("parse"), by("schema"), by("late")),
+        (exp.parse, exp.schema, exp.late)
+    );
+    let lines: Vec<&str> = std::str::from_utf8(&input).unwrap().lines().collect();
+    for d in &dead {
+        let source = d["source"].as_str().unwrap();
+        let (file, line) = source.rsplit_once(':').unwrap();
+        assert_eq!(file, path.display().to_string());
+        let line: usize = line.parse().unwrap();
+        let payload = d["payload"].as_str().unwrap();
+        assert!(
+            lines[line - 1].contains(payload),
+            "payload is the raw message or event at {source}"
+        );
+        assert!(!d["error"].as_str().unwrap().is_empty());
+        assert!(eventide::event::parse_rfc3339_ms(d["receivedAt"].as_str().unwrap()).is_some());
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_number_of_partitions_when_nothing_is_late() {
+    let input = generate(
+        SimConfig {
+            devices: 100,
+            interval_ms: 20_000,
+            max_disorder_ms: 4_000,
+            duplicate_fraction: 0.05,
+            complex_fields: 2,
+            ..SimConfig::default()
+        },
+        8_000,
+    );
+    let mut outputs = Vec::new();
+    for partitions in [1, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        std::fs::write(&path, &input).unwrap();
+        let cfg = Config::parse(&config_text(
+            dir.path(),
+            &format!("kind = \"file\"\npath = \"{}\"", path.display()),
+            partitions,
+            "",
+        ))
+        .unwrap();
+        let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+        assert_eq!(report.counts.late, 0);
+        let exp = model(partitions).expect(&input);
+        let out = read_jsonl(&dir.path().join("out.jsonl"));
+        assert_windows(&out, &exp.windows);
+        outputs.push(exp.windows);
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+#[test]
+fn the_type_filter_counts_filtered_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(
+        SimConfig {
+            devices: 50,
+            complex_fields: 1,
+            ..SimConfig::default()
+        },
+        3_000,
+    );
+    let path = dir.path().join("events.ndjson");
+    std::fs::write(&path, &input).unwrap();
+    let cfg = Config::parse(&config_text(
+        dir.path(),
+        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
+        2,
+        "types = [\"TEMP\"]",
+    ))
+    .unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let mut m = model(2);
+    m.types = Some(vec!["TEMP".into()]);
+    let exp = m.expect(&input);
+    assert!(exp.filtered > 1000);
+    assert_eq!(report.counts.filtered, exp.filtered);
+    assert!(report.counts.balanced());
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert!(out.iter().all(|r| r["type"] == "TEMP"));
+    assert_windows(&out, &exp.windows);
+}
+
+#[test]
+fn a_late_event_goes_to_dead_letter_with_reason_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = |id: &str, t: &str| {
+        format!(
+            r#"{{"eventId":"{id}","deviceId":"d1","deviceSequenceNumber":{},"type":"CO2","value":1.0,"createdAt":"{t}"}}"#,
+            id.len()
+        )
+    };
+    let input = [
+        ev("a", "2026-01-01T00:00:10Z"),
+        ev("bb", "2026-01-01T00:10:00Z"),
+        ev("ccc", "2026-01-01T00:00:20Z"),
+    ]
+    .join("\n");
+    let path = dir.path().join("events.ndjson");
+    std::fs::write(&path, &input).unwrap();
+    let cfg = Config::parse(&config_text(
+        dir.path(),
+        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
+        1,
+        "",
+    ))
+    .unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    assert_eq!((report.counts.aggregated, report.counts.late), (2, 1));
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "late");
+    assert_eq!(dead[0]["payload"], ev("ccc", "2026-01-01T00:00:20Z"));
+    assert_eq!(dead[0]["source"], format!("{}:3", path.display()));
+}
+
+fn run_binary(config: &str, dir: &Path, stdin: Option<&[u8]>) -> (i32, String) {
+    let cfg_path = dir.join("eventide.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(bytes).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_reads_stdin_and_reports_balanced_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = messy_input(5_000, 3);
+    let (code, stderr) = run_binary(
+        &config_text(dir.path(), "kind = \"stdin\"", 2, ""),
+        dir.path(),
+        Some(&input),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("input complete") && stderr.contains("(adds up)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("received") || stderr.contains("5000 events"),
+        "{stderr}"
+    );
+    let exp = model(2).expect(&input);
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_windows(&out, &exp.windows);
+    assert_alerts(&out, &exp.alerts);
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    assert!(
+        dead.iter()
+            .all(|d| d["source"].as_str().unwrap().starts_with("stdin:"))
+    );
+    assert_eq!(dead.len() as u64, exp.parse + exp.schema + exp.late);
+}
+
+#[test]
+fn a_missing_input_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_binary(
+        &config_text(
+            dir.path(),
+            "kind = \"file\"\npath = \"/no/such/file.ndjson\"",
+            1,
+            "",
+        ),
+        dir.path(),
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/no/such/file.ndjson"), "{stderr}");
+}
+
+#[test]
+fn an_interrupted_run_flushes_what_has_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 event-seconds per wall second: 1-second windows close continuously.
+    let source = "kind = \"simulator\"\ndevices = 50\nrate = 2000.0\ninterval = \"100ms\"\nstart = \"2026-01-01T00:00:00Z\"\nmax_disorder = \"200ms\"";
+    let config =
+        config_text(dir.path(), source, 2, "").replace("size = \"1m\"\n", "size = \"1s\"\n");
+    let cfg_path = dir.path().join("eventide.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("(adds up)"),
+        "{stderr}"
+    );
+    let windows = read_jsonl(&dir.path().join("out.jsonl")); // every line parses
+    let tumbling = windows
+        .iter()
+        .filter(|w| w["window"] == "tumbling_1m")
+        .count();
+    assert!(
+        tumbling > 50,
+        "closed windows were written before exit: {tumbling}"
+    );
+}
+
+#[test]
+fn an_idle_partition_closes_its_windows_by_processing_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(
+        dir.path(),
+        "kind = \"stdin\"",
+        1,
+        "idle_timeout = \"200ms\"",
+    )
+    .replace("size = \"1m\"\n", "size = \"1s\"\n");
+    let cfg_path = dir.path().join("eventide.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"eventId":"a","deviceId":"quiet","deviceSequenceNumber":1,"type":"CO2","value":5,"createdAt":"2026-01-01T00:00:00.100Z"}}"#).unwrap();
+    stdin.flush().unwrap();
+    // No more input: the watermark (00:00:00.100 - 5s) must follow the wall clock until
+    // the 1-second window closes (end + 2s lateness + 5s out-of-order ≈ 8s).
+    let started = Instant::now();
+    let mut found: Vec<Value> = Vec::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        found = read_jsonl(&dir.path().join("out.jsonl"));
+        if !found.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "the window closed while the input was still open"
+    );
+    assert_eq!(
+        found[0]["id"],
+        "tumbling_1m|quiet|CO2|2026-01-01T00:00:00.000Z"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "not before the watermark could pass it"
+    );
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let all = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(
+        all.iter().filter(|w| w["window"] == "sliding_5m").count(),
+        5,
+        "the rest closed at end of input"
+    );
+}
