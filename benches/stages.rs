@@ -1,1 +1,169 @@
-fn main() {}
+//! Per-stage benches: decode, route scan, dedupe, window update, rule evaluation.
+//! `cargo bench --bench stages`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eventide::config::{Config, Dur, WindowConfig, WindowKind};
+use eventide::dedupe::{EventIdSet, SeqTracker};
+use eventide::ingest::decode::{decode, device_key};
+use eventide::rules::{RuleEngine, SeriesNames};
+use eventide::windows::{WindowEngine, WindowOutput};
+use eventide_simulator::{Generator, SimConfig};
+
+fn events(n: u64) -> Vec<Vec<u8>> {
+    let mut g = Generator::new(SimConfig {
+        devices: 2000,
+        complex_fields: 20,
+        duplicate_fraction: 0.0,
+        ..SimConfig::default()
+    });
+    (0..n)
+        .map(|_| {
+            let mut v = Vec::new();
+            g.next_message(&mut v, 1);
+            v.pop();
+            v
+        })
+        .collect()
+}
+
+fn windows() -> Vec<WindowConfig> {
+    let d = |s| Dur(std::time::Duration::from_secs(s));
+    vec![
+        WindowConfig {
+            name: "tumbling_1m".into(),
+            kind: WindowKind::Tumbling,
+            size: d(60),
+            slide: None,
+        },
+        WindowConfig {
+            name: "sliding_5m".into(),
+            kind: WindowKind::Sliding,
+            size: d(300),
+            slide: Some(d(60)),
+        },
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let evs = events(10_000);
+    let bytes: u64 = evs.iter().map(|e| e.len() as u64).sum();
+    let mut g = c.benchmark_group("stages");
+    g.throughput(Throughput::Elements(evs.len() as u64));
+
+    g.bench_function(
+        format!("decode ({} B/event)", bytes / evs.len() as u64),
+        |b| {
+            b.iter(|| {
+                for e in &evs {
+                    black_box(decode(e).unwrap().value);
+                }
+            })
+        },
+    );
+    g.bench_function("route: find deviceId", |b| {
+        b.iter(|| {
+            for e in &evs {
+                black_box(device_key(e).unwrap().len());
+            }
+        })
+    });
+
+    let decoded: Vec<_> = evs.iter().map(|e| decode(e).unwrap()).collect();
+    let ids: Vec<String> = decoded.iter().map(|e| e.event_id.to_string()).collect();
+    g.bench_function("dedupe: event id", |b| {
+        let mut set = EventIdSet::new(360_000);
+        let mut wm = 0i64;
+        b.iter(|| {
+            for id in &ids {
+                wm += 1;
+                set.advance(wm);
+                black_box(set.check_and_insert(id, wm));
+            }
+        })
+    });
+    g.bench_function("dedupe: device sequence", |b| {
+        let mut t = SeqTracker::default();
+        let mut round = 0u64;
+        b.iter(|| {
+            round += 1;
+            for (i, e) in decoded.iter().enumerate() {
+                black_box(t.check((i % 2000) as u32, e.seq + round * 100));
+            }
+        })
+    });
+
+    let series: Vec<(u32, i64, f64)> = decoded
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ((i % 4000) as u32, e.ts, e.value))
+        .collect();
+    g.bench_function("window update: tumbling 1m + sliding 5m/1m", |b| {
+        let mut w = WindowEngine::new(&windows(), 0);
+        let mut shift = 0i64;
+        let mut out = WindowOutput::default();
+        let mut hist = hdrhistogram::Histogram::new(3).unwrap();
+        b.iter(|| {
+            for &(s, t, v) in &series {
+                black_box(w.update(s, t + shift, v, 0));
+            }
+            // Move on in event time, closing what passed (as the pipeline does).
+            shift += 600_000;
+            w.close(
+                series.last().unwrap().1 + shift - 600_000,
+                4000,
+                0,
+                &mut out,
+                &mut hist,
+            );
+            out.clear();
+        })
+    });
+
+    struct Names;
+    impl SeriesNames for Names {
+        fn device(&self, _: u32) -> &str {
+            "contoso-device-id-000042"
+        }
+        fn kind(&self, s: u32) -> &str {
+            if s % 2 == 0 { "CO2" } else { "TEMP" }
+        }
+    }
+    let cfg = Config::parse(concat!(
+        "[source]\nkind = \"stdin\"\n[[windows]]\nname = \"sliding_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\n",
+        "[[rules]]\nname = \"co2_high\"\nwindow = \"sliding_5m\"\nfilter = \"type = 'CO2'\"\nwhen = \"avg > 1000\"\nclear = \"avg < 950\"\n"
+    ))
+    .unwrap();
+    let engine = WindowEngine::new(&cfg.windows, 0);
+    let mut rows = WindowOutput::default();
+    for i in 0..10_000u32 {
+        let avg = 900.0 + (i % 7) as f64 * 40.0;
+        rows.push(
+            0,
+            i % 4000,
+            0,
+            300_000,
+            10,
+            avg * 10.0,
+            avg - 5.0,
+            avg + 5.0,
+        );
+    }
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    g.bench_function(
+        "rule: moving average with hysteresis (per window row)",
+        |b| {
+            let mut rules = RuleEngine::new(&cfg.rules, engine.defs()).unwrap();
+            let mut alerts = Vec::new();
+            b.iter(|| {
+                rules.evaluate(&rows, 0, engine.defs(), &Names, &mut alerts);
+                alerts.clear();
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,1 +1,195 @@
-fn main() {}
+//! End-to-end throughput harness: N simulated events (~820 bytes, 2,000 devices) from a
+//! file through the whole pipeline (tumbling 1m + sliding 5m/1m + one moving-average
+//! rule, 2 partitions, JSONL sinks), reporting events/s, CPU-seconds per million
+//! events, arrival → window-close latency percentiles and peak RSS.
+//!
+//! `cargo bench --bench throughput`  (EVENTIDE_BENCH_EVENTS=N to change N, default 1M;
+//! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2)
+
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use eventide::config::Config;
+use eventide::pipeline::{self, Status};
+use eventide_simulator::{Generator, SimConfig};
+
+fn main() {
+    // `cargo bench` passes --bench; anything else (e.g. `cargo test --benches`) only checks it runs.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = if quick {
+        20_000
+    } else {
+        env("EVENTIDE_BENCH_EVENTS", 1_000_000)
+    };
+    let partitions = env("EVENTIDE_BENCH_PARTITIONS", 2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = std::env::var_os("EVENTIDE_BENCH_INPUT")
+        .filter(|_| !quick)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("events.ndjson"));
+    if !input.exists() {
+        generate(&input, n);
+    }
+    let bytes = std::fs::metadata(&input).expect("input").len();
+    // Warm the page cache (the harness measures the pipeline, not the disk) without
+    // holding the file in memory.
+    let mut f = std::fs::File::open(&input).expect("input");
+    let mut chunk = vec![0u8; 1 << 20];
+    while f.read(&mut chunk).expect("read input") > 0 {}
+    drop(chunk);
+    run(n, partitions, dir.path(), &input, bytes);
+}
+
+/// Writes `n` simulated events (~820 bytes each, 2,000 devices) to `path`.
+fn generate(path: &Path, n: u64) {
+    let mut g = Generator::new(SimConfig {
+        devices: 2000,
+        complex_fields: 20,
+        hot_devices: 40,
+        ..SimConfig::default()
+    });
+    let mut w =
+        BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create input"));
+    let mut buf = Vec::with_capacity(1 << 16);
+    while g.stats().events < n {
+        buf.clear();
+        for _ in 0..64 {
+            if g.stats().events >= n {
+                break;
+            }
+            g.next_message(&mut buf, n - g.stats().events);
+        }
+        w.write_all(&buf).expect("write input");
+    }
+    w.flush().expect("flush input");
+}
+
+fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
+    let cfg = Config::parse(&format!(
+        r#"
+[source]
+kind = "file"
+path = "{input}"
+[pipeline]
+partitions = {partitions}
+max_out_of_order = "5s"
+dedupe = "both"
+[[windows]]
+name = "tumbling_1m"
+kind = "tumbling"
+size = "1m"
+[[windows]]
+name = "sliding_5m"
+kind = "sliding"
+size = "5m"
+slide = "1m"
+[[rules]]
+name = "co2_high"
+window = "sliding_5m"
+filter = "type = 'CO2'"
+when = "avg > 1000"
+clear = "avg < 950"
+[[sinks]]
+kind = "jsonl"
+path = "{out}"
+[dead_letter]
+path = "{dead}"
+"#,
+        input = input.display(),
+        out = dir.join("out.jsonl").display(),
+        dead = dir.join("dead.jsonl").display(),
+    ))
+    .expect("bench config");
+
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let report =
+        pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).expect("pipeline run");
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    assert!(report.counts.balanced(), "accounting: {}", report.counts);
+    assert_eq!(
+        report.counts.received, n,
+        "EVENTIDE_BENCH_INPUT holds a different number of events"
+    );
+
+    let q = |p: f64| report.latency.value_at_quantile(p) as f64 / 1000.0;
+    println!("eventide throughput harness");
+    println!("  machine:      {}", machine());
+    println!(
+        "  input:        {n} events, {:.0} bytes/event, {} devices, {} partitions",
+        bytes as f64 / n as f64,
+        report.devices,
+        partitions
+    );
+    println!("  outcome:      {}", report.counts);
+    println!(
+        "  throughput:   {:.0} events/s ({:.1} MB/s), wall {wall:.2} s",
+        n as f64 / wall,
+        bytes as f64 / wall / 1e6
+    );
+    println!(
+        "  cpu:          {:.3} CPU-s per million events ({cpu:.2} CPU-s total)",
+        cpu / (n as f64 / 1e6)
+    );
+    println!(
+        "  latency:      arrival -> window close p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    );
+    println!("  peak RSS:     {:.0} MiB", peak_rss_kib() as f64 / 1024.0);
+}
+
+/// User + system CPU time of this process, from /proc (Linux; clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores, {mem} GiB RAM")
+}

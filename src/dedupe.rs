@@ -19,9 +19,17 @@ use hashbrown::HashMap;
 pub const SEQ_WINDOW: u64 = 1024;
 const WORDS: usize = (SEQ_WINDOW / 64) as usize;
 
-/// Hasher for keys that are already uniform hashes.
+/// Hasher for keys that are already uniform hashes (`u128` event-id hashes: used as
+/// they are) or dense integers (`u32`/`u64` ids: mixed so that both the low bits, which
+/// pick the bucket, and the high bits, which hashbrown keeps as a tag, vary).
 #[derive(Default, Clone, Copy)]
 pub struct PreHashed(u64);
+
+#[inline]
+fn mix(v: u64) -> u64 {
+    let x = (v ^ (v >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
 
 impl Hasher for PreHashed {
     fn finish(&self) -> u64 {
@@ -29,18 +37,17 @@ impl Hasher for PreHashed {
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = mix(self.0.rotate_left(8) ^ b as u64);
         }
     }
     fn write_u128(&mut self, v: u128) {
         self.0 = v as u64;
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+        self.0 = mix(v);
     }
     fn write_u32(&mut self, v: u32) {
-        // Spread small dense integers over the table.
-        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = mix(v as u64);
     }
 }
 
@@ -195,6 +202,18 @@ mod tests {
             s.check_and_insert(&i.to_string(), wm);
             assert!(s.len() <= 1000 + 1000 / 4 + 2);
         }
+    }
+
+    #[test]
+    fn dense_keys_spread_over_buckets() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<PreHashed>::default();
+        // Series keys are device << 32 | type: the low bits alone must not decide.
+        let mut low: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for device in 0..1000u64 {
+            low.insert(b.hash_one(device << 32 | 1) & 1023);
+        }
+        assert!(low.len() > 500, "only {} of 1024 buckets used", low.len());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub fn read_lines(
         origin: origin.clone(),
         source,
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK_SIZE);
+    let mut buf: Vec<u8> = router.buffer(BLOCK_SIZE);
     // Set while skipping the rest of an over-long line.
     let mut skipping = false;
     loop {
@@ -75,10 +75,9 @@ pub fn read_lines(
             continue; // a long line: read more before routing
         };
         // An over-long tail after the last newline is caught on a later round.
-        let rest = buf[last_nl + 1..].to_vec();
+        let mut next = router.buffer(BLOCK_SIZE);
+        next.extend_from_slice(&buf[last_nl + 1..]);
         buf.truncate(last_nl + 1);
-        let full = std::mem::replace(&mut buf, Vec::with_capacity(BLOCK_SIZE + rest.len()));
-        router.route(full, &origin)?;
-        buf.extend_from_slice(&rest);
+        router.route(std::mem::replace(&mut buf, next), &origin)?;
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use serde_json::value::RawValue;
 
 /// Longest message accepted; a longer one is dead-lettered (reason `parse`).
@@ -31,15 +31,28 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 pub const BLOCK_SIZE: usize = 512 << 10;
 
 /// Whole lines of input, shared by every partition that has events in it.
+/// When the last partition drops it, its buffer goes back to the router's pool, so a
+/// long run reuses a few buffers instead of faulting in fresh pages for every block.
 #[derive(Debug)]
 pub struct Block {
     pub data: Vec<u8>,
+    recycle: Option<Sender<Vec<u8>>>,
     /// Where the bytes came from (a path, `stdin`, `simulator`), for dead-letter `source`.
     pub origin: Arc<str>,
     /// Line number (1-based) of the first line in `data`.
     pub first_line: u64,
     /// When the block was read, in ns since the pipeline started (latency tracking).
     pub arrived_ns: u64,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.recycle {
+            let mut data = std::mem::take(&mut self.data);
+            data.clear();
+            let _ = pool.try_send(data); // pool full: let it go
+        }
+    }
 }
 
 /// One event (or one undecodable message) in a block.
@@ -79,15 +92,31 @@ pub struct Router {
     epoch: Instant,
     stop: Arc<AtomicBool>,
     next_line: u64,
+    /// Buffers of dropped blocks, for sources to fill again.
+    pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
 }
 
 impl Router {
     pub fn new(senders: Vec<Sender<Msg>>, epoch: Instant, stop: Arc<AtomicBool>) -> Self {
+        // Enough buffers for every queued block (16 per partition) plus a few in flight.
+        let pool = bounded(senders.len() * 16 + 8);
         Router {
             senders,
             epoch,
             stop,
             next_line: 1,
+            pool,
+        }
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes, recycled when possible.
+    pub fn buffer(&self, capacity: usize) -> Vec<u8> {
+        match self.pool.1.try_recv() {
+            Ok(mut v) => {
+                v.reserve(capacity);
+                v
+            }
+            Err(_) => Vec::with_capacity(capacity),
         }
     }
 
@@ -120,6 +149,7 @@ impl Router {
         }
         let block = Arc::new(Block {
             data,
+            recycle: Some(self.pool.0.clone()),
             origin: origin.clone(),
             first_line: self.next_line,
             arrived_ns: self.epoch.elapsed().as_nanos() as u64,
@@ -145,6 +175,7 @@ impl Router {
         });
         let block = Arc::new(Block {
             data: prefix,
+            recycle: None,
             origin: origin.clone(),
             first_line: self.next_line,
             arrived_ns: self.epoch.elapsed().as_nanos() as u64,
@@ -210,7 +241,6 @@ fn route_line(data: &[u8], offset: usize, line: &[u8], line_no: u32, items: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::bounded;
 
     #[test]
     fn lines_and_batches_are_split_and_routed_by_device() {
