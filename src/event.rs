@@ -1,58 +1,12 @@
 //! The data model every stage shares: the decoded event, the output records and
 //! the Arrow schema of closed windows.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 pub use eventide_simulator::time::{parse_rfc3339_ms, push_rfc3339_ms, rfc3339_ms};
-
-/// One event as it arrives, borrowed from the input bytes. Strings are `Cow` so that
-/// only a string with escapes allocates; `complexData` is checked to be an object
-/// (its contents are skipped, not built: the bytes stay in the input).
-#[derive(Debug, Deserialize)]
-pub struct RawEvent<'a> {
-    #[serde(rename = "eventId", borrow)]
-    pub event_id: Cow<'a, str>,
-    #[serde(rename = "deviceId", borrow)]
-    pub device_id: Cow<'a, str>,
-    #[serde(rename = "deviceSequenceNumber")]
-    pub seq: u64,
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    pub value: f64,
-    #[serde(rename = "createdAt", borrow)]
-    pub created_at: Cow<'a, str>,
-    #[serde(rename = "complexData", default)]
-    pub complex_data: Option<ComplexData>,
-}
-
-/// `complexData`: an object (or null), validated and skipped without allocating.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ComplexData;
-
-impl<'de> Deserialize<'de> for ComplexData {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ComplexData;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("complexData as an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ComplexData, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(ComplexData)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<ComplexData, E> {
-                Ok(ComplexData)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
 
 /// An alert state change produced by a rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
