@@ -63,8 +63,6 @@ impl Syntax {
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
-    /// Whether `b` is known to be valid UTF-8.
-    utf8_checked: bool,
 }
 
 /// Bytes that end the fast scan of a string: `"`, `\\` and control characters.
@@ -108,9 +106,11 @@ fn digits(b: &[u8], mut i: usize) -> usize {
         .unwrap_or(b.len() - i)
 }
 
-/// Index of the first `"`, `\\` or control character at or after `i`, if any.
+/// Index of the first `"`, `\\` or control character at or after `i`, if any, and
+/// whether a non-ASCII byte came before it.
 #[inline]
-fn string_stop(b: &[u8], mut i: usize) -> Option<usize> {
+fn string_stop(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut high = 0u64;
     while i + 8 <= b.len() {
         let x = word(b, i);
         // Zero-byte tests (exact for the lowest flagged byte, as borrows run upward).
@@ -120,14 +120,20 @@ fn string_stop(b: &[u8], mut i: usize) -> Option<usize> {
             | (x.wrapping_sub(ONES * 0x20) & !x))
             & HIGH;
         if flags != 0 {
-            return Some(i + (flags.trailing_zeros() / 8) as usize);
+            let n = flags.trailing_zeros() / 8;
+            let before = if n == 0 {
+                0
+            } else {
+                x & (u64::MAX >> (64 - 8 * n))
+            };
+            return Some((i + n as usize, (high | before) & HIGH != 0));
         }
+        high |= x;
         i += 8;
     }
-    b[i..]
-        .iter()
-        .position(|&c| STRING_STOP[c as usize])
-        .map(|n| i + n)
+    let n = b[i..].iter().position(|&c| STRING_STOP[c as usize])?;
+    let tail_high = b[i..i + n].iter().any(|&c| c >= 0x80);
+    Some((i + n, high & HIGH != 0 || tail_high))
 }
 
 /// A known field's value while scanning.
@@ -165,11 +171,14 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, Syntax> {
         let start = self.i + 1;
         // One pass for the closing quote, an escape or a control character.
-        let Some(k) = string_stop(self.b, start) else {
+        let Some((k, non_ascii)) = string_stop(self.b, start) else {
             return Err(Syntax(self.b.len(), "unterminated string"));
         };
         match self.b[k] {
             b'"' => {
+                if non_ascii && std::str::from_utf8(&self.b[start..k]).is_err() {
+                    return Err(Syntax(start, "invalid UTF-8 in string"));
+                }
                 self.i = k + 1;
                 Ok(Cow::Borrowed(self.text(start, k)))
             }
@@ -178,18 +187,16 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `b[from..to]` as text. `decode` checked the whole message is UTF-8, and string
-    /// bounds sit next to ASCII quotes, so the slice is UTF-8 too: re-checking only
-    /// costs time on the hot path. (The router's cheap scan checks it.)
+    /// `b[from..to]` as text, for a range already checked: the inside of a string
+    /// (checked by `string`: ASCII, or validated when a byte ≥ 0x80 was seen) or a
+    /// number (ASCII by its grammar).
     #[inline]
     fn text(&self, from: usize, to: usize) -> &'a str {
-        if self.utf8_checked {
-            // SAFETY: see above; `from..to` lies between ASCII `"` bytes (or message
-            // bounds) of a buffer validated as UTF-8 by `decode`.
-            unsafe { std::str::from_utf8_unchecked(&self.b[from..to]) }
-        } else {
-            std::str::from_utf8(&self.b[from..to]).unwrap_or("")
-        }
+        let bytes = &self.b[from..to];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: every caller passes a range that `string` or `number` has checked to
+        // be UTF-8 (see above); re-validating only costs time on the hot path.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     #[cold]
@@ -428,17 +435,7 @@ const FIELDS: [&str; 6] = [
 
 /// Parses and validates one event.
 pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
-    if let Err(e) = std::str::from_utf8(b) {
-        return Err(DecodeError::Parse(format!(
-            "invalid UTF-8 at byte {}",
-            e.valid_up_to()
-        )));
-    }
-    let mut s = Scanner {
-        b,
-        i: 0,
-        utf8_checked: true,
-    };
+    let mut s = Scanner { b, i: 0 };
     let mut schema: Option<String> = None;
     let mut found: [Option<Found<'_>>; 6] = Default::default();
     scan(&mut s, &mut found, &mut schema).map_err(|e| e.into_error(b))?;
@@ -644,11 +641,7 @@ pub fn device_key(b: &[u8]) -> Option<Cow<'_, str>> {
             if b.get(i) != Some(&b'"') {
                 return None;
             }
-            let mut s = Scanner {
-                b,
-                i,
-                utf8_checked: false,
-            };
+            let mut s = Scanner { b, i };
             return s.string().ok();
         }
         i = skip_structure(b, i)?;
@@ -744,7 +737,7 @@ mod swar_tests {
             let slow_stop = b[from..]
                 .iter()
                 .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .map(|n| from + n);
+                .map(|n| (from + n, b[from..from + n].iter().any(|&c| c >= 0x80)));
             assert_eq!(string_stop(&b, from), slow_stop, "{b:?} from {from}");
         }
     }
