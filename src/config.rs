@@ -381,13 +381,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_source()?;
         let p = &self.pipeline;
-        if let Some(n) = p.partitions {
-            if n == 0 || n > 1024 {
-                return Err(ConfigError::invalid(
-                    "pipeline.partitions",
-                    format!("must be between 1 and 1024, got {n}"),
-                ));
-            }
+        if let Some(n) = p.partitions
+            && (n == 0 || n > 1024)
+        {
+            return Err(ConfigError::invalid(
+                "pipeline.partitions",
+                format!("must be between 1 and 1024, got {n}"),
+            ));
         }
         if p.idle_timeout.is_some_and(|d| d.0.is_zero()) {
             return Err(ConfigError::invalid(
@@ -395,13 +395,13 @@ impl Config {
                 "must be greater than 0s",
             ));
         }
-        if let Some(types) = &p.types {
-            if types.is_empty() {
-                return Err(ConfigError::invalid(
-                    "pipeline.types",
-                    "is empty, so every event would be filtered; remove the key to keep all types",
-                ));
-            }
+        if let Some(types) = &p.types
+            && types.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "pipeline.types",
+                "is empty, so every event would be filtered; remove the key to keep all types",
+            ));
         }
         if self.windows.is_empty() {
             return Err(ConfigError::invalid(
@@ -586,13 +586,13 @@ impl Config {
             ("malformed", s.malformed),
             ("batch_fraction", s.batch_fraction),
         ] {
-            if let Some(v) = v {
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(ConfigError::invalid(
-                        format!("source.{k}"),
-                        format!("must be between 0 and 1, got {v}"),
-                    ));
-                }
+            if let Some(v) = v
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(ConfigError::invalid(
+                    format!("source.{k}"),
+                    format!("must be between 0 and 1, got {v}"),
+                ));
             }
         }
         if s.rate.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
@@ -601,13 +601,14 @@ impl Config {
         if s.devices == Some(0) {
             return Err(ConfigError::invalid("source.devices", "must be at least 1"));
         }
-        if let Some(start) = &s.start {
-            if start != "now" && eventide_simulator::time::parse_rfc3339_ms(start).is_none() {
-                return Err(ConfigError::invalid(
-                    "source.start",
-                    format!("must be RFC 3339 or \"now\", got {start:?}"),
-                ));
-            }
+        if let Some(start) = &s.start
+            && start != "now"
+            && eventide_simulator::time::parse_rfc3339_ms(start).is_none()
+        {
+            return Err(ConfigError::invalid(
+                "source.start",
+                format!("must be RFC 3339 or \"now\", got {start:?}"),
+            ));
         }
         Ok(())
     }

@@ -459,3 +459,32 @@ fn an_idle_partition_closes_its_windows_by_processing_time() {
         "the rest closed at end of input"
     );
 }
+
+#[test]
+fn a_failing_sink_stops_the_run_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(
+        SimConfig {
+            devices: 50,
+            complex_fields: 2,
+            ..SimConfig::default()
+        },
+        20_000,
+    );
+    let path = dir.path().join("events.ndjson");
+    std::fs::write(&path, &input).unwrap();
+    // /dev/full accepts the open and fails every write (ENOSPC).
+    let config = config_text(
+        dir.path(),
+        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
+        2,
+        "",
+    )
+    .replace(
+        &dir.path().join("out.jsonl").display().to_string(),
+        "/dev/full",
+    );
+    let (code, stderr) = run_binary(&config, dir.path(), None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("write failed"), "{stderr}");
+}

@@ -159,7 +159,7 @@ impl Generator {
     /// Whether device `d` is one of the hot devices.
     pub fn is_hot(&self, d: u32) -> bool {
         self.hot_stride != 0
-            && d % self.hot_stride == 0
+            && d.is_multiple_of(self.hot_stride)
             && d / self.hot_stride < self.cfg.hot_devices
     }
 
@@ -291,15 +291,15 @@ impl Generator {
             1 => {
                 let at = text.find("\"value\":").expect("event has a value") + 8;
                 let end = at + text[at..].find(',').expect("value is followed by a field");
-                out.extend_from_slice(text[..at].as_bytes());
+                out.extend_from_slice(&text.as_bytes()[..at]);
                 out.extend_from_slice(b"\"n/a\"");
-                out.extend_from_slice(text[end..].as_bytes());
+                out.extend_from_slice(&text.as_bytes()[end..]);
             }
             2 => {
                 let at = text.find("\"createdAt\":\"").expect("event has createdAt") + 13;
-                out.extend_from_slice(text[..at].as_bytes());
+                out.extend_from_slice(&text.as_bytes()[..at]);
                 out.extend_from_slice(b"yesterday");
-                out.extend_from_slice(text[at + 24..].as_bytes());
+                out.extend_from_slice(&text.as_bytes()[at + 24..]);
             }
             3 => out.extend_from_slice(&ev[..ev.len() / 2]),
             _ => out.extend_from_slice(b"#garbage from a flaky gateway"),

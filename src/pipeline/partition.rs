@@ -122,6 +122,9 @@ pub struct Partition {
     latency: Histogram<u64>,
     epoch: Instant,
     tx: Sender<Output>,
+    /// The sink thread has stopped (it failed): stop too, so the source stops and the
+    /// run reports the sink's error instead of computing results nobody stores.
+    sinks_gone: bool,
 }
 
 impl Partition {
@@ -152,6 +155,7 @@ impl Partition {
             latency: Histogram::new(3).expect("3 significant digits is valid"),
             epoch,
             tx,
+            sinks_gone: false,
             settings,
         }
     }
@@ -163,7 +167,7 @@ impl Partition {
         let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut last_event = Instant::now();
         let mut idle_clock: Option<Instant> = None;
-        loop {
+        while !self.sinks_gone {
             match rx.recv_timeout(tick) {
                 Ok(Msg::Work { block, items }) => {
                     self.on_block(&block, &items);
@@ -245,11 +249,11 @@ impl Partition {
                 }
             }
         }
-        if let Some(types) = &self.settings.types {
-            if !types.iter().any(|t| **t == *ev.kind) {
-                self.counts.filtered += 1;
-                return;
-            }
+        if let Some(types) = &self.settings.types
+            && !types.iter().any(|t| **t == *ev.kind)
+        {
+            self.counts.filtered += 1;
+            return;
         }
         let device = self.names.intern_device(&ev.device_id);
         let mode = self.settings.dedupe;
@@ -322,8 +326,9 @@ impl Partition {
             alerts: std::mem::take(&mut self.alerts),
             dead: std::mem::take(&mut self.dead),
         };
-        // The sink thread only goes away when the pipeline is failing; the run reports that.
-        let _ = self.tx.send(out);
+        if self.tx.send(out).is_err() {
+            self.sinks_gone = true;
+        }
     }
 
     /// The closed windows as an Arrow batch in [`window_schema`].

@@ -287,11 +287,11 @@ impl Parser {
         })
     }
     fn keyword(&mut self, kw: &str) -> bool {
-        if let Some(Tok::Ident(id)) = self.peek() {
-            if id.eq_ignore_ascii_case(kw) {
-                self.pos += 1;
-                return true;
-            }
+        if let Some(Tok::Ident(id)) = self.peek()
+            && id.eq_ignore_ascii_case(kw)
+        {
+            self.pos += 1;
+            return true;
         }
         false
     }

@@ -317,11 +317,8 @@ impl WindowEngine {
             } = self.defs[w];
             let store_ref = &self.stores[store];
             let mut next = self.next_start[w];
-            loop {
-                // The earliest window at or after `next` that holds data.
-                let Some(ps) = store_ref.first_at_or_after(next) else {
-                    break;
-                };
+            // The earliest window at or after `next` that holds data.
+            while let Some(ps) = store_ref.first_at_or_after(next) {
                 let s = next.max(align_down(ps - size, slide) + slide);
                 if s.saturating_add(size).saturating_add(self.lateness) > wm {
                     break;

@@ -165,8 +165,10 @@ fn a_watermark_jump_does_not_walk_empty_windows() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
-fn arb_case()
--> impl Strategy<Value = (Vec<(u32, i64, i64)>, Vec<i64>, i64, Vec<(u64, Option<u64>)>)> {
+/// Events (series, t, value), arrival delays, the out-of-order bound, window (size, slide)s.
+type Case = (Vec<(u32, i64, i64)>, Vec<i64>, i64, Vec<(u64, Option<u64>)>);
+
+fn arb_case() -> impl Strategy<Value = Case> {
     let defs = prop::collection::vec(
         prop_oneof![
             (1u64..20).prop_map(|s| (s * 500, None)),
