@@ -1,6 +1,6 @@
 //! End-to-end throughput harness: N simulated events (~820 bytes, 2,000 devices) from a
-//! file through the whole pipeline (tumbling 1m + sliding 5m/1m + one moving-average
-//! rule, 2 partitions, JSONL sinks), reporting events/s, CPU-seconds per million
+//! file through the whole pipeline as `config/file.toml` sets it up (tumbling 1m +
+//! sliding 5m/1m + one moving-average rule, 2 partitions, JSONL sinks), reporting events/s, CPU-seconds per million
 //! events, arrival → window-close latency percentiles and peak RSS.
 //!
 //! `cargo bench --bench throughput`  (EVENTIDE_BENCH_EVENTS=N to change N, default 1M;
@@ -74,41 +74,16 @@ fn generate(path: &Path, n: u64) {
 }
 
 fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
-    let cfg = Config::parse(&format!(
-        r#"
-[source]
-kind = "file"
-path = "{input}"
-[pipeline]
-partitions = {partitions}
-max_out_of_order = "5s"
-dedupe = "both"
-[[windows]]
-name = "tumbling_1m"
-kind = "tumbling"
-size = "1m"
-[[windows]]
-name = "sliding_5m"
-kind = "sliding"
-size = "5m"
-slide = "1m"
-[[rules]]
-name = "co2_high"
-window = "sliding_5m"
-filter = "type = 'CO2'"
-when = "avg > 1000"
-clear = "avg < 950"
-[[sinks]]
-kind = "jsonl"
-path = "{out}"
-[dead_letter]
-path = "{dead}"
-"#,
-        input = input.display(),
-        out = dir.join("out.jsonl").display(),
-        dead = dir.join("dead.jsonl").display(),
-    ))
-    .expect("bench config");
+    // The example config (tumbling 1m + sliding 5m/1m + co2_high), pointed at the input.
+    let mut cfg = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/file.toml"
+    )))
+    .expect("example config");
+    cfg.source.path = Some(input.to_owned());
+    cfg.pipeline.partitions = Some(partitions as usize);
+    cfg.sinks[0].path = Some(dir.join("out.jsonl"));
+    cfg.dead_letter.path = Some(dir.join("dead.jsonl"));
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();

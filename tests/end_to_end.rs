@@ -289,24 +289,33 @@ fn a_late_event_goes_to_dead_letter_with_reason_late() {
     assert_eq!(dead[0]["source"], format!("{}:3", path.display()));
 }
 
-fn run_binary(config: &str, dir: &Path, stdin: Option<&[u8]>) -> (i32, String) {
+/// Starts `eventide run` on `config` (written into `dir`), stdout discarded.
+fn spawn(config: &str, dir: &Path, stdin: Stdio) -> std::process::Child {
     let cfg_path = dir.join("eventide.toml");
     std::fs::write(&cfg_path, config).unwrap();
-    let mut child = Command::new(BIN)
+    Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg_path)
-        .stdin(if stdin.is_some() {
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `eventide run` to the end, feeding it `stdin`; returns its exit code and stderr.
+fn run_binary(config: &str, dir: &Path, stdin: Option<&[u8]>) -> (i32, String) {
+    let mut child = spawn(
+        config,
+        dir,
+        if stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        },
+    );
     if let Some(bytes) = stdin {
-        let mut s = child.stdin.take().unwrap();
-        s.write_all(bytes).unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
     }
     let out = child.wait_with_output().unwrap();
     (
@@ -369,15 +378,7 @@ fn an_interrupted_run_flushes_what_has_closed() {
     let source = "kind = \"simulator\"\ndevices = 50\nrate = 2000.0\ninterval = \"100ms\"\nstart = \"2026-01-01T00:00:00Z\"\nmax_disorder = \"200ms\"";
     let config =
         config_text(dir.path(), source, 2, "").replace("size = \"1m\"\n", "size = \"1s\"\n");
-    let cfg_path = dir.path().join("eventide.toml");
-    std::fs::write(&cfg_path, config).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&config, dir.path(), Stdio::null());
     std::thread::sleep(Duration::from_millis(3000));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -412,16 +413,7 @@ fn an_idle_partition_closes_its_windows_by_processing_time() {
         "idle_timeout = \"200ms\"",
     )
     .replace("size = \"1m\"\n", "size = \"1s\"\n");
-    let cfg_path = dir.path().join("eventide.toml");
-    std::fs::write(&cfg_path, config).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&config, dir.path(), Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, r#"{{"eventId":"a","deviceId":"quiet","deviceSequenceNumber":1,"type":"CO2","value":5,"createdAt":"2026-01-01T00:00:00.100Z"}}"#).unwrap();
     stdin.flush().unwrap();
