@@ -63,6 +63,14 @@ path = "{dead}"
     )
 }
 
+/// Writes `input` into `dir`; returns its path and the `[source]` lines that read it.
+fn file_source(dir: &Path, input: &[u8]) -> (std::path::PathBuf, String) {
+    let path = dir.join("events.ndjson");
+    std::fs::write(&path, input).unwrap();
+    let source = format!("kind = \"file\"\npath = \"{}\"", path.display());
+    (path, source)
+}
+
 fn model(partitions: usize) -> Model {
     Model {
         partitions,
@@ -117,15 +125,8 @@ fn messy_input(events: u64, seed: u64) -> Vec<u8> {
 fn simulated_input_matches_the_reference_model() {
     let dir = tempfile::tempdir().unwrap();
     let input = messy_input(30_000, 7);
-    let path = dir.path().join("events.ndjson");
-    std::fs::write(&path, &input).unwrap();
-    let cfg = Config::parse(&config_text(
-        dir.path(),
-        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
-        3,
-        "",
-    ))
-    .unwrap();
+    let (path, source) = file_source(dir.path(), &input);
+    let cfg = Config::parse(&config_text(dir.path(), &source, 3, "")).unwrap();
     let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
 
     let exp = model(3).expect(&input);
@@ -205,15 +206,8 @@ fn results_do_not_depend_on_the_number_of_partitions_when_nothing_is_late() {
     let mut outputs = Vec::new();
     for partitions in [1, 4] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.ndjson");
-        std::fs::write(&path, &input).unwrap();
-        let cfg = Config::parse(&config_text(
-            dir.path(),
-            &format!("kind = \"file\"\npath = \"{}\"", path.display()),
-            partitions,
-            "",
-        ))
-        .unwrap();
+        let (_, source) = file_source(dir.path(), &input);
+        let cfg = Config::parse(&config_text(dir.path(), &source, partitions, "")).unwrap();
         let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
         assert_eq!(report.counts.late, 0);
         let exp = model(partitions).expect(&input);
@@ -235,15 +229,8 @@ fn the_type_filter_counts_filtered_events() {
         },
         3_000,
     );
-    let path = dir.path().join("events.ndjson");
-    std::fs::write(&path, &input).unwrap();
-    let cfg = Config::parse(&config_text(
-        dir.path(),
-        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
-        2,
-        "types = [\"TEMP\"]",
-    ))
-    .unwrap();
+    let (_, source) = file_source(dir.path(), &input);
+    let cfg = Config::parse(&config_text(dir.path(), &source, 2, "types = [\"TEMP\"]")).unwrap();
     let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
     let mut m = model(2);
     m.types = Some(vec!["TEMP".into()]);
@@ -271,15 +258,8 @@ fn a_late_event_goes_to_dead_letter_with_reason_late() {
         ev("ccc", "2026-01-01T00:00:20Z"),
     ]
     .join("\n");
-    let path = dir.path().join("events.ndjson");
-    std::fs::write(&path, &input).unwrap();
-    let cfg = Config::parse(&config_text(
-        dir.path(),
-        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
-        1,
-        "",
-    ))
-    .unwrap();
+    let (path, source) = file_source(dir.path(), input.as_bytes());
+    let cfg = Config::parse(&config_text(dir.path(), &source, 1, "")).unwrap();
     let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
     assert_eq!((report.counts.aggregated, report.counts.late), (2, 1));
     let dead = read_jsonl(&dir.path().join("dead.jsonl"));
@@ -463,16 +443,9 @@ fn a_failing_sink_stops_the_run_with_an_error() {
         },
         20_000,
     );
-    let path = dir.path().join("events.ndjson");
-    std::fs::write(&path, &input).unwrap();
+    let (_, source) = file_source(dir.path(), &input);
     // /dev/full accepts the open and fails every write (ENOSPC).
-    let config = config_text(
-        dir.path(),
-        &format!("kind = \"file\"\npath = \"{}\"", path.display()),
-        2,
-        "",
-    )
-    .replace(
+    let config = config_text(dir.path(), &source, 2, "").replace(
         &dir.path().join("out.jsonl").display().to_string(),
         "/dev/full",
     );
