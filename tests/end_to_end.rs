@@ -353,6 +353,12 @@ fn a_missing_input_file_is_a_clear_error() {
 
 #[test]
 fn an_interrupted_run_flushes_what_has_closed() {
+    for signal in ["-INT", "-TERM"] {
+        interrupted_run_flushes_what_has_closed(signal);
+    }
+}
+
+fn interrupted_run_flushes_what_has_closed(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     // 4 event-seconds per wall second: 1-second windows close continuously.
     let source = "kind = \"simulator\"\ndevices = 50\nrate = 2000.0\ninterval = \"100ms\"\nstart = \"2026-01-01T00:00:00Z\"\nmax_disorder = \"200ms\"";
@@ -361,7 +367,7 @@ fn an_interrupted_run_flushes_what_has_closed() {
     let child = spawn(&config, dir.path(), Stdio::null());
     std::thread::sleep(Duration::from_millis(3000));
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -379,7 +385,42 @@ fn an_interrupted_run_flushes_what_has_closed() {
         .count();
     assert!(
         tumbling > 50,
-        "closed windows were written before exit: {tumbling}"
+        "{signal}: closed windows were written before exit: {tumbling}"
+    );
+}
+
+#[test]
+fn the_embedded_demo_shows_windows_and_a_raised_alert_within_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .arg("run")
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("windows tumbling_1m") && stdout.contains("windows sliding_5m"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ALERT RAISED"), "{stdout}");
+    assert!(
+        stderr.contains("status:") && stderr.contains("(adds up)"),
+        "{stderr}"
+    );
+    assert!(
+        dir.path().join("eventide-demo-dead-letter.jsonl").exists(),
+        "dead letters go to the temp dir"
     );
 }
 
