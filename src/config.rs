@@ -149,10 +149,15 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DedupeMode {
-    EventId,
-    DeviceSequence,
+    /// By `eventId` (the default: ids are meant to be unique, sequence numbers not
+    /// always are).
     #[default]
+    EventId,
+    /// By (`deviceId`, `deviceSequenceNumber`).
+    DeviceSequence,
+    /// Either.
     Both,
+    /// Keep everything.
     None,
 }
 
@@ -169,7 +174,8 @@ pub struct PipelineConfig {
     /// After this long without events a partition's watermark follows the wall clock
     /// (default 10s).
     pub idle_timeout: Option<Dur>,
-    /// How duplicates are recognised (default both).
+    /// How duplicates are recognised (default event_id). Sequence gaps are counted in
+    /// every mode.
     #[serde(default)]
     pub dedupe: DedupeMode,
     /// How long (in event time) event ids are remembered; default

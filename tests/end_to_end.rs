@@ -494,3 +494,37 @@ fn a_failing_sink_stops_the_run_with_an_error() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("write failed"), "{stderr}");
 }
+
+#[test]
+fn each_dedupe_mode_rejects_what_it_names() {
+    let ev = |id: &str, seq: u64| {
+        format!(
+            r#"{{"eventId":"{id}","deviceId":"d1","deviceSequenceNumber":{seq},"type":"CO2","value":1.0,"createdAt":"2026-01-01T00:00:01Z"}}"#
+        )
+    };
+    // a: original; a again: same id; b: new id, same sequence number; c: new both (gap of 1).
+    let input = [ev("a", 1), ev("a", 1), ev("b", 1), ev("c", 3)].join("\n");
+    for (mode, aggregated, duplicate) in [
+        ("event_id", 3, 1),
+        ("device_sequence", 2, 2),
+        ("both", 2, 2),
+        ("none", 4, 0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, source) = file_source(dir.path(), input.as_bytes());
+        let text = config_text(dir.path(), &source, 1, "")
+            .replace("dedupe = \"both\"", &format!("dedupe = \"{mode}\""));
+        let report = pipeline::run(
+            &Config::parse(&text).unwrap(),
+            Arc::new(AtomicBool::new(false)),
+            Status::Off,
+        )
+        .unwrap();
+        assert_eq!(
+            (report.counts.aggregated, report.counts.duplicate),
+            (aggregated, duplicate),
+            "{mode}"
+        );
+        assert_eq!(report.counts.gaps, 1, "{mode}: sequence 2 never came");
+    }
+}

@@ -263,8 +263,10 @@ impl Partition {
             self.counts.duplicate += 1;
             return;
         }
-        if matches!(mode, DedupeMode::DeviceSequence | DedupeMode::Both)
-            && self.seqs.check(device, ev.seq) == SeqCheck::Duplicate
+        // Sequence numbers are tracked in every mode (gaps are worth knowing); they
+        // reject only in the modes that dedupe by them.
+        if self.seqs.check(device, ev.seq) == SeqCheck::Duplicate
+            && matches!(mode, DedupeMode::DeviceSequence | DedupeMode::Both)
         {
             self.counts.duplicate += 1;
             return;
