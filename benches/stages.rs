@@ -62,6 +62,32 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
+    // The same events through serde_json (borrowed fields, complexData skipped as
+    // IgnoredAny): a yardstick for this machine, run after run.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Reference<'a> {
+        #[serde(rename = "eventId", borrow)]
+        event_id: std::borrow::Cow<'a, str>,
+        #[serde(rename = "deviceId", borrow)]
+        device_id: std::borrow::Cow<'a, str>,
+        #[serde(rename = "deviceSequenceNumber")]
+        seq: u64,
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        value: f64,
+        #[serde(rename = "createdAt", borrow)]
+        created_at: std::borrow::Cow<'a, str>,
+        #[serde(rename = "complexData", default)]
+        complex_data: Option<serde::de::IgnoredAny>,
+    }
+    g.bench_function("decode: serde_json reference (same events)", |b| {
+        b.iter(|| {
+            for e in &evs {
+                black_box(serde_json::from_slice::<Reference>(e).unwrap().value);
+            }
+        })
+    });
     g.bench_function("route: find deviceId", |b| {
         b.iter(|| {
             for e in &evs {
