@@ -82,6 +82,12 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     .expect("example config");
     cfg.source.path = Some(input.to_owned());
     cfg.pipeline.partitions = Some(partitions as usize);
+    if let Ok(mode) = std::env::var("EVENTIDE_BENCH_DEDUPE") {
+        cfg.pipeline.dedupe = Config::parse(&format!("[source]\nkind = \"stdin\"\n[pipeline]\ndedupe = \"{mode}\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\""))
+            .expect("EVENTIDE_BENCH_DEDUPE: event_id, device_sequence, both or none")
+            .pipeline
+            .dedupe;
+    }
     cfg.sinks[0].path = Some(dir.join("out.jsonl"));
     cfg.dead_letter.path = Some(dir.join("dead.jsonl"));
 
@@ -106,6 +112,7 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
         report.devices,
         partitions
     );
+    println!("  dedupe:       {:?}", cfg.pipeline.dedupe);
     println!("  outcome:      {}", report.counts);
     println!(
         "  throughput:   {:.0} events/s ({:.1} MB/s), wall {wall:.2} s",
