@@ -528,3 +528,43 @@ fn each_dedupe_mode_rejects_what_it_names() {
         assert_eq!(report.counts.gaps, 1, "{mode}: sequence 2 never came");
     }
 }
+
+#[test]
+fn an_oversized_message_is_dead_lettered_and_the_rest_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = |id: &str| {
+        format!(
+            r#"{{"eventId":"{id}","deviceId":"d1","deviceSequenceNumber":{},"type":"CO2","value":1.0,"createdAt":"2026-01-01T00:00:01Z"}}"#,
+            id.len()
+        )
+    };
+    let huge = format!(
+        r#"{{"eventId":"x","blob":"{}"}}"#,
+        "a".repeat(eventide::ingest::MAX_MESSAGE + (3 << 20))
+    );
+    let input = [ev("a"), huge, ev("bb")].join("\n");
+    let (_, source) = file_source(dir.path(), input.as_bytes());
+    let report = pipeline::run(
+        &Config::parse(&config_text(dir.path(), &source, 2, "")).unwrap(),
+        Arc::new(AtomicBool::new(false)),
+        Status::Off,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            report.counts.received,
+            report.counts.aggregated,
+            report.counts.dead_lettered
+        ),
+        (3, 2, 1)
+    );
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "parse");
+    assert!(dead[0]["error"].as_str().unwrap().contains("exceeds"));
+    assert!(
+        dead[0]["payload"].as_str().unwrap().len() <= 1024,
+        "only the beginning is kept"
+    );
+    assert!(dead[0]["source"].as_str().unwrap().ends_with(":2"));
+}

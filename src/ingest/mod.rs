@@ -215,6 +215,16 @@ fn route_line(data: &[u8], offset: usize, line: &[u8], line_no: u32, items: &mut
     let first = line.iter().position(|b| !b.is_ascii_whitespace());
     let Some(first) = first else { return }; // blank line: not a message
     let by_line = line_no as usize % n;
+    if line.len() > MAX_MESSAGE {
+        // Too long to decode: its beginning goes to dead-letter (reason parse).
+        items[by_line].push(Item {
+            start: offset as u32,
+            end: (offset + 1024) as u32,
+            line: line_no,
+            flags: Item::OVERSIZE,
+        });
+        return;
+    }
     let item = |s: usize, e: usize| Item {
         start: s as u32,
         end: e as u32,
@@ -288,6 +298,26 @@ mod tests {
             seen.iter().filter(|s| s.1 == 2).count(),
             2,
             "batch is line 2"
+        );
+    }
+
+    #[test]
+    fn a_complete_line_over_the_limit_is_marked_oversize() {
+        let (tx, rx) = bounded(8);
+        let mut router = Router::new(vec![tx], Instant::now(), Arc::new(AtomicBool::new(false)));
+        let mut data = b"{\"deviceId\":\"a\"}\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_MESSAGE + 1));
+        data.extend_from_slice(b"\n{\"deviceId\":\"b\"}\n");
+        router.route(data, &Arc::from("f")).unwrap();
+        let Ok(Msg::Work { items, .. }) = rx.try_recv() else {
+            panic!("no work")
+        };
+        let flags: Vec<u8> = items.iter().map(|i| i.flags).collect();
+        assert_eq!(flags, vec![0, Item::OVERSIZE, 0]);
+        assert_eq!(
+            items[1].end - items[1].start,
+            1024,
+            "only the beginning is kept for the dead letter"
         );
     }
 }
