@@ -185,7 +185,9 @@ impl Partition {
                         // Idle: event time follows the wall clock from here.
                         let from = idle_clock.unwrap_or(last_event + idle);
                         let advance = now.duration_since(from).as_millis() as i64;
-                        idle_clock = Some(now);
+                        // Keep the sub-millisecond remainder for the next tick: the
+                        // watermark follows the wall clock without drifting.
+                        idle_clock = Some(from + Duration::from_millis(advance as u64));
                         if advance > 0 {
                             self.wm = self.wm.saturating_add(advance);
                             if self.windows.due(self.wm) {
