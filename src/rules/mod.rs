@@ -124,10 +124,6 @@ impl RuleEngine {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// Evaluates every rule on the rows of `out` from `from` on, in order, appending
     /// state changes to `alerts`.
     pub fn evaluate(

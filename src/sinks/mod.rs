@@ -31,7 +31,8 @@ pub struct Output {
     pub dead: Vec<DeadLetter>,
 }
 
-/// A sink failure. Classified so that callers know whether to retry.
+/// A sink failure. Local files and pipes do not recover by retrying, so any
+/// failure stops the run (it exits non-zero).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot open {path}: {source}")]
@@ -46,13 +47,6 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
-}
-
-impl SinkError {
-    /// Local files and pipes do not recover by retrying.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
 }
 
 /// Opens a file for a sink, creating its directory.

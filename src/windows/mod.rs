@@ -218,8 +218,6 @@ pub struct WindowEngine {
     next_due: i64,
     /// Scratch for merging panes: output row of each series, or NONE.
     slot: Vec<u32>,
-    /// Windows closed so far.
-    pub closed: u64,
 }
 
 impl WindowEngine {
@@ -261,7 +259,6 @@ impl WindowEngine {
             lateness: lateness_ms,
             next_due: i64::MIN,
             slot: Vec::new(),
-            closed: 0,
         };
         e.refresh_due();
         e
@@ -325,7 +322,6 @@ impl WindowEngine {
                 }
                 let panes = store_ref.range(s, s + size);
                 if !panes.is_empty() {
-                    self.closed += 1;
                     emit(
                         &store_ref.panes,
                         panes.clone(),
