@@ -92,8 +92,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
-    #[serde(default)]
-    pub server: ServerConfig,
+    /// `[server]`: present → the SQL/HTTP/PostgreSQL endpoints run.
+    pub server: Option<ServerConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -333,16 +333,87 @@ impl DeadLetterConfig {
     }
 }
 
-/// `[server]`: the query and metrics endpoints.
+/// `[server]`: the query, metrics and ingest endpoints. The section's presence turns
+/// them on; each address can be `"off"`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// HTTP address (SQL, metrics, ingest).
+    /// HTTP address (SQL, metrics, health, ingest); default 127.0.0.1:8080.
     pub http: Option<String>,
-    /// PostgreSQL wire protocol address.
+    /// PostgreSQL wire protocol address; default 127.0.0.1:5433.
     pub postgres: Option<String>,
-    /// How long closed windows stay queryable.
+    /// How long closed windows and alerts stay queryable, in event time (default 1h).
     pub retention: Option<Dur>,
+    /// Bearer token the HTTP endpoints require (required off loopback).
+    pub token: Option<String>,
+    /// Environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// PostgreSQL user name (default `eventide`).
+    pub user: Option<String>,
+    /// PostgreSQL password (required off loopback).
+    pub password: Option<String>,
+    /// Environment variable holding the PostgreSQL password.
+    pub password_env: Option<String>,
+    /// A query running longer is cancelled (default 10s).
+    pub query_timeout: Option<Dur>,
+    /// A query returning more rows fails (default 100000).
+    pub max_rows: Option<u64>,
+    /// How often partitions publish their live state for queries (default 100ms).
+    pub snapshot_interval: Option<Dur>,
+    /// Keep serving after a finite input has ended, until interrupted (default false).
+    pub keep_serving: Option<bool>,
+}
+
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+pub const DEFAULT_POSTGRES: &str = "127.0.0.1:5433";
+
+impl ServerConfig {
+    fn addr(v: &Option<String>, default: &str) -> Option<SocketAddr> {
+        match v.as_deref() {
+            Some("off") => None,
+            Some(a) => a.parse().ok(),
+            None => default.parse().ok(),
+        }
+    }
+    /// The HTTP address, or None when `"off"`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        Self::addr(&self.http, DEFAULT_HTTP)
+    }
+    /// The PostgreSQL address, or None when `"off"`.
+    pub fn postgres_addr(&self) -> Option<SocketAddr> {
+        Self::addr(&self.postgres, DEFAULT_POSTGRES)
+    }
+    pub fn retention(&self) -> Dur {
+        self.retention.unwrap_or(Dur(Duration::from_secs(3600)))
+    }
+    pub fn query_timeout(&self) -> Dur {
+        self.query_timeout.unwrap_or(Dur(Duration::from_secs(10)))
+    }
+    pub fn max_rows(&self) -> u64 {
+        self.max_rows.unwrap_or(100_000)
+    }
+    pub fn snapshot_interval(&self) -> Dur {
+        self.snapshot_interval
+            .unwrap_or(Dur(Duration::from_millis(100)))
+    }
+    pub fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or("eventide")
+    }
+    /// The bearer token, from `token` or the variable `token_env` names.
+    pub fn token(&self) -> Option<String> {
+        secret(&self.token, &self.token_env)
+    }
+    /// The PostgreSQL password, from `password` or the variable `password_env` names.
+    pub fn password(&self) -> Option<String> {
+        secret(&self.password, &self.password_env)
+    }
+}
+
+fn secret(value: &Option<String>, env: &Option<String>) -> Option<String> {
+    value
+        .clone()
+        .or_else(|| env.as_ref().and_then(|v| std::env::var(v).ok()))
+        .filter(|s| !s.is_empty())
 }
 
 impl Config {
@@ -510,18 +581,16 @@ impl Config {
                 "only the jsonl dead-letter kind writes a file",
             ));
         }
-        for (k, v) in [
-            ("http", &self.server.http),
-            ("postgres", &self.server.postgres),
-        ] {
-            if let Some(addr) = v {
-                addr.parse::<SocketAddr>().map_err(|e| {
-                    ConfigError::invalid(
-                        format!("server.{k}"),
-                        format!("not a socket address ({addr:?}): {e}"),
-                    )
-                })?;
-            }
+        if let Some(server) = &self.server {
+            validate_server(server)?;
+        }
+        if self.source.kind == SourceKind::Http
+            && self.server.as_ref().is_none_or(|s| s.http_addr().is_none())
+        {
+            return Err(ConfigError::invalid(
+                "server.http",
+                "an http source receives events on the HTTP server: add [server] with an http address",
+            ));
         }
         Ok(())
     }
@@ -566,7 +635,8 @@ impl Config {
                 "interval",
                 "start",
             ],
-            SourceKind::Kafka | SourceKind::Http => {
+            SourceKind::Http => &[],
+            SourceKind::Kafka => {
                 return Err(ConfigError::invalid(
                     "source.kind",
                     format!("{:?} sources are not available in this version; use file, stdin or simulator", s.kind).to_lowercase(),
@@ -802,4 +872,74 @@ mod tests {
         let err = Config::parse(&GOOD.replace("avg > 1000", "avg > ")).unwrap_err();
         assert!(err.to_string().contains("co2_high"), "{err}");
     }
+}
+
+fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
+    let mut exposed = (false, false);
+    for (k, v, default) in [
+        ("http", &s.http, DEFAULT_HTTP),
+        ("postgres", &s.postgres, DEFAULT_POSTGRES),
+    ] {
+        let text = v.as_deref().unwrap_or(default);
+        if text == "off" {
+            continue;
+        }
+        let addr = text.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::invalid(
+                format!("server.{k}"),
+                format!("not a socket address or \"off\" ({text:?}): {e}"),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            if k == "http" {
+                exposed.0 = true;
+            } else {
+                exposed.1 = true;
+            }
+        }
+    }
+    for (k, v) in [("token_env", &s.token_env), ("password_env", &s.password_env)] {
+        if let Some(var) = v
+            && std::env::var(var).map_or(true, |x| x.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                format!("server.{k}"),
+                format!("environment variable {var} is not set"),
+            ));
+        }
+    }
+    if s.token.is_some() && s.token_env.is_some() {
+        return Err(ConfigError::invalid("server.token_env", "set token or token_env, not both"));
+    }
+    if s.password.is_some() && s.password_env.is_some() {
+        return Err(ConfigError::invalid(
+            "server.password_env",
+            "set password or password_env, not both",
+        ));
+    }
+    if exposed.0 && s.token().is_none() {
+        return Err(ConfigError::invalid(
+            "server.token",
+            "the HTTP server listens beyond loopback: set token or token_env (clients send `Authorization: Bearer <token>`)",
+        ));
+    }
+    if exposed.1 && s.password().is_none() {
+        return Err(ConfigError::invalid(
+            "server.password",
+            "the PostgreSQL server listens beyond loopback: set password or password_env",
+        ));
+    }
+    if s.max_rows == Some(0) {
+        return Err(ConfigError::invalid("server.max_rows", "must be at least 1"));
+    }
+    for (k, v) in [
+        ("query_timeout", s.query_timeout),
+        ("snapshot_interval", s.snapshot_interval),
+        ("retention", s.retention),
+    ] {
+        if v.is_some_and(|d| d.0.is_zero()) {
+            return Err(ConfigError::invalid(format!("server.{k}"), "must be more than 0"));
+        }
+    }
+    Ok(())
 }

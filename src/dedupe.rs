@@ -109,6 +109,8 @@ struct SeqState {
     next: u64,
     /// The first number seen: gaps are counted above it only.
     first: u64,
+    /// This device's share of [`SeqTracker::gaps`].
+    gaps: u64,
     bits: [u64; WORDS],
 }
 
@@ -128,6 +130,14 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
+    /// A device's highest sequence number and open gaps, once it has been seen.
+    pub fn device(&self, device: u32) -> Option<(u64, u64)> {
+        self.devices
+            .get(device as usize)
+            .filter(|s| s.next > 0)
+            .map(|s| (s.next - 1, s.gaps))
+    }
+
     #[inline]
     pub fn check(&mut self, device: u32, seq: u64) -> SeqCheck {
         let d = device as usize;
@@ -139,6 +149,7 @@ impl SeqTracker {
         if s.next == 0 || seq >= s.next {
             if s.next != 0 {
                 self.gaps += seq - s.next;
+                s.gaps += seq - s.next;
                 // Clear the bits of the numbers skipped over (they are new positions).
                 if seq - s.next >= SEQ_WINDOW {
                     s.bits = [0; WORDS];
@@ -168,6 +179,7 @@ impl SeqTracker {
         if seq > s.first {
             // It filled a gap counted when the mark jumped past it.
             self.gaps = self.gaps.saturating_sub(1);
+            s.gaps = s.gaps.saturating_sub(1);
         }
         SeqCheck::New
     }

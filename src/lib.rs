@@ -20,6 +20,8 @@
 //! - [`rules`]: threshold rules with hysteresis, and their expression language.
 //! - [`sinks`]: JSONL and stdout sinks, the dead-letter sink.
 //! - [`pipeline`]: wiring, the partition actor, accounting.
+//! - [`sql`]: DataFusion tables over the live state, HTTP and PostgreSQL endpoints,
+//!   metrics, and the `http` source's ingest endpoint.
 //!
 //! Errors: hot-path errors are plain enums ([`ingest::decode::DecodeError`]); the rest
 //! are `thiserror` enums beside the code that raises them; `anyhow` only in `main.rs`.
@@ -31,6 +33,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod rules;
 pub mod sinks;
+pub mod sql;
 pub mod windows;
 
 /// The embedded demo's configuration (`eventide run` with no config).

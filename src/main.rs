@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eventide::config::{Config, ConfigError};
 use eventide::pipeline::{self, Report, Status};
+use eventide::sql::{Hub, Server};
 
 /// Windowed complex-event processing for IoT telemetry.
 #[derive(Parser, Debug)]
@@ -26,6 +27,14 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Serve HTTP (SQL, metrics, ingest) on this address, or "off"; overrides
+        /// `[server] http` and turns the server on.
+        #[arg(long)]
+        http: Option<String>,
+        /// Serve the PostgreSQL protocol on this address, or "off"; overrides
+        /// `[server] postgres` and turns the server on.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// Validates a configuration file; exits non-zero naming the offending key.
     CheckConfig {
@@ -58,14 +67,31 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&file, &e),
         },
-        Command::Run { config } => {
-            let (cfg, demo) = match &config {
+        Command::Run {
+            config,
+            http,
+            postgres,
+        } => {
+            let (mut cfg, demo) = match &config {
                 Some(path) => match Config::load(path) {
                     Ok(c) => (c, false),
                     Err(e) => return config_error(path, &e),
                 },
                 None => (demo_config(), true),
             };
+            if http.is_some() || postgres.is_some() {
+                let server = cfg.server.get_or_insert_with(Default::default);
+                if http.is_some() {
+                    server.http = http;
+                }
+                if postgres.is_some() {
+                    server.postgres = postgres;
+                }
+                let name = config.as_deref().unwrap_or(std::path::Path::new("(demo)"));
+                if let Err(e) = cfg.validate() {
+                    return config_error(name, &e);
+                }
+            }
             match run(cfg, demo) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -90,11 +116,41 @@ fn demo_config() -> Config {
 }
 
 fn run(cfg: Config, demo: bool) -> anyhow::Result<()> {
-    if cfg.server.http.is_some() || cfg.server.postgres.is_some() {
-        tracing::warn!(
-            "[server] is accepted but SQL/HTTP endpoints are not part of this build yet."
-        );
+    let hub = cfg.server.as_ref().map(|s| {
+        Arc::new(Hub::new(
+            cfg.pipeline.partitions(),
+            s.retention().0,
+            s.snapshot_interval().0,
+        ))
+    });
+    let server = match (&cfg.server, &hub) {
+        (Some(s), Some(h)) => Some(Server::start(s, h.clone(), demo)?),
+        _ => None,
+    };
+    if let Some(s) = &server {
+        if let Some(a) = s.http {
+            eprintln!("eventide: HTTP on http://{a} (POST /sql, GET /metrics, /healthz, /readyz, POST /ingest)");
+            if demo {
+                eprintln!(
+                    "  try: curl --data 'SELECT \"deviceId\", avg FROM live_windows WHERE type = '\''CO2'\'' ORDER BY avg DESC LIMIT 5' http://{a}/sql"
+                );
+            }
+        }
+        if let Some(a) = s.postgres {
+            eprintln!("eventide: PostgreSQL protocol on {a}");
+            if demo {
+                eprintln!(
+                    "  try: psql -h {} -p {} -c 'SELECT * FROM stats'",
+                    a.ip(),
+                    a.port()
+                );
+            }
+        }
     }
+    let keep_serving = cfg
+        .server
+        .as_ref()
+        .is_some_and(|s| s.keep_serving.unwrap_or(false));
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -118,8 +174,15 @@ fn run(cfg: Config, demo: bool) -> anyhow::Result<()> {
     } else {
         Status::Log(Duration::from_secs(10))
     };
-    let report = pipeline::run(&cfg, stop, status)?;
+    let report = pipeline::run_with(&cfg, stop.clone(), status, hub)?;
     print_report(&report);
+    if keep_serving && server.is_some() && report.completed {
+        eprintln!("eventide: input complete; still serving queries (Ctrl-C to stop)");
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(server);
     anyhow::ensure!(
         report.counts.balanced(),
         "accounting does not add up: {}",

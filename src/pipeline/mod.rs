@@ -25,6 +25,7 @@ use crate::ingest::file::{ReadError, read_lines};
 use crate::ingest::simulator::SimulatorSource;
 use crate::ingest::{Msg, Router};
 use crate::sinks::{self, DeadLetterSink, Sink, SinkError, SinkReport};
+use crate::sql::state::{Hub, IngestBody, Phase};
 use crate::windows::END_OF_TIME;
 use partition::{Partition, PartitionReport};
 
@@ -202,6 +203,17 @@ pub enum Status {
 
 /// Runs the pipeline described by `cfg` until its source ends or `stop` is set.
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report, PipelineError> {
+    run_with(cfg, stop, status, None)
+}
+
+/// [`run`], publishing live state to `hub` for the query side (and, for an `http`
+/// source, taking events from it).
+pub fn run_with(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    status: Status,
+    hub: Option<Arc<Hub>>,
+) -> Result<Report, PipelineError> {
     let settings = Arc::new(Settings::from_config(cfg));
     let n = cfg.pipeline.partitions();
     let sinks = cfg
@@ -213,9 +225,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report
     let epoch = Instant::now();
 
     let (out_tx, out_rx) = bounded(64);
+    let sink_hub = hub.clone();
     let sink_thread = thread::Builder::new()
         .name("sinks".into())
-        .spawn(move || sinks::run(out_rx, sinks, dead))
+        .spawn(move || sinks::run(out_rx, sinks, dead, sink_hub))
         .expect("spawning a thread");
 
     let stats: Arc<Vec<Arc<PartitionStats>>> = Arc::new(
@@ -234,6 +247,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report
             stats[id].clone(),
             epoch,
             out_tx.clone(),
+            hub.clone(),
         );
         let span = tracing::info_span!("partition", partition = id);
         workers.push(
@@ -250,6 +264,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report
 
     tracing::info!(partitions = n, source = ?cfg.source.kind, "Pipeline started.");
     let mut router = Router::new(senders, epoch, stop.clone());
+    if let Some(h) = &hub {
+        h.set_phase(Phase::Running);
+        h.source_connected.store(true, Ordering::Relaxed);
+    }
     let source_result = match cfg.source.kind {
         SourceKind::File => {
             let path = cfg
@@ -273,8 +291,17 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report
             sim.run(&mut router)
                 .map_err(|e| PipelineError::Read(e.into()))
         }
-        SourceKind::Kafka | SourceKind::Http => unreachable!("rejected by Config::validate"),
+        SourceKind::Http => {
+            let hub = hub
+                .as_ref()
+                .expect("validated: an http source comes with a server");
+            Ok(http_source(hub, &mut router))
+        }
+        SourceKind::Kafka => unreachable!("rejected by Config::validate"),
     };
+    if let Some(h) = &hub {
+        h.source_connected.store(false, Ordering::Relaxed);
+    }
     let completed = matches!(source_result, Ok(true));
     if completed {
         router.finish();
@@ -288,7 +315,15 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report
     }
     let sink_report = sink_thread
         .join()
-        .map_err(|_| PipelineError::Panicked("sinks"))??;
+        .map_err(|_| PipelineError::Panicked("sinks"))?;
+    if let Some(h) = &hub {
+        h.set_phase(match (&sink_report, &source_result) {
+            (Ok(_), Ok(true)) => Phase::Finished,
+            (Ok(_), Ok(false)) => Phase::Stopping,
+            _ => Phase::Failed,
+        });
+    }
+    let sink_report = sink_report?;
     done.store(true, Ordering::Relaxed);
     if let Some(t) = status_thread {
         let _ = t.join();
@@ -319,6 +354,36 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, status: Status) -> Result<Report
     }
     Ok(report)
 }
+
+/// The `http` source: bodies that `POST /ingest` queued, until `stop`. Never ends by
+/// itself (an HTTP stream has no end), so it always reports an interrupted run.
+fn http_source(hub: &Hub, router: &mut Router) -> bool {
+    let (tx, rx) = bounded::<IngestBody>(HTTP_QUEUE);
+    hub.set_ingest(Some(tx));
+    let origin: Arc<str> = Arc::from("http");
+    while !router.stopping() {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(body) => {
+                if router.route(body.data, &origin).is_err() {
+                    break;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    hub.set_ingest(None);
+    // Bodies accepted (202) before the stop are still routed: nothing acknowledged is lost.
+    while let Ok(body) = rx.try_recv() {
+        if router.route(body.data, &origin).is_err() {
+            break;
+        }
+    }
+    false
+}
+
+/// Bodies `POST /ingest` may queue before it answers 429.
+pub const HTTP_QUEUE: usize = 64;
 
 fn spawn_status(
     status: Status,

@@ -27,7 +27,33 @@ use crate::ingest::decode::{DecodeError, Event, decode};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
 use crate::sinks::Output;
-use crate::windows::{END_OF_TIME, WindowEngine, WindowOutput};
+use crate::sql::state::{Hub, PartitionSnapshot, devices_schema};
+use crate::windows::{END_OF_TIME, WindowDef, WindowEngine, WindowOutput};
+
+/// What the `devices` table shows of one device (updated per accepted event: a few
+/// stores into a dense vector, no allocation).
+#[derive(Debug, Clone, Copy)]
+struct DeviceState {
+    /// Latest `createdAt` seen; `i64::MIN` before the first accepted event.
+    last_ts: i64,
+    last_value: f64,
+    /// Series of the latest reading (gives its type).
+    last_series: u32,
+    events: u64,
+    duplicates: u64,
+}
+
+impl Default for DeviceState {
+    fn default() -> Self {
+        DeviceState {
+            last_ts: i64::MIN,
+            last_value: 0.0,
+            last_series: u32::MAX,
+            events: 0,
+            duplicates: 0,
+        }
+    }
+}
 
 /// Dense numbers for devices, types and (device, type) series.
 #[derive(Default)]
@@ -80,6 +106,10 @@ impl Interner {
     pub fn device_count(&self) -> usize {
         self.device_names.len()
     }
+
+    pub fn device_name(&self, device: u32) -> &str {
+        &self.device_names[device as usize]
+    }
 }
 
 impl SeriesNames for Interner {
@@ -125,6 +155,12 @@ pub struct Partition {
     /// The sink thread has stopped (it failed): stop too, so the source stops and the
     /// run reports the sink's error instead of computing results nobody stores.
     sinks_gone: bool,
+    /// Where snapshots for queries go, when a server runs.
+    hub: Option<Arc<Hub>>,
+    next_snapshot: Instant,
+    device_state: Vec<DeviceState>,
+    /// Scratch for open-window snapshots.
+    live_rows: WindowOutput,
 }
 
 impl Partition {
@@ -134,6 +170,7 @@ impl Partition {
         stats: Arc<PartitionStats>,
         epoch: Instant,
         tx: Sender<Output>,
+        hub: Option<Arc<Hub>>,
     ) -> Self {
         let windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
         let rules = RuleEngine::new(&settings.rules, windows.defs())
@@ -157,6 +194,10 @@ impl Partition {
             tx,
             sinks_gone: false,
             settings,
+            hub,
+            next_snapshot: Instant::now(),
+            device_state: Vec::new(),
+            live_rows: WindowOutput::default(),
         }
     }
 
@@ -197,6 +238,7 @@ impl Partition {
                         }
                     }
                     self.publish();
+                    self.maybe_snapshot();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush();
@@ -205,6 +247,7 @@ impl Partition {
             }
         }
         self.publish();
+        self.snapshot();
         PartitionReport {
             partition: self.id,
             counts: self.counts,
@@ -237,6 +280,7 @@ impl Partition {
         self.event_ids.advance(self.wm);
         self.flush();
         self.publish();
+        self.maybe_snapshot();
     }
 
     #[inline]
@@ -258,11 +302,16 @@ impl Partition {
             return;
         }
         let device = self.names.intern_device(&ev.device_id);
+        if device as usize >= self.device_state.len() {
+            self.device_state
+                .resize(device as usize + 1, DeviceState::default());
+        }
         let mode = self.settings.dedupe;
         if matches!(mode, DedupeMode::EventId | DedupeMode::Both)
             && self.event_ids.check_and_insert(&ev.event_id, self.wm)
         {
             self.counts.duplicate += 1;
+            self.device_state[device as usize].duplicates += 1;
             return;
         }
         // Sequence numbers are tracked in every mode (gaps are worth knowing); they
@@ -271,9 +320,17 @@ impl Partition {
             && matches!(mode, DedupeMode::DeviceSequence | DedupeMode::Both)
         {
             self.counts.duplicate += 1;
+            self.device_state[device as usize].duplicates += 1;
             return;
         }
         let series = self.names.intern_series(device, &ev.kind);
+        let d = &mut self.device_state[device as usize];
+        d.events += 1;
+        if ev.ts >= d.last_ts {
+            d.last_ts = ev.ts;
+            d.last_value = ev.value;
+            d.last_series = series;
+        }
         if self
             .windows
             .update(series, ev.ts, ev.value, block.arrived_ns)
@@ -337,36 +394,83 @@ impl Partition {
 
     /// The closed windows as an Arrow batch in [`window_schema`].
     fn record_batch(&self) -> RecordBatch {
-        let r = &self.rows;
-        let n = r.len();
-        let defs = self.windows.defs();
-        let mut window = StringBuilder::with_capacity(n, n * 12);
-        let mut device = StringBuilder::with_capacity(n, n * 24);
-        let mut kind = StringBuilder::with_capacity(n, n * 4);
-        for i in 0..n {
-            window.append_value(&*defs[r.window[i] as usize].name);
-            device.append_value(self.names.device(r.series[i]));
-            kind.append_value(self.names.kind(r.series[i]));
+        window_batch(&self.rows, self.windows.defs(), &self.names)
+    }
+
+    fn maybe_snapshot(&mut self) {
+        if self.hub.is_some() && Instant::now() >= self.next_snapshot {
+            self.snapshot();
         }
-        let avg: Vec<f64> = r
-            .sum
-            .iter()
-            .zip(&r.count)
-            .map(|(s, c)| s / *c as f64)
+    }
+
+    /// Publishes open windows, devices and counts for queries (every
+    /// `snapshot_interval`, between blocks: never inside the per-event loop).
+    fn snapshot(&mut self) {
+        let Some(hub) = self.hub.clone() else {
+            return;
+        };
+        self.next_snapshot = Instant::now() + hub.snapshot_interval;
+        self.live_rows.clear();
+        self.windows
+            .open_windows(self.names.series_count(), &mut self.live_rows);
+        let live = window_batch(&self.live_rows, self.windows.defs(), &self.names);
+        self.live_rows.clear();
+        let mut counts = self.counts;
+        counts.gaps = self.seqs.gaps;
+        counts.open_alerts = self.rules.open;
+        hub.publish(PartitionSnapshot {
+            partition: self.id,
+            counts,
+            watermark: self.wm,
+            max_event_time: self.max_ts,
+            live,
+            devices: self.devices_batch(),
+            latency: self.latency.clone(),
+            published_ms: now_ms(),
+        });
+    }
+
+    /// The `devices` table rows of this partition.
+    fn devices_batch(&self) -> RecordBatch {
+        use arrow_array::builder::{Float64Builder, TimestampMillisecondBuilder, UInt64Builder};
+        let seen: Vec<u32> = (0..self.device_state.len() as u32)
+            .filter(|&d| self.device_state[d as usize].last_ts != i64::MIN)
             .collect();
+        let n = seen.len();
+        let mut id = StringBuilder::with_capacity(n, n * 24);
+        let mut partition = UInt64Builder::with_capacity(n);
+        let mut last_seen = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut last_type = StringBuilder::with_capacity(n, n * 4);
+        let mut last_value = Float64Builder::with_capacity(n);
+        let mut events = UInt64Builder::with_capacity(n);
+        let mut duplicates = UInt64Builder::with_capacity(n);
+        let mut hwm = UInt64Builder::with_capacity(n);
+        let mut gaps = UInt64Builder::with_capacity(n);
+        for d in seen {
+            let s = &self.device_state[d as usize];
+            id.append_value(self.names.device_name(d));
+            partition.append_value(self.id as u64);
+            last_seen.append_value(s.last_ts);
+            last_type.append_value(self.names.kind(s.last_series));
+            last_value.append_value(s.last_value);
+            events.append_value(s.events);
+            duplicates.append_value(s.duplicates);
+            let seq = self.seqs.device(d);
+            hwm.append_option(seq.map(|(h, _)| h));
+            gaps.append_value(seq.map_or(0, |(_, g)| g));
+        }
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(window.finish()),
-            Arc::new(device.finish()),
-            Arc::new(kind.finish()),
-            Arc::new(TimestampMillisecondArray::from(r.start.clone()).with_timezone("UTC")),
-            Arc::new(TimestampMillisecondArray::from(r.end.clone()).with_timezone("UTC")),
-            Arc::new(UInt64Array::from(r.count.clone())),
-            Arc::new(Float64Array::from(r.sum.clone())),
-            Arc::new(Float64Array::from(avg)),
-            Arc::new(Float64Array::from(r.min.clone())),
-            Arc::new(Float64Array::from(r.max.clone())),
+            Arc::new(id.finish()),
+            Arc::new(partition.finish()),
+            Arc::new(last_seen.finish()),
+            Arc::new(last_type.finish()),
+            Arc::new(last_value.finish()),
+            Arc::new(events.finish()),
+            Arc::new(duplicates.finish()),
+            Arc::new(hwm.finish()),
+            Arc::new(gaps.finish()),
         ];
-        RecordBatch::try_new(window_schema(), columns).expect("columns match the window schema")
+        RecordBatch::try_new(devices_schema(), columns).expect("columns match the devices schema")
     }
 
     /// Publishes the local counts for status lines and the final report.
@@ -375,6 +479,38 @@ impl Partition {
         self.counts.open_alerts = self.rules.open;
         self.stats.store(&self.counts, self.wm);
     }
+}
+
+/// Window rows as an Arrow batch in [`window_schema`].
+fn window_batch(r: &WindowOutput, defs: &[WindowDef], names: &Interner) -> RecordBatch {
+    let n = r.len();
+    let mut window = StringBuilder::with_capacity(n, n * 12);
+    let mut device = StringBuilder::with_capacity(n, n * 24);
+    let mut kind = StringBuilder::with_capacity(n, n * 4);
+    for i in 0..n {
+        window.append_value(&*defs[r.window[i] as usize].name);
+        device.append_value(names.device(r.series[i]));
+        kind.append_value(names.kind(r.series[i]));
+    }
+    let avg: Vec<f64> = r
+        .sum
+        .iter()
+        .zip(&r.count)
+        .map(|(s, c)| s / *c as f64)
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(window.finish()),
+        Arc::new(device.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(TimestampMillisecondArray::from(r.start.clone()).with_timezone("UTC")),
+        Arc::new(TimestampMillisecondArray::from(r.end.clone()).with_timezone("UTC")),
+        Arc::new(UInt64Array::from(r.count.clone())),
+        Arc::new(Float64Array::from(r.sum.clone())),
+        Arc::new(Float64Array::from(avg)),
+        Arc::new(Float64Array::from(r.min.clone())),
+        Arc::new(Float64Array::from(r.max.clone())),
+    ];
+    RecordBatch::try_new(window_schema(), columns).expect("columns match the window schema")
 }
 
 fn dead_letter(reason: Reason, error: String, raw: &[u8], block: &Block, it: &Item) -> DeadLetter {

@@ -14,6 +14,8 @@ pub mod stdout;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -21,6 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::config::{SinkConfig, SinkKind, StdoutFormat, Stream};
 use crate::event::{Alert, DeadLetter};
+use crate::sql::state::Hub;
 pub use dead_letter::DeadLetterSink;
 
 /// What a partition actor hands to the sinks after a block or a watermark advance.
@@ -173,8 +176,23 @@ pub struct SinkReport {
 /// The sink thread: writes everything it receives until every partition is gone.
 pub fn run(
     rx: Receiver<Output>,
+    sinks: Vec<Sink>,
+    dead: DeadLetterSink,
+    hub: Option<Arc<Hub>>,
+) -> Result<SinkReport, SinkError> {
+    let result = write_all(rx, sinks, dead, hub.as_deref());
+    if let (Some(h), Err(e)) = (&hub, &result) {
+        h.sinks.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "Sink failed.");
+    }
+    result
+}
+
+fn write_all(
+    rx: Receiver<Output>,
     mut sinks: Vec<Sink>,
     mut dead: DeadLetterSink,
+    hub: Option<&Hub>,
 ) -> Result<SinkReport, SinkError> {
     let mut report = SinkReport::default();
     let flush_every = Duration::from_millis(500);
@@ -186,9 +204,23 @@ pub fn run(
                     s.write(&out)?;
                 }
                 dead.write(&out.dead)?;
-                report.windows += out.windows.as_ref().map_or(0, |b| b.num_rows() as u64);
+                let windows = out.windows.as_ref().map_or(0, |b| b.num_rows() as u64);
+                report.windows += windows;
                 report.alerts += out.alerts.len() as u64;
                 report.dead_letters += out.dead.len() as u64;
+                if let Some(h) = hub {
+                    if let Some(b) = &out.windows {
+                        h.retain_windows(b);
+                    }
+                    h.retain_alerts(&out.alerts);
+                    h.sinks.windows.fetch_add(windows, Ordering::Relaxed);
+                    h.sinks
+                        .alerts
+                        .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
+                    h.sinks
+                        .dead_letters
+                        .fetch_add(out.dead.len() as u64, Ordering::Relaxed);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -199,6 +231,9 @@ pub fn run(
             }
             dead.flush()?;
             last_flush = Instant::now();
+            if let Some(h) = hub {
+                h.sinks.flushes.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     for s in &mut sinks {

@@ -366,6 +366,37 @@ impl WindowEngine {
             .unwrap_or(i64::MAX);
     }
 
+    /// Appends one row per series for every window not yet closed that holds data,
+    /// with its aggregates so far (for queries over live windows). Changes nothing.
+    pub fn open_windows(&mut self, series_count: usize, out: &mut WindowOutput) {
+        if self.slot.len() < series_count {
+            self.slot.resize(series_count, NONE);
+        }
+        for w in 0..self.defs.len() {
+            let WindowDef {
+                size, slide, store, ..
+            } = self.defs[w];
+            let store_ref = &self.stores[store];
+            let mut next = self.next_start[w];
+            while let Some(ps) = store_ref.first_at_or_after(next) {
+                let s = next.max(align_down(ps - size, slide) + slide);
+                let panes = store_ref.range(s, s + size);
+                if !panes.is_empty() {
+                    emit(
+                        &store_ref.panes,
+                        panes,
+                        w as u16,
+                        s,
+                        s + size,
+                        &mut self.slot,
+                        out,
+                    );
+                }
+                next = s + slide;
+            }
+        }
+    }
+
     /// Panes currently held (for memory checks and metrics).
     pub fn open_panes(&self) -> usize {
         self.stores.iter().map(|s| s.panes.len()).sum()

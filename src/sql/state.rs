@@ -1,0 +1,456 @@
+//! What the query side can see of a running pipeline, and how it gets there without
+//! ever blocking the hot path.
+//!
+//! ```text
+//!  partition actor ──every snapshot_interval──▶ ArcSwap<PartitionSnapshot>  (one per partition)
+//!  sink thread ──closed windows, alerts────────▶ Mutex<Retained>           (not the hot path)
+//!  queries ── load() / lock-and-clone Arcs ────▶ RecordBatches for DataFusion
+//! ```
+//!
+//! A partition builds its snapshot (open windows, devices, counts) on its own thread
+//! and swaps it in with one atomic pointer store; readers take the current `Arc`.
+//! Neither side waits for the other, and each query sees one consistent snapshot
+//! per partition.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use arrow_array::builder::{
+    Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use crossbeam_channel::{Sender, TrySendError};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+use crate::event::{Alert, AlertState, col, parse_rfc3339_ms, window_schema};
+use crate::pipeline::Counts;
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// `devices`: one row per device.
+pub fn devices_schema() -> SchemaRef {
+    static S: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("deviceId", DataType::Utf8, false),
+            Field::new("partition", DataType::UInt64, false),
+            Field::new("lastSeen", ts_type(), false),
+            Field::new("lastType", DataType::Utf8, false),
+            Field::new("lastValue", DataType::Float64, false),
+            Field::new("events", DataType::UInt64, false),
+            Field::new("duplicates", DataType::UInt64, false),
+            Field::new("sequenceHighWater", DataType::UInt64, true),
+            Field::new("gaps", DataType::UInt64, false),
+        ]))
+    })
+    .clone()
+}
+
+/// `alerts`: one row per alert state change.
+pub fn alerts_schema() -> SchemaRef {
+    static S: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("rule", DataType::Utf8, false),
+            Field::new("deviceId", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("window", DataType::Utf8, false),
+            Field::new("windowStart", ts_type(), false),
+            Field::new("windowEnd", ts_type(), false),
+            Field::new("value", DataType::Float64, false),
+            Field::new("state", DataType::Utf8, false),
+        ]))
+    })
+    .clone()
+}
+
+/// `stats`: one row per partition.
+pub fn stats_schema() -> SchemaRef {
+    static S: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let u = |n: &str| Field::new(n, DataType::UInt64, false);
+        Arc::new(Schema::new(vec![
+            u("partition"),
+            u("received"),
+            u("aggregated"),
+            u("duplicate"),
+            u("filtered"),
+            u("late"),
+            u("deadLettered"),
+            u("windows"),
+            u("alerts"),
+            u("openAlerts"),
+            u("gaps"),
+            u("devices"),
+            u("openWindows"),
+            Field::new("watermark", ts_type(), true),
+            Field::new("maxEventTime", ts_type(), true),
+            Field::new("watermarkLagMs", DataType::Int64, true),
+            Field::new("publishedAt", ts_type(), false),
+        ]))
+    })
+    .clone()
+}
+
+/// What one partition publishes.
+#[derive(Debug, Clone)]
+pub struct PartitionSnapshot {
+    pub partition: usize,
+    pub counts: Counts,
+    /// `i64::MIN` before the first event.
+    pub watermark: i64,
+    pub max_event_time: i64,
+    /// Open windows with their partial aggregates, in [`window_schema`].
+    pub live: RecordBatch,
+    /// In [`devices_schema`].
+    pub devices: RecordBatch,
+    /// Event arrival → window close, µs, since the start.
+    pub latency: Histogram<u64>,
+    /// Wall clock, epoch ms.
+    pub published_ms: i64,
+}
+
+impl PartitionSnapshot {
+    pub fn empty(partition: usize) -> Self {
+        PartitionSnapshot {
+            partition,
+            counts: Counts::default(),
+            watermark: i64::MIN,
+            max_event_time: i64::MIN,
+            live: RecordBatch::new_empty(window_schema()),
+            devices: RecordBatch::new_empty(devices_schema()),
+            latency: Histogram::new(3).expect("3 significant digits is valid"),
+            published_ms: crate::event::now_ms(),
+        }
+    }
+
+    /// The watermark, if the partition has one.
+    pub fn watermark(&self) -> Option<i64> {
+        (self.watermark > i64::MIN / 2 && self.watermark < crate::windows::END_OF_TIME)
+            .then_some(self.watermark)
+    }
+}
+
+/// Closed windows and alerts kept for queries, for `retention` of event time behind
+/// the newest window end seen.
+struct Retained {
+    /// (largest windowEnd in the batch, batch).
+    windows: VecDeque<(i64, RecordBatch)>,
+    alerts: VecDeque<(i64, RecordBatch)>,
+    newest: i64,
+    retention: i64,
+}
+
+impl Retained {
+    fn prune(&mut self) {
+        let horizon = self.newest.saturating_sub(self.retention);
+        while self.windows.front().is_some_and(|(end, _)| *end < horizon) {
+            self.windows.pop_front();
+        }
+        while self.alerts.front().is_some_and(|(end, _)| *end < horizon) {
+            self.alerts.pop_front();
+        }
+    }
+}
+
+/// Where the pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Running = 1,
+    /// The input ended and everything was written.
+    Finished = 2,
+    /// A sink or the source failed.
+    Failed = 3,
+    Stopping = 4,
+}
+
+/// Counters the sink thread keeps (per batch, never per event).
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    pub windows: AtomicU64,
+    pub alerts: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub flushes: AtomicU64,
+    pub retries: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// An HTTP ingest body for the `http` source.
+pub struct IngestBody {
+    pub data: Vec<u8>,
+    /// Request number, for dead-letter `source` (`http:N`).
+    pub request: u64,
+}
+
+/// Why an ingest body was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestRefused {
+    /// The pipeline's queue is full: retry later (429).
+    Busy,
+    /// No http source, or the pipeline is not running (503).
+    Unavailable,
+}
+
+/// The state shared between the pipeline and the query side.
+pub struct Hub {
+    partitions: Vec<ArcSwap<PartitionSnapshot>>,
+    retained: Mutex<Retained>,
+    pub sinks: SinkMetrics,
+    phase: AtomicU8,
+    pub source_connected: AtomicBool,
+    ingest: Mutex<Option<Sender<IngestBody>>>,
+    pub ingest_requests: AtomicU64,
+    pub ingest_refused: AtomicU64,
+    pub queries_ok: AtomicU64,
+    pub queries_failed: AtomicU64,
+    /// Query latency, µs.
+    pub query_latency: Mutex<Histogram<u64>>,
+    pub snapshot_interval: Duration,
+    pub started: Instant,
+}
+
+impl Hub {
+    pub fn new(partitions: usize, retention: Duration, snapshot_interval: Duration) -> Self {
+        Hub {
+            partitions: (0..partitions)
+                .map(|p| ArcSwap::from_pointee(PartitionSnapshot::empty(p)))
+                .collect(),
+            retained: Mutex::new(Retained {
+                windows: VecDeque::new(),
+                alerts: VecDeque::new(),
+                newest: i64::MIN,
+                retention: retention.as_millis().min(i64::MAX as u128 / 4) as i64,
+            }),
+            sinks: SinkMetrics::default(),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            source_connected: AtomicBool::new(false),
+            ingest: Mutex::new(None),
+            ingest_requests: AtomicU64::new(0),
+            ingest_refused: AtomicU64::new(0),
+            queries_ok: AtomicU64::new(0),
+            queries_failed: AtomicU64::new(0),
+            query_latency: Mutex::new(Histogram::new(3).expect("valid")),
+            snapshot_interval,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Called by partition `p`'s actor: replaces its snapshot.
+    pub fn publish(&self, snapshot: PartitionSnapshot) {
+        self.partitions[snapshot.partition].store(Arc::new(snapshot));
+    }
+
+    /// Every partition's current snapshot.
+    pub fn snapshots(&self) -> Vec<Arc<PartitionSnapshot>> {
+        self.partitions.iter().map(|s| s.load_full()).collect()
+    }
+
+    /// Called by the sink thread with each batch of closed windows.
+    pub fn retain_windows(&self, batch: &RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        let ends = batch
+            .column(col::WINDOW_END)
+            .as_any()
+            .downcast_ref::<arrow_array::TimestampMillisecondArray>()
+            .expect("window schema");
+        let max = ends.values().iter().copied().max().unwrap_or(i64::MIN);
+        let mut r = self.retained.lock();
+        r.newest = r.newest.max(max);
+        r.windows.push_back((max, batch.clone()));
+        r.prune();
+    }
+
+    /// Called by the sink thread with each group of alerts.
+    pub fn retain_alerts(&self, alerts: &[Alert]) {
+        if alerts.is_empty() {
+            return;
+        }
+        let batch = alerts_batch(alerts);
+        let max = alerts
+            .iter()
+            .filter_map(|a| parse_rfc3339_ms(&a.window_end))
+            .max()
+            .unwrap_or(i64::MIN);
+        let mut r = self.retained.lock();
+        r.newest = r.newest.max(max);
+        r.alerts.push_back((max, batch));
+        r.prune();
+    }
+
+    /// The retained closed windows.
+    pub fn closed_windows(&self) -> Vec<RecordBatch> {
+        self.retained
+            .lock()
+            .windows
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// The retained alerts.
+    pub fn alerts(&self) -> Vec<RecordBatch> {
+        self.retained
+            .lock()
+            .alerts
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            2 => Phase::Finished,
+            3 => Phase::Failed,
+            _ => Phase::Stopping,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// Installs (or removes, with None) the queue of the `http` source.
+    pub fn set_ingest(&self, tx: Option<Sender<IngestBody>>) {
+        *self.ingest.lock() = tx;
+    }
+
+    /// Hands an HTTP body to the `http` source without waiting.
+    pub fn ingest(&self, data: Vec<u8>) -> Result<(), IngestRefused> {
+        let request = self.ingest_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = self.ingest.lock();
+        let Some(tx) = guard.as_ref() else {
+            return Err(IngestRefused::Unavailable);
+        };
+        match tx.try_send(IngestBody { data, request }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.ingest_refused.fetch_add(1, Ordering::Relaxed);
+                Err(IngestRefused::Busy)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(IngestRefused::Unavailable),
+        }
+    }
+
+    pub fn record_query(&self, ok: bool, took: Duration) {
+        if ok {
+            self.queries_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.queries_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self
+            .query_latency
+            .lock()
+            .record((took.as_micros() as u64).max(1));
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("partitions", &self.partition_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Alerts as a batch in [`alerts_schema`].
+pub fn alerts_batch(alerts: &[Alert]) -> RecordBatch {
+    let n = alerts.len();
+    let mut id = StringBuilder::with_capacity(n, n * 48);
+    let mut rule = StringBuilder::with_capacity(n, n * 12);
+    let mut device = StringBuilder::with_capacity(n, n * 24);
+    let mut kind = StringBuilder::with_capacity(n, n * 4);
+    let mut window = StringBuilder::with_capacity(n, n * 12);
+    let mut start = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut value = Float64Builder::with_capacity(n);
+    let mut state = StringBuilder::with_capacity(n, n * 7);
+    for a in alerts {
+        id.append_value(&a.id);
+        rule.append_value(&*a.rule);
+        device.append_value(&a.device_id);
+        kind.append_value(&a.kind);
+        window.append_value(&*a.window);
+        start.append_value(parse_rfc3339_ms(&a.window_start).unwrap_or(0));
+        end.append_value(parse_rfc3339_ms(&a.window_end).unwrap_or(0));
+        value.append_value(a.value);
+        state.append_value(match a.state {
+            AlertState::Raised => "raised",
+            AlertState::Cleared => "cleared",
+        });
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(rule.finish()),
+        Arc::new(device.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(window.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(value.finish()),
+        Arc::new(state.finish()),
+    ];
+    RecordBatch::try_new(alerts_schema(), columns).expect("columns match the alerts schema")
+}
+
+/// The `stats` table from the partitions' snapshots.
+pub fn stats_batch(snaps: &[Arc<PartitionSnapshot>]) -> RecordBatch {
+    let n = snaps.len();
+    let mut cols: Vec<UInt64Builder> = (0..13).map(|_| UInt64Builder::with_capacity(n)).collect();
+    let mut wm = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut max_ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut lag = arrow_array::builder::Int64Builder::with_capacity(n);
+    let mut published = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    for s in snaps {
+        let c = &s.counts;
+        let values = [
+            s.partition as u64,
+            c.received,
+            c.aggregated,
+            c.duplicate,
+            c.filtered,
+            c.late,
+            c.dead_lettered,
+            c.windows,
+            c.alerts,
+            c.open_alerts,
+            c.gaps,
+            s.devices.num_rows() as u64,
+            s.live.num_rows() as u64,
+        ];
+        for (b, v) in cols.iter_mut().zip(values) {
+            b.append_value(v);
+        }
+        let w = s.watermark();
+        wm.append_option(w);
+        max_ts.append_option((s.max_event_time > i64::MIN / 2).then_some(s.max_event_time));
+        lag.append_option(w.map(|w| s.published_ms - w));
+        published.append_value(s.published_ms);
+    }
+    let mut columns: Vec<ArrayRef> = cols
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    columns.push(Arc::new(wm.finish()));
+    columns.push(Arc::new(max_ts.finish()));
+    columns.push(Arc::new(lag.finish()));
+    columns.push(Arc::new(published.finish()));
+    RecordBatch::try_new(stats_schema(), columns).expect("columns match the stats schema")
+}
