@@ -898,7 +898,10 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             }
         }
     }
-    for (k, v) in [("token_env", &s.token_env), ("password_env", &s.password_env)] {
+    for (k, v) in [
+        ("token_env", &s.token_env),
+        ("password_env", &s.password_env),
+    ] {
         if let Some(var) = v
             && std::env::var(var).map_or(true, |x| x.is_empty())
         {
@@ -909,7 +912,10 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
         }
     }
     if s.token.is_some() && s.token_env.is_some() {
-        return Err(ConfigError::invalid("server.token_env", "set token or token_env, not both"));
+        return Err(ConfigError::invalid(
+            "server.token_env",
+            "set token or token_env, not both",
+        ));
     }
     if s.password.is_some() && s.password_env.is_some() {
         return Err(ConfigError::invalid(
@@ -930,7 +936,10 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
         ));
     }
     if s.max_rows == Some(0) {
-        return Err(ConfigError::invalid("server.max_rows", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "server.max_rows",
+            "must be at least 1",
+        ));
     }
     for (k, v) in [
         ("query_timeout", s.query_timeout),
@@ -938,7 +947,10 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
         ("retention", s.retention),
     ] {
         if v.is_some_and(|d| d.0.is_zero()) {
-            return Err(ConfigError::invalid(format!("server.{k}"), "must be more than 0"));
+            return Err(ConfigError::invalid(
+                format!("server.{k}"),
+                "must be more than 0",
+            ));
         }
     }
     Ok(())

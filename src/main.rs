@@ -129,7 +129,9 @@ fn run(cfg: Config, demo: bool) -> anyhow::Result<()> {
     };
     if let Some(s) = &server {
         if let Some(a) = s.http {
-            eprintln!("eventide: HTTP on http://{a} (POST /sql, GET /metrics, /healthz, /readyz, POST /ingest)");
+            eprintln!(
+                "eventide: HTTP on http://{a} (POST /sql, GET /metrics, /healthz, /readyz, POST /ingest)"
+            );
             if demo {
                 eprintln!(
                     "  try: curl --data 'SELECT \"deviceId\", avg FROM live_windows WHERE type = '\''CO2'\'' ORDER BY avg DESC LIMIT 5' http://{a}/sql"

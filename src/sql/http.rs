@@ -113,7 +113,9 @@ async fn sql(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Re
         .unwrap_or("");
     let batches = match ctx.engine.query(query).await {
         Ok(b) => b,
-        Err(e @ QueryError::Timeout(_)) => return error(StatusCode::REQUEST_TIMEOUT, &e.to_string()),
+        Err(e @ QueryError::Timeout(_)) => {
+            return error(StatusCode::REQUEST_TIMEOUT, &e.to_string());
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let encoded = if accept.contains(ARROW_STREAM) {
@@ -136,7 +138,10 @@ async fn sql(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Re
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         super::metrics::render(&ctx.engine.hub),
     )
         .into_response()
@@ -151,7 +156,11 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
     let phase = hub.phase();
     let source = match phase {
         Phase::Starting => "starting",
-        Phase::Running if hub.source_connected.load(std::sync::atomic::Ordering::Relaxed) => {
+        Phase::Running
+            if hub
+                .source_connected
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
             "connected"
         }
         Phase::Running => "disconnected",
@@ -172,12 +181,20 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, [(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body + "\n",
+    )
+        .into_response()
 }
 
 async fn ingest(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
     if body.iter().all(|c| c.is_ascii_whitespace()) {
-        return error(StatusCode::BAD_REQUEST, "empty body: send a JSON event, a JSON array or NDJSON");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "empty body: send a JSON event, a JSON array or NDJSON",
+        );
     }
     let data = one_line_if_single_document(&body);
     match ctx.engine.hub.ingest(data) {

@@ -56,7 +56,12 @@ pub fn render(hub: &Hub) -> String {
         "Input events received per partition.",
         &snaps
             .iter()
-            .map(|s| (format!("{{partition=\"{}\"}}", s.partition), s.counts.received as f64))
+            .map(|s| {
+                (
+                    format!("{{partition=\"{}\"}}", s.partition),
+                    s.counts.received as f64,
+                )
+            })
             .collect::<Vec<_>>(),
     );
     metric(
@@ -84,7 +89,10 @@ pub fn render(hub: &Hub) -> String {
         &one(total.open_alerts),
     );
     let now = crate::event::now_ms();
-    let with_wm: Vec<_> = snaps.iter().filter_map(|s| s.watermark().map(|w| (s, w))).collect();
+    let with_wm: Vec<_> = snaps
+        .iter()
+        .filter_map(|s| s.watermark().map(|w| (s, w)))
+        .collect();
     metric(
         "eventide_watermark_lag_seconds",
         "gauge",
@@ -105,7 +113,12 @@ pub fn render(hub: &Hub) -> String {
         "The partition's watermark, epoch seconds.",
         &with_wm
             .iter()
-            .map(|(s, w)| (format!("{{partition=\"{}\"}}", s.partition), *w as f64 / 1000.0))
+            .map(|(s, w)| {
+                (
+                    format!("{{partition=\"{}\"}}", s.partition),
+                    *w as f64 / 1000.0,
+                )
+            })
             .collect::<Vec<_>>(),
     );
     metric(
@@ -114,7 +127,12 @@ pub fn render(hub: &Hub) -> String {
         "Open window rows (window, device, type) per partition.",
         &snaps
             .iter()
-            .map(|s| (format!("{{partition=\"{}\"}}", s.partition), s.live.num_rows() as f64))
+            .map(|s| {
+                (
+                    format!("{{partition=\"{}\"}}", s.partition),
+                    s.live.num_rows() as f64,
+                )
+            })
             .collect::<Vec<_>>(),
     );
     metric(
@@ -136,7 +154,12 @@ pub fn render(hub: &Hub) -> String {
         ]
         .map(|(s, v)| (format!("{{stream=\"{s}\"}}"), v as f64)),
     );
-    metric("eventide_sink_flushes_total", "counter", "Sink flushes.", &one(l(&k.flushes)));
+    metric(
+        "eventide_sink_flushes_total",
+        "counter",
+        "Sink flushes.",
+        &one(l(&k.flushes)),
+    );
     metric(
         "eventide_sink_retries_total",
         "counter",

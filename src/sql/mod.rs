@@ -48,11 +48,11 @@ pub enum QueryError {
     /// DataFusion rejected or failed the query (its message, unchanged).
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
-    #[error("query cancelled: it ran longer than the query timeout ({0:?}; [server] query_timeout)")]
-    Timeout(Duration),
     #[error(
-        "query result has more than {0} rows ([server] max_rows): add a LIMIT or an aggregate"
+        "query cancelled: it ran longer than the query timeout ({0:?}; [server] query_timeout)"
     )]
+    Timeout(Duration),
+    #[error("query result has more than {0} rows ([server] max_rows): add a LIMIT or an aggregate")]
     TooManyRows(u64),
 }
 
@@ -183,8 +183,8 @@ fn json_value(
     out: &mut Vec<u8>,
 ) {
     use datafusion::arrow::datatypes::{
-        Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type,
-        UInt16Type, UInt32Type, UInt64Type,
+        Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+        UInt32Type, UInt64Type,
     };
     if a.is_null(row) {
         out.extend_from_slice(b"null");

@@ -49,9 +49,7 @@ pub async fn serve(
             Ok((socket, addr)) => {
                 let handlers = handlers.clone();
                 tokio::spawn(async move {
-                    if let Err(e) =
-                        pgwire::tokio::process_socket(socket, None, handlers).await
-                    {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                         tracing::debug!(%addr, error = %e, "PostgreSQL connection ended with an error.");
                     }
                 });
@@ -102,7 +100,11 @@ enum Startup {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -183,27 +185,30 @@ fn limited(response: Response, deadline: tokio::time::Instant, limits: Limits) -
         return response;
     };
     let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
-    let stream = futures::stream::unfold((rows, 0u64, false), move |(mut rows, n, done)| async move {
-        if done {
-            return None;
-        }
-        match tokio::time::timeout_at(deadline, rows.next()).await {
-            Err(_) => Some((Err(timeout_error(limits)), (rows, n, true))),
-            Ok(None) => None,
-            Ok(Some(Err(e))) => Some((Err(e), (rows, n, true))),
-            Ok(Some(Ok(_))) if n >= limits.max_rows => Some((
-                Err(user_error(
-                    "54000", // program_limit_exceeded
-                    format!(
-                        "query result has more than {} rows ([server] max_rows): add a LIMIT or an aggregate",
-                        limits.max_rows
-                    ),
+    let stream = futures::stream::unfold(
+        (rows, 0u64, false),
+        move |(mut rows, n, done)| async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, rows.next()).await {
+                Err(_) => Some((Err(timeout_error(limits)), (rows, n, true))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((Err(e), (rows, n, true))),
+                Ok(Some(Ok(_))) if n >= limits.max_rows => Some((
+                    Err(user_error(
+                        "54000", // program_limit_exceeded
+                        format!(
+                            "query result has more than {} rows ([server] max_rows): add a LIMIT or an aggregate",
+                            limits.max_rows
+                        ),
+                    )),
+                    (rows, n, true),
                 )),
-                (rows, n, true),
-            )),
-            Ok(Some(Ok(row))) => Some((Ok(row), (rows, n + 1, false))),
-        }
-    });
+                Ok(Some(Ok(row))) => Some((Ok(row), (rows, n + 1, false))),
+            }
+        },
+    );
     q.data_rows = Box::pin(stream);
     Response::Query(q)
 }
@@ -218,10 +223,12 @@ impl SimpleQueryHandler for Service {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
-        let responses =
-            tokio::time::timeout_at(deadline, SimpleQueryHandler::do_query(&*self.inner, client, query))
-                .await
-                .map_err(|_| timeout_error(self.limits))??;
+        let responses = tokio::time::timeout_at(
+            deadline,
+            SimpleQueryHandler::do_query(&*self.inner, client, query),
+        )
+        .await
+        .map_err(|_| timeout_error(self.limits))??;
         Ok(responses
             .into_iter()
             .map(|r| limited(r, deadline, self.limits))

@@ -86,7 +86,6 @@ struct StateTable {
 
 #[async_trait]
 impl TableProvider for StateTable {
-
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }
@@ -195,7 +194,9 @@ impl SchemaProvider for ReadOnlySchema {
 }
 
 fn read_only() -> DataFusionError {
-    DataFusionError::Plan("eventide's catalog is read-only: tables cannot be created or dropped".into())
+    DataFusionError::Plan(
+        "eventide's catalog is read-only: tables cannot be created or dropped".into(),
+    )
 }
 
 /// An object store registry with no stores: SQL cannot read or write files
