@@ -758,6 +758,88 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
+    let mut exposed = (false, false);
+    for (k, v, default) in [
+        ("http", &s.http, DEFAULT_HTTP),
+        ("postgres", &s.postgres, DEFAULT_POSTGRES),
+    ] {
+        let text = v.as_deref().unwrap_or(default);
+        if text == "off" {
+            continue;
+        }
+        let addr = text.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::invalid(
+                format!("server.{k}"),
+                format!("not a socket address or \"off\" ({text:?}): {e}"),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            if k == "http" {
+                exposed.0 = true;
+            } else {
+                exposed.1 = true;
+            }
+        }
+    }
+    for (k, v) in [
+        ("token_env", &s.token_env),
+        ("password_env", &s.password_env),
+    ] {
+        if let Some(var) = v
+            && std::env::var(var).map_or(true, |x| x.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                format!("server.{k}"),
+                format!("environment variable {var} is not set"),
+            ));
+        }
+    }
+    if s.token.is_some() && s.token_env.is_some() {
+        return Err(ConfigError::invalid(
+            "server.token_env",
+            "set token or token_env, not both",
+        ));
+    }
+    if s.password.is_some() && s.password_env.is_some() {
+        return Err(ConfigError::invalid(
+            "server.password_env",
+            "set password or password_env, not both",
+        ));
+    }
+    if exposed.0 && s.token().is_none() {
+        return Err(ConfigError::invalid(
+            "server.token",
+            "the HTTP server listens beyond loopback: set token or token_env (clients send `Authorization: Bearer <token>`)",
+        ));
+    }
+    if exposed.1 && s.password().is_none() {
+        return Err(ConfigError::invalid(
+            "server.password",
+            "the PostgreSQL server listens beyond loopback: set password or password_env",
+        ));
+    }
+    if s.max_rows == Some(0) {
+        return Err(ConfigError::invalid(
+            "server.max_rows",
+            "must be at least 1",
+        ));
+    }
+    for (k, v) in [
+        ("query_timeout", s.query_timeout),
+        ("snapshot_interval", s.snapshot_interval),
+        ("retention", s.retention),
+    ] {
+        if v.is_some_and(|d| d.0.is_zero()) {
+            return Err(ConfigError::invalid(
+                format!("server.{k}"),
+                "must be more than 0",
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,90 +950,57 @@ mod tests {
     }
 
     #[test]
+    fn server_keys_are_checked_and_named() {
+        let with = |server: &str| format!("{GOOD}\n[server]\n{server}\n");
+        let ok = Config::parse(&with("")).unwrap();
+        let s = ok.server.as_ref().unwrap();
+        assert_eq!(s.http_addr().unwrap().to_string(), DEFAULT_HTTP);
+        assert_eq!(s.postgres_addr().unwrap().to_string(), DEFAULT_POSTGRES);
+        assert_eq!(s.max_rows(), 100_000);
+        assert_eq!(s.retention().0, Duration::from_secs(3600));
+        assert!(
+            Config::parse(GOOD).unwrap().server.is_none(),
+            "no [server], no endpoints"
+        );
+        let off = Config::parse(&with("http = \"off\"\npostgres = \"off\"")).unwrap();
+        assert!(off.server.unwrap().http_addr().is_none());
+        assert_eq!(key_of(&with("http = \"localhost\"")), "server.http");
+        assert_eq!(
+            key_of(&with("postgres = \"1.2.3.4:99999\"")),
+            "server.postgres"
+        );
+        assert_eq!(key_of(&with("http = \"0.0.0.0:8080\"")), "server.token");
+        assert_eq!(
+            key_of(&with(
+                "http = \"0.0.0.0:8080\"\ntoken = \"t\"\npostgres = \"0.0.0.0:5433\""
+            )),
+            "server.password"
+        );
+        Config::parse(&with(
+            "http = \"0.0.0.0:8080\"\ntoken = \"t\"\npostgres = \"0.0.0.0:5433\"\npassword = \"p\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            key_of(&with("token_env = \"EVENTIDE_TEST_SURELY_UNSET_VAR\"")),
+            "server.token_env"
+        );
+        assert_eq!(key_of(&with("max_rows = 0")), "server.max_rows");
+        assert_eq!(
+            key_of(&with("query_timeout = \"0s\"")),
+            "server.query_timeout"
+        );
+        assert_eq!(key_of(&with("colour = 1")), "server.colour");
+        let http_source = GOOD.replace(
+            "kind = \"file\"\n        path = \"events.ndjson\"",
+            "kind = \"http\"",
+        );
+        assert_eq!(key_of(&http_source), "server.http");
+        Config::parse(&format!("{http_source}\n[server]\n")).unwrap();
+    }
+
+    #[test]
     fn the_rule_name_is_in_an_expression_error() {
         let err = Config::parse(&GOOD.replace("avg > 1000", "avg > ")).unwrap_err();
         assert!(err.to_string().contains("co2_high"), "{err}");
     }
-}
-
-fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
-    let mut exposed = (false, false);
-    for (k, v, default) in [
-        ("http", &s.http, DEFAULT_HTTP),
-        ("postgres", &s.postgres, DEFAULT_POSTGRES),
-    ] {
-        let text = v.as_deref().unwrap_or(default);
-        if text == "off" {
-            continue;
-        }
-        let addr = text.parse::<SocketAddr>().map_err(|e| {
-            ConfigError::invalid(
-                format!("server.{k}"),
-                format!("not a socket address or \"off\" ({text:?}): {e}"),
-            )
-        })?;
-        if !addr.ip().is_loopback() {
-            if k == "http" {
-                exposed.0 = true;
-            } else {
-                exposed.1 = true;
-            }
-        }
-    }
-    for (k, v) in [
-        ("token_env", &s.token_env),
-        ("password_env", &s.password_env),
-    ] {
-        if let Some(var) = v
-            && std::env::var(var).map_or(true, |x| x.is_empty())
-        {
-            return Err(ConfigError::invalid(
-                format!("server.{k}"),
-                format!("environment variable {var} is not set"),
-            ));
-        }
-    }
-    if s.token.is_some() && s.token_env.is_some() {
-        return Err(ConfigError::invalid(
-            "server.token_env",
-            "set token or token_env, not both",
-        ));
-    }
-    if s.password.is_some() && s.password_env.is_some() {
-        return Err(ConfigError::invalid(
-            "server.password_env",
-            "set password or password_env, not both",
-        ));
-    }
-    if exposed.0 && s.token().is_none() {
-        return Err(ConfigError::invalid(
-            "server.token",
-            "the HTTP server listens beyond loopback: set token or token_env (clients send `Authorization: Bearer <token>`)",
-        ));
-    }
-    if exposed.1 && s.password().is_none() {
-        return Err(ConfigError::invalid(
-            "server.password",
-            "the PostgreSQL server listens beyond loopback: set password or password_env",
-        ));
-    }
-    if s.max_rows == Some(0) {
-        return Err(ConfigError::invalid(
-            "server.max_rows",
-            "must be at least 1",
-        ));
-    }
-    for (k, v) in [
-        ("query_timeout", s.query_timeout),
-        ("snapshot_interval", s.snapshot_interval),
-        ("retention", s.retention),
-    ] {
-        if v.is_some_and(|d| d.0.is_zero()) {
-            return Err(ConfigError::invalid(
-                format!("server.{k}"),
-                "must be more than 0",
-            ));
-        }
-    }
-    Ok(())
 }

@@ -392,15 +392,50 @@ fn interrupted_run_flushes_what_has_closed(signal: &str) {
 #[test]
 fn the_embedded_demo_shows_windows_and_a_raised_alert_within_ten_seconds() {
     let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(BIN)
-        .arg("run")
+        .args([
+            "run",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--postgres",
+            "off",
+        ])
         .current_dir(dir.path())
         .env("TMPDIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(9));
+    // The demo serves SQL over its live windows.
+    let live = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let q = "SELECT count(*) AS n FROM live_windows";
+        write!(
+            s,
+            "POST /sql HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{q}",
+            q.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    let n: u64 = live
+        .split("\"n\":")
+        .nth(1)
+        .and_then(|r| r.split('}').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{live}"));
+    assert!(n > 100, "open windows in the demo: {n}");
+    std::thread::sleep(Duration::from_secs(1));
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
