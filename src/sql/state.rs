@@ -454,3 +454,58 @@ pub fn stats_batch(snaps: &[Arc<PartitionSnapshot>]) -> RecordBatch {
     columns.push(Arc::new(published.finish()));
     RecordBatch::try_new(stats_schema(), columns).expect("columns match the stats schema")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_is_refused_when_the_queue_is_full_or_absent() {
+        let hub = Hub::new(1, Duration::from_secs(60), Duration::from_millis(100));
+        assert_eq!(hub.ingest(b"{}".to_vec()), Err(IngestRefused::Unavailable));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        hub.set_ingest(Some(tx));
+        assert_eq!(hub.ingest(b"a".to_vec()), Ok(()));
+        assert_eq!(hub.ingest(b"b".to_vec()), Err(IngestRefused::Busy));
+        assert_eq!(rx.recv().unwrap().data, b"a");
+        assert_eq!(hub.ingest(b"c".to_vec()), Ok(()));
+        drop(rx);
+        assert_eq!(hub.ingest(b"d".to_vec()), Err(IngestRefused::Unavailable));
+        assert_eq!(hub.ingest_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn retained_windows_and_alerts_expire_by_event_time() {
+        let hub = Hub::new(1, Duration::from_secs(60), Duration::from_millis(100));
+        let batch = |end: i64| {
+            use arrow_array::{Float64Array, StringArray, TimestampMillisecondArray, UInt64Array};
+            let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+            let t = |v: i64| {
+                Arc::new(TimestampMillisecondArray::from(vec![v]).with_timezone("UTC")) as ArrayRef
+            };
+            let f = || Arc::new(Float64Array::from(vec![1.0])) as ArrayRef;
+            RecordBatch::try_new(
+                window_schema(),
+                vec![
+                    s("w"),
+                    s("d"),
+                    s("T"),
+                    t(end - 1000),
+                    t(end),
+                    Arc::new(UInt64Array::from(vec![1])),
+                    f(),
+                    f(),
+                    f(),
+                    f(),
+                ],
+            )
+            .unwrap()
+        };
+        hub.retain_windows(&batch(10_000));
+        hub.retain_windows(&batch(50_000));
+        assert_eq!(hub.closed_windows().len(), 2);
+        hub.retain_windows(&batch(75_000)); // 10s end is now more than 60s behind
+        let ends: Vec<usize> = hub.closed_windows().iter().map(|b| b.num_rows()).collect();
+        assert_eq!(ends, vec![1, 1]);
+    }
+}

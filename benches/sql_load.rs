@@ -1,0 +1,229 @@
+//! SQL under load: the throughput harness's replay (config/file.toml, 2 partitions)
+//! with and without the query server while a client sends a query over HTTP every
+//! 10 ms, then query latency over the final state (≥ 100k retained windows).
+//!
+//! `cargo bench --bench sql_load`  (EVENTIDE_BENCH_EVENTS=N, default 1,200,000;
+//! EVENTIDE_BENCH_INPUT=path to keep and reuse the generated input;
+//! EVENTIDE_BENCH_RUNS=R runs per mode, best taken, default 3)
+
+use std::io::{BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use eventide::config::{Config, ServerConfig};
+use eventide::pipeline::{self, Status};
+use eventide::sql::{Hub, Server};
+use eventide_simulator::{Generator, SimConfig};
+use hdrhistogram::Histogram;
+
+const QUERIES: [&str; 4] = [
+    // "top 10 CO2 averages in the open windows"
+    "SELECT deviceId, window, avg FROM live_windows WHERE type = 'CO2' ORDER BY avg DESC LIMIT 10",
+    // "which devices are above threshold right now"
+    "SELECT DISTINCT deviceId FROM live_windows WHERE window = 'sliding_5m' AND type = 'CO2' AND avg > 1000",
+    // over the retained closed windows
+    "SELECT type, count(*) AS n, avg(avg) AS mean, max(max) AS peak FROM windows GROUP BY type",
+    "SELECT sum(received) AS r, sum(aggregated) AS a FROM stats",
+];
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = if quick {
+        20_000
+    } else {
+        env("EVENTIDE_BENCH_EVENTS", 1_200_000)
+    };
+    let runs = if quick {
+        1
+    } else {
+        env("EVENTIDE_BENCH_RUNS", 3)
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = std::env::var_os("EVENTIDE_BENCH_INPUT")
+        .filter(|_| !quick)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("events.ndjson"));
+    if !input.exists() {
+        generate(&input, n);
+    }
+    let mut f = std::fs::File::open(&input).expect("input");
+    let mut chunk = vec![0u8; 1 << 20];
+    while f.read(&mut chunk).expect("read input") > 0 {}
+
+    let mut cfg = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/file.toml"
+    )))
+    .expect("example config");
+    cfg.source.path = Some(input.clone());
+    cfg.sinks[0].path = Some(dir.path().join("out.jsonl"));
+    cfg.dead_letter.path = Some(dir.path().join("dead.jsonl"));
+    let server_cfg = ServerConfig {
+        http: Some("127.0.0.1:0".into()),
+        postgres: Some("off".into()),
+        ..ServerConfig::default()
+    };
+
+    println!("eventide SQL load bench");
+    println!("  machine:   {}", machine());
+    let mut best_plain: f64 = 0.0;
+    let mut best_served: f64 = 0.0;
+    let mut during = Histogram::<u64>::new(3).expect("valid");
+    let mut last_hub = None;
+    let mut queries_sent = 0;
+    for _ in 0..runs {
+        // Without the server.
+        let started = Instant::now();
+        let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off)
+            .expect("pipeline run");
+        assert_eq!(
+            report.counts.received, n,
+            "EVENTIDE_BENCH_INPUT holds a different number of events"
+        );
+        best_plain = best_plain.max(n as f64 / started.elapsed().as_secs_f64());
+
+        // With the server, and a query every 10 ms.
+        let hub = Arc::new(Hub::new(
+            cfg.pipeline.partitions(),
+            server_cfg.retention().0,
+            server_cfg.snapshot_interval().0,
+        ));
+        let server = Server::start(&server_cfg, hub.clone(), false).expect("server");
+        let port = server.http.expect("http").port();
+        let done = Arc::new(AtomicBool::new(false));
+        let client = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut h = Histogram::<u64>::new(3).expect("valid");
+                let mut i = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    query(port, QUERIES[i % QUERIES.len()]);
+                    let _ = h.record(t.elapsed().as_micros() as u64);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(10).saturating_sub(t.elapsed()));
+                }
+                h
+            })
+        };
+        let started = Instant::now();
+        let report = pipeline::run_with(
+            &cfg,
+            Arc::new(AtomicBool::new(false)),
+            Status::Off,
+            Some(hub.clone()),
+        )
+        .expect("pipeline run");
+        let secs = started.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        let h = client.join().expect("client");
+        queries_sent += h.len();
+        let _ = during.add(&h);
+        assert!(report.counts.balanced());
+        best_served = best_served.max(n as f64 / secs);
+        last_hub = Some((hub, server));
+    }
+    let loss = (1.0 - best_served / best_plain) * 100.0;
+    println!("  input:     {n} events, {runs} run(s) per mode, best run");
+    println!("  ingest:    {best_plain:.0} events/s without the server");
+    println!(
+        "             {best_served:.0} events/s with the server and a query every 10 ms ({loss:.1} % drop)"
+    );
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "  queries during ingestion: {queries_sent}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(&during, 0.5),
+        ms(&during, 0.99),
+        during.max() as f64 / 1000.0
+    );
+
+    // Query latency over the final state.
+    let (hub, server) = last_hub.expect("at least one run");
+    let port = server.http.expect("http").port();
+    let retained: usize = hub.closed_windows().iter().map(|b| b.num_rows()).sum();
+    println!("  final state: {retained} retained closed windows");
+    for q in [
+        "SELECT deviceId, window, avg FROM windows WHERE type = 'CO2' ORDER BY avg DESC LIMIT 10",
+        QUERIES[2],
+        "SELECT deviceId, count(*) AS n FROM windows GROUP BY deviceId ORDER BY n DESC LIMIT 5",
+    ] {
+        let mut h = Histogram::<u64>::new(3).expect("valid");
+        let reps = if quick { 5 } else { 200 };
+        for _ in 0..reps {
+            let t = Instant::now();
+            query(port, q);
+            let _ = h.record(t.elapsed().as_micros() as u64);
+        }
+        println!(
+            "    p50 {:>6.1} ms  p99 {:>6.1} ms  {q}",
+            ms(&h, 0.5),
+            ms(&h, 0.99)
+        );
+    }
+    drop(server);
+}
+
+/// POST /sql; panics unless 200.
+fn query(port: u16, sql: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "POST /sql HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    )
+    .expect("send");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "{sql}: {}",
+        String::from_utf8_lossy(&resp)
+    );
+}
+
+fn generate(path: &Path, n: u64) {
+    let mut g = Generator::new(SimConfig {
+        devices: 2000,
+        complex_fields: 20,
+        hot_devices: 40,
+        ..SimConfig::default()
+    });
+    let mut w =
+        BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create input"));
+    let mut buf = Vec::with_capacity(1 << 16);
+    while g.stats().events < n {
+        buf.clear();
+        for _ in 0..64 {
+            if g.stats().events >= n {
+                break;
+            }
+            g.next_message(&mut buf, n - g.stats().events);
+        }
+        w.write_all(&buf).expect("write input");
+    }
+    w.flush().expect("flush input");
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores")
+}
