@@ -343,8 +343,8 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             .find_map(|s| name.strip_suffix(s).filter(|b| typed.contains(*b)))
             .unwrap_or(name);
         assert!(typed.contains(base), "no # TYPE before {line:?}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty() {
                 assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
                 for pair in labels[1..labels.len() - 1].split(',') {
                     let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
@@ -354,7 +354,6 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
                     );
                 }
             }
-        }
         let v: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
