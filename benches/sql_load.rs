@@ -6,7 +6,7 @@
 //! EVENTIDE_BENCH_INPUT=path to keep and reuse the generated input;
 //! EVENTIDE_BENCH_RUNS=R runs per mode, best taken, default 3)
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use eventide::config::{Config, ServerConfig};
 use eventide::pipeline::{self, Status};
 use eventide::sql::{Hub, Server};
-use eventide_simulator::{Generator, SimConfig};
 use hdrhistogram::Histogram;
 
 const QUERIES: [&str; 4] = [
@@ -28,6 +27,10 @@ const QUERIES: [&str; 4] = [
     "SELECT type, count(*) AS n, avg(avg) AS mean, max(max) AS peak FROM windows GROUP BY type",
     "SELECT sum(received) AS r, sum(aggregated) AS a FROM stats",
 ];
+
+mod common;
+
+use common::{generate, machine, warm_page_cache};
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -55,9 +58,7 @@ fn main() {
     if !input.exists() {
         generate(&input, n);
     }
-    let mut f = std::fs::File::open(&input).expect("input");
-    let mut chunk = vec![0u8; 1 << 20];
-    while f.read(&mut chunk).expect("read input") > 0 {}
+    warm_page_cache(&input);
 
     let mut cfg = Config::load(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -188,42 +189,4 @@ fn query(port: u16, sql: &str) {
         "{sql}: {}",
         String::from_utf8_lossy(&resp)
     );
-}
-
-fn generate(path: &Path, n: u64) {
-    let mut g = Generator::new(SimConfig {
-        devices: 2000,
-        complex_fields: 20,
-        hot_devices: 40,
-        ..SimConfig::default()
-    });
-    let mut w =
-        BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create input"));
-    let mut buf = Vec::with_capacity(1 << 16);
-    while g.stats().events < n {
-        buf.clear();
-        for _ in 0..64 {
-            if g.stats().events >= n {
-                break;
-            }
-            g.next_message(&mut buf, n - g.stats().events);
-        }
-        w.write_all(&buf).expect("write input");
-    }
-    w.flush().expect("flush input");
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cpu}, {cores} cores")
 }

@@ -6,7 +6,6 @@
 //! `cargo bench --bench throughput`  (EVENTIDE_BENCH_EVENTS=N to change N, default 1M;
 //! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2)
 
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -14,7 +13,10 @@ use std::time::Instant;
 
 use eventide::config::Config;
 use eventide::pipeline::{self, Status};
-use eventide_simulator::{Generator, SimConfig};
+
+mod common;
+
+use common::{generate, machine, warm_page_cache};
 
 fn main() {
     // `cargo bench` passes --bench; anything else (e.g. `cargo test --benches`) only checks it runs.
@@ -40,37 +42,8 @@ fn main() {
         generate(&input, n);
     }
     let bytes = std::fs::metadata(&input).expect("input").len();
-    // Warm the page cache (the harness measures the pipeline, not the disk) without
-    // holding the file in memory.
-    let mut f = std::fs::File::open(&input).expect("input");
-    let mut chunk = vec![0u8; 1 << 20];
-    while f.read(&mut chunk).expect("read input") > 0 {}
-    drop(chunk);
+    warm_page_cache(&input);
     run(n, partitions, dir.path(), &input, bytes);
-}
-
-/// Writes `n` simulated events (~820 bytes each, 2,000 devices) to `path`.
-fn generate(path: &Path, n: u64) {
-    let mut g = Generator::new(SimConfig {
-        devices: 2000,
-        complex_fields: 20,
-        hot_devices: 40,
-        ..SimConfig::default()
-    });
-    let mut w =
-        BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create input"));
-    let mut buf = Vec::with_capacity(1 << 16);
-    while g.stats().events < n {
-        buf.clear();
-        for _ in 0..64 {
-            if g.stats().events >= n {
-                break;
-            }
-            g.next_message(&mut buf, n - g.stats().events);
-        }
-        w.write_all(&buf).expect("write input");
-    }
-    w.flush().expect("flush input");
 }
 
 fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
@@ -149,29 +122,4 @@ fn peak_rss_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kib| kib / 1024 / 1024)
-        .unwrap_or(0);
-    format!("{cpu}, {cores} cores, {mem} GiB RAM")
 }

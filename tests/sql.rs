@@ -306,6 +306,21 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
+/// A `stats` row's outcomes add up to what it received.
+fn assert_stats_row_adds_up(s: &Value) {
+    let outcomes: f64 = [
+        "aggregated",
+        "duplicate",
+        "filtered",
+        "late",
+        "deadLettered",
+    ]
+    .iter()
+    .map(|k| num(&s[*k]))
+    .sum();
+    assert_eq!(num(&s["received"]), outcomes, "{s}");
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -344,16 +359,17 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             .unwrap_or(name);
         assert!(typed.contains(base), "no # TYPE before {line:?}");
         if let Some(labels) = series.strip_prefix(name)
-            && !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
-                for pair in labels[1..labels.len() - 1].split(',') {
-                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
-                    assert!(
-                        !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
-                        "{line:?}"
-                    );
-                }
+            && !labels.is_empty()
+        {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+            for pair in labels[1..labels.len() - 1].split(',') {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                assert!(
+                    !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
+                    "{line:?}"
+                );
             }
+        }
         let v: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
@@ -422,17 +438,7 @@ fn after_a_finite_input_sql_matches_the_sinks_over_http_and_psql() {
     assert_eq!(stats.len(), 3);
     let mut received = 0.0;
     for s in &stats {
-        let outcomes: f64 = [
-            "aggregated",
-            "duplicate",
-            "filtered",
-            "late",
-            "deadLettered",
-        ]
-        .iter()
-        .map(|k| num(&s[*k]))
-        .sum();
-        assert_eq!(num(&s["received"]), outcomes, "{s}");
+        assert_stats_row_adds_up(s);
         received += num(&s["received"]);
     }
     assert_eq!(received, 30_000.0);
@@ -812,17 +818,7 @@ snapshot_interval = "50ms"
             last.insert(k, c);
         }
         for s in sql(r.http, "SELECT * FROM stats") {
-            let outcomes: f64 = [
-                "aggregated",
-                "duplicate",
-                "filtered",
-                "late",
-                "deadLettered",
-            ]
-            .iter()
-            .map(|k| num(&s[*k]))
-            .sum();
-            assert_eq!(num(&s["received"]), outcomes, "{s}");
+            assert_stats_row_adds_up(&s);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,0 +1,65 @@
+//! Helpers the benchmark harnesses share: the input they generate and the machine
+//! they name.
+#![allow(dead_code)]
+
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use eventide_simulator::{Generator, SimConfig};
+
+/// Writes `n` simulated events (~820 bytes each, 2,000 devices) to `path`.
+pub fn generate(path: &Path, n: u64) {
+    let mut g = Generator::new(SimConfig {
+        devices: 2000,
+        complex_fields: 20,
+        hot_devices: 40,
+        ..SimConfig::default()
+    });
+    let mut w =
+        BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create input"));
+    let mut buf = Vec::with_capacity(1 << 16);
+    while g.stats().events < n {
+        buf.clear();
+        for _ in 0..64 {
+            if g.stats().events >= n {
+                break;
+            }
+            g.next_message(&mut buf, n - g.stats().events);
+        }
+        w.write_all(&buf).expect("write input");
+    }
+    w.flush().expect("flush input");
+}
+
+/// Reads `path` once so the page cache holds it: the harnesses measure the pipeline,
+/// not the disk.
+pub fn warm_page_cache(path: &Path) {
+    let mut f = std::fs::File::open(path).expect("input");
+    let mut chunk = vec![0u8; 1 << 20];
+    while f.read(&mut chunk).expect("read input") > 0 {}
+}
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores, {mem} GiB RAM")
+}
