@@ -378,6 +378,35 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
     out
 }
 
+const GRAFANA_QUERIES: [&str; 2] = [
+    r#"SELECT
+        CASE WHEN
+              quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              )
+          THEN quote_ident(table_name)
+          ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+        END AS "table"
+        FROM information_schema.tables
+        WHERE quote_ident(table_schema) NOT IN ('information_schema', 'pg_catalog')
+        ORDER BY 1"#,
+    r#"SELECT quote_ident(column_name) AS "column", data_type AS "type"
+        FROM information_schema.columns
+        WHERE
+          CASE WHEN array_length(parse_ident('public.windows'),1) = 2
+            THEN quote_ident(table_schema) = (parse_ident('public.windows'))[1]
+              AND quote_ident(table_name) = (parse_ident('public.windows'))[2]
+            ELSE quote_ident(table_name) = 'public.windows'
+          END"#,
+];
+
 #[test]
 fn after_a_finite_input_sql_matches_the_sinks_over_http_and_psql() {
     let dir = tempfile::tempdir().unwrap();
@@ -614,6 +643,27 @@ fn after_a_finite_input_sql_matches_the_sinks_over_http_and_psql() {
         assert_eq!(got[0].get::<_, String>(0), "tumbling_1m");
         assert_eq!(got[0].get::<_, i64>(1), tumbling);
         assert!(client.query("SELECT nope", &[]).await.is_err());
+        // What Grafana's PostgreSQL data source asks to list tables and columns.
+        for q in GRAFANA_QUERIES {
+            let msgs = client
+                .simple_query(q)
+                .await
+                .unwrap_or_else(|e| panic!("{q}: {e:?}"));
+            let rows: Vec<_> = msgs
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).unwrap_or("").to_string())
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                rows.iter()
+                    .any(|r| r.ends_with("windows") || r == "deviceId"),
+                "{q}: {rows:?}"
+            );
+        }
         let again = client.query(&stmt, &[&"sliding_5m"]).await.unwrap();
         assert_eq!(again.len(), 1, "the session is still usable");
     });
