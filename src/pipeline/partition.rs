@@ -409,7 +409,7 @@ impl Partition {
         let Some(hub) = self.hub.clone() else {
             return;
         };
-        self.next_snapshot = Instant::now() + hub.snapshot_interval;
+        let started = Instant::now();
         self.live_rows.clear();
         self.windows
             .open_windows(self.names.series_count(), &mut self.live_rows);
@@ -428,6 +428,10 @@ impl Partition {
             latency: self.latency.clone(),
             published_ms: now_ms(),
         });
+        // A large state takes long to snapshot: publish less often then, so that
+        // snapshots never take more than about a tenth of the partition's time.
+        let took = started.elapsed();
+        self.next_snapshot = Instant::now() + hub.snapshot_interval.max(took * 9);
     }
 
     /// The `devices` table rows of this partition.
