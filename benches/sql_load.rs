@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,35 +30,20 @@ const QUERIES: [&str; 4] = [
 
 mod common;
 
-use common::{generate, machine, warm_page_cache};
+use common::{env_u64, machine};
 
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let n = if quick {
-        20_000
-    } else {
-        env("EVENTIDE_BENCH_EVENTS", 1_200_000)
-    };
+    let common::Input {
+        quick,
+        events: n,
+        path: input,
+        dir,
+    } = common::input(1_200_000);
     let runs = if quick {
         1
     } else {
-        env("EVENTIDE_BENCH_RUNS", 3)
+        env_u64("EVENTIDE_BENCH_RUNS", 3)
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let input = std::env::var_os("EVENTIDE_BENCH_INPUT")
-        .filter(|_| !quick)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.path().join("events.ndjson"));
-    if !input.exists() {
-        generate(&input, n);
-    }
-    warm_page_cache(&input);
 
     let mut cfg = Config::load(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),

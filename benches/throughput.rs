@@ -6,7 +6,7 @@
 //! `cargo bench --bench throughput`  (EVENTIDE_BENCH_EVENTS=N to change N, default 1M;
 //! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -16,34 +16,19 @@ use eventide::pipeline::{self, Status};
 
 mod common;
 
-use common::{generate, machine, warm_page_cache};
+use common::{env_u64, machine};
 
 fn main() {
-    // `cargo bench` passes --bench; anything else (e.g. `cargo test --benches`) only checks it runs.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let n = if quick {
-        20_000
-    } else {
-        env("EVENTIDE_BENCH_EVENTS", 1_000_000)
-    };
-    let partitions = env("EVENTIDE_BENCH_PARTITIONS", 2);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let input = std::env::var_os("EVENTIDE_BENCH_INPUT")
-        .filter(|_| !quick)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.path().join("events.ndjson"));
-    if !input.exists() {
-        generate(&input, n);
-    }
-    let bytes = std::fs::metadata(&input).expect("input").len();
-    warm_page_cache(&input);
-    run(n, partitions, dir.path(), &input, bytes);
+    let input = common::input(1_000_000);
+    let partitions = env_u64("EVENTIDE_BENCH_PARTITIONS", 2);
+    let bytes = std::fs::metadata(&input.path).expect("input").len();
+    run(
+        input.events,
+        partitions,
+        input.dir.path(),
+        &input.path,
+        bytes,
+    );
 }
 
 fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {

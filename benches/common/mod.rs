@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use eventide_simulator::{Generator, SimConfig};
 
@@ -29,6 +29,50 @@ pub fn generate(path: &Path, n: u64) {
         w.write_all(&buf).expect("write input");
     }
     w.flush().expect("flush input");
+}
+
+/// A harness's input: `cargo bench` passes `--bench`; anything else (e.g.
+/// `cargo test --benches`) is a quick check on 20,000 events that the harness runs.
+pub struct Input {
+    pub quick: bool,
+    pub events: u64,
+    pub path: PathBuf,
+    /// Holds the generated input (unless EVENTIDE_BENCH_INPUT names a file to keep).
+    pub dir: tempfile::TempDir,
+}
+
+/// `EVENTIDE_BENCH_EVENTS` (default `default_events`) events, generated unless
+/// `EVENTIDE_BENCH_INPUT` names an existing file, then read into the page cache.
+pub fn input(default_events: u64) -> Input {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let events = if quick {
+        20_000
+    } else {
+        env_u64("EVENTIDE_BENCH_EVENTS", default_events)
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = std::env::var_os("EVENTIDE_BENCH_INPUT")
+        .filter(|_| !quick)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("events.ndjson"));
+    if !path.exists() {
+        generate(&path, events);
+    }
+    warm_page_cache(&path);
+    Input {
+        quick,
+        events,
+        path,
+        dir,
+    }
+}
+
+/// An integer from the environment, or `default`.
+pub fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Reads `path` once so the page cache holds it: the harnesses measure the pipeline,

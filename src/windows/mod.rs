@@ -144,6 +144,19 @@ impl PaneStore {
         self.panes.get(i).map(|p| p.start)
     }
 
+    /// The earliest window (of `size`, starting on a multiple of `slide`) at or after
+    /// `next` that holds data: its start and the range of its panes.
+    fn next_with_data(
+        &self,
+        next: i64,
+        size: i64,
+        slide: i64,
+    ) -> Option<(i64, std::ops::Range<usize>)> {
+        let ps = self.first_at_or_after(next)?;
+        let s = next.max(align_down(ps - size, slide) + slide);
+        Some((s, self.range(s, s + size)))
+    }
+
     fn drop_before(&mut self, t: i64) {
         while self.panes.front().is_some_and(|p| p.start < t) {
             let p = self.panes.pop_front().expect("checked");
@@ -314,13 +327,10 @@ impl WindowEngine {
             } = self.defs[w];
             let store_ref = &self.stores[store];
             let mut next = self.next_start[w];
-            // The earliest window at or after `next` that holds data.
-            while let Some(ps) = store_ref.first_at_or_after(next) {
-                let s = next.max(align_down(ps - size, slide) + slide);
+            while let Some((s, panes)) = store_ref.next_with_data(next, size, slide) {
                 if s.saturating_add(size).saturating_add(self.lateness) > wm {
                     break;
                 }
-                let panes = store_ref.range(s, s + size);
                 if !panes.is_empty() {
                     emit(
                         &store_ref.panes,
@@ -378,9 +388,7 @@ impl WindowEngine {
             } = self.defs[w];
             let store_ref = &self.stores[store];
             let mut next = self.next_start[w];
-            while let Some(ps) = store_ref.first_at_or_after(next) {
-                let s = next.max(align_down(ps - size, slide) + slide);
-                let panes = store_ref.range(s, s + size);
+            while let Some((s, panes)) = store_ref.next_with_data(next, size, slide) {
                 if !panes.is_empty() {
                     emit(
                         &store_ref.panes,
