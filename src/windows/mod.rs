@@ -322,34 +322,8 @@ impl WindowEngine {
             self.slot.resize(series_count, NONE);
         }
         for w in 0..self.defs.len() {
-            let WindowDef {
-                size, slide, store, ..
-            } = self.defs[w];
-            let store_ref = &self.stores[store];
-            let mut next = self.next_start[w];
-            while let Some((s, panes)) = store_ref.next_with_data(next, size, slide) {
-                if s.saturating_add(size).saturating_add(self.lateness) > wm {
-                    break;
-                }
-                if !panes.is_empty() {
-                    emit(
-                        &store_ref.panes,
-                        panes.clone(),
-                        w as u16,
-                        s,
-                        s + size,
-                        &mut self.slot,
-                        out,
-                    );
-                    for p in panes {
-                        for &(at, n) in &store_ref.panes[p].arrivals {
-                            let us = now_ns.saturating_sub(at) / 1000;
-                            let _ = latency.record_n(us.max(1), n as u64);
-                        }
-                    }
-                }
-                next = s + slide;
-            }
+            let next = self.emit_windows(w, wm, out, Some((now_ns, &mut *latency)));
+            let WindowDef { size, slide, .. } = self.defs[w];
             let first_open =
                 align_down(wm.saturating_sub(self.lateness).saturating_sub(size), slide) + slide;
             self.next_start[w] = next.max(first_open);
@@ -383,26 +357,52 @@ impl WindowEngine {
             self.slot.resize(series_count, NONE);
         }
         for w in 0..self.defs.len() {
-            let WindowDef {
-                size, slide, store, ..
-            } = self.defs[w];
-            let store_ref = &self.stores[store];
-            let mut next = self.next_start[w];
-            while let Some((s, panes)) = store_ref.next_with_data(next, size, slide) {
-                if !panes.is_empty() {
-                    emit(
-                        &store_ref.panes,
-                        panes,
-                        w as u16,
-                        s,
-                        s + size,
-                        &mut self.slot,
-                        out,
-                    );
-                }
-                next = s + slide;
-            }
+            self.emit_windows(w, i64::MAX, out, None);
         }
+    }
+
+    /// Appends the rows of definition `w`'s windows that hold data, from its first
+    /// unclosed start up to those whose close point (end + lateness) is at most `wm`,
+    /// recording their events' arrival → close latency (µs) when given `(now, histogram)`.
+    /// Returns the start after the last window emitted. `slot` must cover every series.
+    fn emit_windows(
+        &mut self,
+        w: usize,
+        wm: i64,
+        out: &mut WindowOutput,
+        mut latency: Option<(u64, &mut Histogram<u64>)>,
+    ) -> i64 {
+        let WindowDef {
+            size, slide, store, ..
+        } = self.defs[w];
+        let store_ref = &self.stores[store];
+        let mut next = self.next_start[w];
+        while let Some((s, panes)) = store_ref.next_with_data(next, size, slide) {
+            if s.saturating_add(size).saturating_add(self.lateness) > wm {
+                break;
+            }
+            if !panes.is_empty() {
+                emit(
+                    &store_ref.panes,
+                    panes.clone(),
+                    w as u16,
+                    s,
+                    s + size,
+                    &mut self.slot,
+                    out,
+                );
+                if let Some((now_ns, h)) = latency.as_mut() {
+                    for p in panes {
+                        for &(at, n) in &store_ref.panes[p].arrivals {
+                            let us = now_ns.saturating_sub(at) / 1000;
+                            let _ = h.record_n(us.max(1), n as u64);
+                        }
+                    }
+                }
+            }
+            next = s + slide;
+        }
+        next
     }
 
     /// Panes currently held (for memory checks and metrics).
