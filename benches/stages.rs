@@ -138,7 +138,7 @@ fn bench(c: &mut Criterion) {
         let mut hist = hdrhistogram::Histogram::new(3).unwrap();
         b.iter(|| {
             for &(s, t, v) in &series {
-                black_box(w.update(s, t + shift, v, 0));
+                black_box(w.update(s, t + shift, v, 0, i64::MAX));
             }
             // Move on in event time, closing what passed (as the pipeline does).
             shift += 600_000;

@@ -3,7 +3,7 @@
 //! Every error names the offending key path (`windows[1].slide`), so that
 //! `eventide check-config` can tell a user exactly what to fix.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +144,28 @@ pub struct SourceConfig {
     pub interval: Option<Dur>,
     /// simulator: event time of the first event, RFC 3339 or "now" (the default).
     pub start: Option<String>,
+    /// kafka: bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: Option<String>,
+    /// kafka: topics to consume.
+    pub topics: Option<Vec<String>>,
+    /// kafka: consumer group id (default `eventide`).
+    pub group_id: Option<String>,
+    /// kafka: extra librdkafka properties, passed through as given.
+    pub properties: Option<BTreeMap<String, String>>,
+    /// kafka: end the run once every partition is consumed up to the end offset it
+    /// had when the run started (default false).
+    pub stop_at_end: Option<bool>,
+    /// kafka: how often safe offsets are committed (default 1s).
+    pub commit_interval: Option<Dur>,
+}
+
+impl SourceConfig {
+    pub fn group_id(&self) -> &str {
+        self.group_id.as_deref().unwrap_or("eventide")
+    }
+    pub fn commit_interval(&self) -> Duration {
+        self.commit_interval.map_or(Duration::from_secs(1), |d| d.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -284,6 +306,17 @@ pub struct SinkConfig {
     pub append: Option<bool>,
     /// stdout: `json` (default) or `pretty`.
     pub format: Option<StdoutFormat>,
+    /// kafka: bootstrap servers.
+    pub brokers: Option<String>,
+    /// kafka: topic of window records (default `eventide-windows`).
+    pub windows_topic: Option<String>,
+    /// kafka: topic of alert records (default `eventide-alerts`).
+    pub alerts_topic: Option<String>,
+    /// kafka: extra librdkafka producer properties.
+    pub properties: Option<BTreeMap<String, String>>,
+    /// kafka: how often a record whose delivery failed is sent again before it is
+    /// dead-lettered with reason `sink` (default 5).
+    pub max_retries: Option<u32>,
 }
 
 impl SinkConfig {
@@ -301,6 +334,7 @@ pub enum DeadLetterKind {
     Jsonl,
     Stdout,
     Stderr,
+    Kafka,
 }
 
 /// `[dead_letter]`: where rejected input goes, with its reason.
@@ -313,6 +347,12 @@ pub struct DeadLetterConfig {
     pub path: Option<PathBuf>,
     /// jsonl: append instead of replacing (default false).
     pub append: Option<bool>,
+    /// kafka: bootstrap servers.
+    pub brokers: Option<String>,
+    /// kafka: topic of dead-letter records (default `eventide-dead-letter`).
+    pub topic: Option<String>,
+    /// kafka: extra librdkafka producer properties.
+    pub properties: Option<BTreeMap<String, String>>,
 }
 
 impl Default for DeadLetterConfig {
@@ -321,6 +361,9 @@ impl Default for DeadLetterConfig {
             kind: DeadLetterKind::Jsonl,
             path: None,
             append: None,
+            brokers: None,
+            topic: None,
+            properties: None,
         }
     }
 }
@@ -581,6 +624,28 @@ impl Config {
                 "only the jsonl dead-letter kind writes a file",
             ));
         }
+        let kafka_keys = [
+            ("brokers", d.brokers.is_some()),
+            ("topic", d.topic.is_some()),
+            ("properties", d.properties.is_some()),
+        ];
+        if d.kind == DeadLetterKind::Kafka {
+            if d.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    "dead_letter.brokers",
+                    "a kafka dead-letter sink needs brokers",
+                ));
+            }
+            if d.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(ConfigError::invalid("dead_letter.topic", "is empty"));
+            }
+            check_properties("dead_letter.properties", &d.properties, KAFKA_SINK_OWNED)?;
+        } else if let Some((k, _)) = kafka_keys.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::invalid(
+                format!("dead_letter.{k}"),
+                "only the kafka dead-letter kind has this key",
+            ));
+        }
         if let Some(server) = &self.server {
             validate_server(server)?;
         }
@@ -614,6 +679,12 @@ impl Config {
             ("threshold", s.threshold.is_some()),
             ("interval", s.interval.is_some()),
             ("start", s.start.is_some()),
+            ("brokers", s.brokers.is_some()),
+            ("topics", s.topics.is_some()),
+            ("group_id", s.group_id.is_some()),
+            ("properties", s.properties.is_some()),
+            ("stop_at_end", s.stop_at_end.is_some()),
+            ("commit_interval", s.commit_interval.is_some()),
         ];
         let allowed: &[&str] = match s.kind {
             SourceKind::File => &["path"],
@@ -636,12 +707,14 @@ impl Config {
                 "start",
             ],
             SourceKind::Http => &[],
-            SourceKind::Kafka => {
-                return Err(ConfigError::invalid(
-                    "source.kind",
-                    format!("{:?} sources are not available in this version; use file, stdin or simulator", s.kind).to_lowercase(),
-                ));
-            }
+            SourceKind::Kafka => &[
+                "brokers",
+                "topics",
+                "group_id",
+                "properties",
+                "stop_at_end",
+                "commit_interval",
+            ],
         };
         for (k, present) in set {
             if present && !allowed.contains(&k) {
@@ -649,6 +722,30 @@ impl Config {
                     format!("source.{k}"),
                     format!("not a key of a {:?} source", s.kind).to_lowercase(),
                 ));
+            }
+        }
+        if s.kind == SourceKind::Kafka {
+            if s.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    "source.brokers",
+                    "a kafka source needs brokers, e.g. \"127.0.0.1:9092\"",
+                ));
+            }
+            match &s.topics {
+                Some(t) if !t.is_empty() && t.iter().all(|t| !t.trim().is_empty()) => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "source.topics",
+                        "a kafka source needs a non-empty list of topics",
+                    ));
+                }
+            }
+            if s.group_id.as_deref() == Some("") {
+                return Err(ConfigError::invalid("source.group_id", "is empty"));
+            }
+            check_properties("source.properties", &s.properties, KAFKA_SOURCE_OWNED)?;
+            if s.commit_interval.is_some_and(|d| d.0.is_zero()) {
+                return Err(ConfigError::invalid("source.commit_interval", "must be more than 0s"));
             }
         }
         if s.kind == SourceKind::File && s.path.is_none() {
@@ -715,15 +812,37 @@ impl Config {
                     ));
                 }
             }
-            SinkKind::Cosmos | SinkKind::Kafka => {
+            SinkKind::Kafka => {
+                if s.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+                    return Err(ConfigError::invalid(
+                        key("brokers"),
+                        "a kafka sink needs brokers",
+                    ));
+                }
+                for (k, t) in [("windows_topic", &s.windows_topic), ("alerts_topic", &s.alerts_topic)] {
+                    if t.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                        return Err(ConfigError::invalid(key(k), "is empty"));
+                    }
+                }
+                check_properties(&key("properties"), &s.properties, KAFKA_SINK_OWNED)?;
+            }
+            SinkKind::Cosmos => {
                 return Err(ConfigError::invalid(
                     key("kind"),
-                    format!(
-                        "{:?} sinks are not available in this version; use jsonl or stdout",
-                        s.kind
-                    )
-                    .to_lowercase(),
+                    "cosmos sinks are not available in this version; use jsonl, stdout or kafka",
                 ));
+            }
+        }
+        if s.kind != SinkKind::Kafka {
+            let misplaced = [
+                ("brokers", s.brokers.is_some()),
+                ("windows_topic", s.windows_topic.is_some()),
+                ("alerts_topic", s.alerts_topic.is_some()),
+                ("properties", s.properties.is_some()),
+                ("max_retries", s.max_retries.is_some()),
+            ];
+            if let Some((k, _)) = misplaced.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::invalid(key(k), "only kafka sinks have this key"));
             }
         }
         if let Some(streams) = &s.streams {
@@ -742,6 +861,41 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// librdkafka consumer properties eventide sets itself: offsets are committed by the
+/// pipeline (never automatically), and partitions are assigned by the group.
+const KAFKA_SOURCE_OWNED: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+/// Producer properties eventide sets itself (idempotent, keyed delivery).
+const KAFKA_SINK_OWNED: &[&str] = &["bootstrap.servers", "enable.idempotence"];
+
+/// Extra librdkafka properties: names must look like properties and must not
+/// override the ones eventide's guarantees rest on.
+fn check_properties(
+    key: &str,
+    props: &Option<BTreeMap<String, String>>,
+    owned: &[&str],
+) -> Result<(), ConfigError> {
+    for name in props.iter().flat_map(|p| p.keys()) {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
+            return Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                "is not a librdkafka property name",
+            ));
+        }
+        if owned.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                "is set by eventide (use the section's own keys)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {

@@ -16,6 +16,7 @@
 
 pub mod decode;
 pub mod file;
+pub mod kafka;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -43,6 +44,38 @@ pub struct Block {
     pub first_line: u64,
     /// When the block was read, in ns since the pipeline started (latency tracking).
     pub arrived_ns: u64,
+    /// Kafka: the offset of each message in the block, indexed by [`Item::line`]
+    /// (there a message index); empty for line-oriented sources.
+    pub offsets: Vec<i64>,
+}
+
+impl Block {
+    /// A block that is not recycled, for sources that build their own.
+    pub fn new(data: Vec<u8>, origin: Arc<str>, arrived_ns: u64) -> Self {
+        Block {
+            data,
+            recycle: None,
+            origin,
+            first_line: 1,
+            arrived_ns,
+            offsets: Vec::new(),
+        }
+    }
+
+    /// The source offset of an item's message, or `i64::MAX` for sources without offsets.
+    #[inline]
+    pub fn offset(&self, it: &Item) -> i64 {
+        self.offsets.get(it.line as usize).copied().unwrap_or(i64::MAX)
+    }
+
+    /// Where an item came from, for dead-letter records: `topic/partition/offset` for
+    /// Kafka, `origin:line` otherwise.
+    pub fn source_of(&self, it: &Item) -> String {
+        match self.offsets.get(it.line as usize) {
+            Some(o) => format!("{}/{o}", self.origin),
+            None => format!("{}:{}", self.origin, self.first_line + it.line as u64),
+        }
+    }
 }
 
 impl Drop for Block {
@@ -153,6 +186,7 @@ impl Router {
             origin: origin.clone(),
             first_line: self.next_line,
             arrived_ns: self.epoch.elapsed().as_nanos() as u64,
+            offsets: Vec::new(),
         });
         self.next_line += line_no as u64;
         self.send(block, items)
@@ -179,6 +213,7 @@ impl Router {
             origin: origin.clone(),
             first_line: self.next_line,
             arrived_ns: self.epoch.elapsed().as_nanos() as u64,
+            offsets: Vec::new(),
         });
         self.next_line += 1;
         self.send(block, items)
@@ -212,17 +247,38 @@ pub fn partition_of(device_id: &str, partitions: usize) -> usize {
 
 fn route_line(data: &[u8], offset: usize, line: &[u8], line_no: u32, items: &mut [Vec<Item>]) {
     let n = items.len();
+    let by_line = line_no as usize % n;
+    split_line(data, offset, line, line_no, |item, bytes| {
+        let p = if item.flags & Item::OVERSIZE != 0 {
+            by_line
+        } else {
+            decode::device_key(bytes).map_or(by_line, |d| partition_of(&d, n))
+        };
+        items[p].push(item);
+    });
+}
+
+/// Splits one line (`data[offset..offset + line.len()]`) into items: nothing for a
+/// blank line, one per element of a JSON array (a batch), else one for the line.
+/// `push` gets each item with its bytes.
+pub fn split_line(
+    data: &[u8],
+    offset: usize,
+    line: &[u8],
+    line_no: u32,
+    mut push: impl FnMut(Item, &[u8]),
+) {
     let first = line.iter().position(|b| !b.is_ascii_whitespace());
     let Some(first) = first else { return }; // blank line: not a message
-    let by_line = line_no as usize % n;
     if line.len() > MAX_MESSAGE {
         // Too long to decode: its beginning goes to dead-letter (reason parse).
-        items[by_line].push(Item {
+        let item = Item {
             start: offset as u32,
             end: (offset + 1024) as u32,
             line: line_no,
             flags: Item::OVERSIZE,
-        });
+        };
+        push(item, &line[..1024]);
         return;
     }
     let item = |s: usize, e: usize| Item {
@@ -237,15 +293,39 @@ fn route_line(data: &[u8], offset: usize, line: &[u8], line_no: u32, items: &mut
             for el in elements {
                 let s = el.get().as_ptr() as usize - data.as_ptr() as usize;
                 let e = s + el.get().len();
-                let p = decode::device_key(&data[s..e]).map_or(by_line, |d| partition_of(&d, n));
-                items[p].push(item(s, e));
+                push(item(s, e), &data[s..e]);
             }
             return;
         }
         // Not a valid array: the whole line is one bad message (decode says why).
     }
-    let p = decode::device_key(line).map_or(by_line, |d| partition_of(&d, n));
-    items[p].push(item(offset, offset + line.len()));
+    push(item(offset, offset + line.len()), line);
+}
+
+/// Splits one message (`data[start..end]`, e.g. a Kafka record's value) into items,
+/// all numbered `msg`: NDJSON lines, each an event or a batch. A message with no
+/// event in it at all is one item, which decoding rejects (nothing is dropped
+/// silently).
+pub fn split_message(data: &[u8], start: usize, end: usize, msg: u32, out: &mut Vec<Item>) {
+    let before = out.len();
+    let mut s = start;
+    while s < end {
+        let e = memchr::memchr(b'\n', &data[s..end]).map_or(end, |i| s + i);
+        let mut line = &data[s..e];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        split_line(data, s, line, msg, |item, _| out.push(item));
+        s = e + 1;
+    }
+    if out.len() == before {
+        out.push(Item {
+            start: start as u32,
+            end: end as u32,
+            line: msg,
+            flags: 0,
+        });
+    }
 }
 
 #[cfg(test)]

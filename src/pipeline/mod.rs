@@ -159,6 +159,30 @@ impl PartitionStats {
     }
 }
 
+/// Every partition actor's published counts, for the status line. Actors of a Kafka
+/// source come and go with rebalances; their entries stay, so totals cover the run.
+#[derive(Debug, Default)]
+pub struct StatsRegistry(parking_lot::Mutex<Vec<Arc<PartitionStats>>>);
+
+impl StatsRegistry {
+    pub fn add(&self, s: Arc<PartitionStats>) {
+        self.0.lock().push(s);
+    }
+    /// Summed counts, and the lowest watermark of the actors that have one.
+    pub fn totals(&self) -> (Counts, i64) {
+        let mut c = Counts::default();
+        let mut wm = i64::MAX;
+        for s in self.0.lock().iter() {
+            c.add(&s.load());
+            let w = s.watermark.load(Ordering::Relaxed);
+            if w > i64::MIN {
+                wm = wm.min(w);
+            }
+        }
+        (c, wm)
+    }
+}
+
 /// A run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -174,6 +198,8 @@ pub enum PipelineError {
     },
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
+    #[error(transparent)]
+    Kafka(#[from] crate::ingest::kafka::KafkaSourceError),
 }
 
 /// How a run ended and what it did.
@@ -215,7 +241,6 @@ pub fn run_with(
     hub: Option<Arc<Hub>>,
 ) -> Result<Report, PipelineError> {
     let settings = Arc::new(Settings::from_config(cfg));
-    let n = cfg.pipeline.partitions();
     let sinks = cfg
         .sinks
         .iter()
@@ -226,93 +251,43 @@ pub fn run_with(
 
     let (out_tx, out_rx) = bounded(64);
     let sink_hub = hub.clone();
+    let kafka = cfg.source.kind == SourceKind::Kafka;
+    let (durable_tx, durable_rx) = crossbeam_channel::unbounded();
+    let durable_tx = kafka.then_some(durable_tx);
     let sink_thread = thread::Builder::new()
         .name("sinks".into())
-        .spawn(move || sinks::run(out_rx, sinks, dead, sink_hub))
+        .spawn(move || sinks::run(out_rx, sinks, dead, sink_hub, durable_tx))
         .expect("spawning a thread");
 
-    let stats: Arc<Vec<Arc<PartitionStats>>> = Arc::new(
-        (0..n)
-            .map(|_| Arc::new(PartitionStats::default()))
-            .collect(),
-    );
-    let mut senders = Vec::with_capacity(n);
-    let mut workers = Vec::with_capacity(n);
-    for id in 0..n {
-        let (tx, rx) = bounded::<Msg>(16);
-        senders.push(tx);
-        let p = Partition::new(
-            id,
-            settings.clone(),
-            stats[id].clone(),
-            epoch,
-            out_tx.clone(),
-            hub.clone(),
-        );
-        let span = tracing::info_span!("partition", partition = id);
-        workers.push(
-            thread::Builder::new()
-                .name(format!("partition-{id}"))
-                .spawn(move || span.in_scope(|| p.run(rx)))
-                .expect("spawning a thread"),
-        );
-    }
-    drop(out_tx);
-
+    let registry = Arc::new(StatsRegistry::default());
     let done = Arc::new(AtomicBool::new(false));
-    let status_thread = spawn_status(status, stats.clone(), done.clone(), epoch);
-
-    tracing::info!(partitions = n, source = ?cfg.source.kind, "Pipeline started.");
-    let mut router = Router::new(senders, epoch, stop.clone());
+    let status_thread = spawn_status(status, registry.clone(), done.clone(), epoch);
+    tracing::info!(source = ?cfg.source.kind, "Pipeline started.");
     if let Some(h) = &hub {
         h.set_phase(Phase::Running);
         h.source_connected.store(true, Ordering::Relaxed);
     }
-    let source_result = match cfg.source.kind {
-        SourceKind::File => {
-            let path = cfg
-                .source
-                .path
-                .as_deref()
-                .expect("validated: file sources have a path");
-            match std::fs::File::open(path) {
-                Ok(f) => read_lines(f, Arc::from(path.display().to_string()), &mut router)
-                    .map_err(PipelineError::Read),
-                Err(source) => Err(PipelineError::Open {
-                    path: path.display().to_string(),
-                    source,
-                }),
-            }
-        }
-        SourceKind::Stdin => read_lines(io::stdin().lock(), Arc::from("stdin"), &mut router)
-            .map_err(PipelineError::Read),
-        SourceKind::Simulator => {
-            let sim = SimulatorSource::from_config(&cfg.source);
-            sim.run(&mut router)
-                .map_err(|e| PipelineError::Read(e.into()))
-        }
-        SourceKind::Http => {
-            let hub = hub
-                .as_ref()
-                .expect("validated: an http source comes with a server");
-            Ok(http_source(hub, &mut router))
-        }
-        SourceKind::Kafka => unreachable!("rejected by Config::validate"),
+
+    let (source_result, reports) = if kafka {
+        let (result, reports) = crate::ingest::kafka::run(crate::ingest::kafka::KafkaRun {
+            source: cfg.source.clone(),
+            settings: settings.clone(),
+            stop: stop.clone(),
+            out_tx,
+            durable: durable_rx,
+            stats: registry.clone(),
+            hub: hub.clone(),
+            epoch,
+        });
+        (result.map_err(PipelineError::from), reports)
+    } else {
+        run_routed(cfg, &settings, stop, out_tx, &registry, hub.as_ref(), epoch)?
     };
     if let Some(h) = &hub {
         h.source_connected.store(false, Ordering::Relaxed);
     }
     let completed = matches!(source_result, Ok(true));
-    if completed {
-        router.finish();
-    } else {
-        drop(router); // interrupted or failed: partitions flush what has closed
-    }
 
-    let mut reports: Vec<PartitionReport> = Vec::with_capacity(n);
-    for w in workers {
-        reports.push(w.join().map_err(|_| PipelineError::Panicked("partition"))?);
-    }
     let sink_report = sink_thread
         .join()
         .map_err(|_| PipelineError::Panicked("sinks"))?;
@@ -355,6 +330,77 @@ pub fn run_with(
     Ok(report)
 }
 
+/// Line-oriented sources (file, stdin, simulator, http): one router thread splits
+/// input into events and routes them by device to `pipeline.partitions` actors.
+fn run_routed(
+    cfg: &Config,
+    settings: &Arc<Settings>,
+    stop: Arc<AtomicBool>,
+    out_tx: crossbeam_channel::Sender<sinks::Output>,
+    registry: &StatsRegistry,
+    hub: Option<&Arc<Hub>>,
+    epoch: Instant,
+) -> Result<(Result<bool, PipelineError>, Vec<PartitionReport>), PipelineError> {
+    let n = cfg.pipeline.partitions();
+    let mut senders = Vec::with_capacity(n);
+    let mut workers = Vec::with_capacity(n);
+    for id in 0..n {
+        let (tx, rx) = bounded::<Msg>(16);
+        senders.push(tx);
+        let stats = Arc::new(PartitionStats::default());
+        registry.add(stats.clone());
+        let p = Partition::new(id, settings.clone(), stats, epoch, out_tx.clone(), hub.cloned());
+        let span = tracing::info_span!("partition", partition = id);
+        workers.push(
+            thread::Builder::new()
+                .name(format!("partition-{id}"))
+                .spawn(move || span.in_scope(|| p.run(rx)))
+                .expect("spawning a thread"),
+        );
+    }
+    drop(out_tx);
+    let mut router = Router::new(senders, epoch, stop);
+    let source_result = match cfg.source.kind {
+        SourceKind::File => {
+            let path = cfg
+                .source
+                .path
+                .as_deref()
+                .expect("validated: file sources have a path");
+            match std::fs::File::open(path) {
+                Ok(f) => read_lines(f, Arc::from(path.display().to_string()), &mut router)
+                    .map_err(PipelineError::Read),
+                Err(source) => Err(PipelineError::Open {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            }
+        }
+        SourceKind::Stdin => read_lines(io::stdin().lock(), Arc::from("stdin"), &mut router)
+            .map_err(PipelineError::Read),
+        SourceKind::Simulator => {
+            let sim = SimulatorSource::from_config(&cfg.source);
+            sim.run(&mut router)
+                .map_err(|e| PipelineError::Read(e.into()))
+        }
+        SourceKind::Http => {
+            let hub = hub.expect("validated: an http source comes with a server");
+            Ok(http_source(hub, &mut router))
+        }
+        SourceKind::Kafka => unreachable!("kafka sources run in ingest::kafka"),
+    };
+    if matches!(source_result, Ok(true)) {
+        router.finish();
+    } else {
+        drop(router); // interrupted or failed: partitions flush what has closed
+    }
+    let mut reports = Vec::with_capacity(n);
+    for w in workers {
+        reports.push(w.join().map_err(|_| PipelineError::Panicked("partition"))?);
+    }
+    Ok((source_result, reports))
+}
+
 /// The `http` source: bodies that `POST /ingest` queued, until `stop`. Never ends by
 /// itself (an HTTP stream has no end), so it always reports an interrupted run.
 fn http_source(hub: &Hub, router: &mut Router) -> bool {
@@ -387,7 +433,7 @@ pub const HTTP_QUEUE: usize = 64;
 
 fn spawn_status(
     status: Status,
-    stats: Arc<Vec<Arc<PartitionStats>>>,
+    stats: Arc<StatsRegistry>,
     done: Arc<AtomicBool>,
     epoch: Instant,
 ) -> Option<thread::JoinHandle<()>> {
@@ -407,12 +453,7 @@ fn spawn_status(
                     continue;
                 }
                 next += every;
-                let mut c = Counts::default();
-                let mut wm = i64::MAX;
-                for s in stats.iter() {
-                    c.add(&s.load());
-                    wm = wm.min(s.watermark.load(Ordering::Relaxed));
-                }
+                let (c, wm) = stats.totals();
                 let secs = last_at.elapsed().as_secs_f64().max(1e-9);
                 let rate = (c.received - last.received) as f64 / secs;
                 let wm_text = if wm > i64::MIN / 2 && wm < END_OF_TIME { crate::event::rfc3339_ms(wm) } else { "-".into() };

@@ -26,7 +26,7 @@ use crate::event::{DeadLetter, Reason, now_ms, rfc3339_ms, window_schema};
 use crate::ingest::decode::{DecodeError, Event, decode};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
-use crate::sinks::Output;
+use crate::sinks::{Checkpoint, Output};
 use crate::sql::state::{Hub, PartitionSnapshot, devices_schema};
 use crate::windows::{END_OF_TIME, WindowDef, WindowEngine, WindowOutput};
 
@@ -161,6 +161,8 @@ pub struct Partition {
     device_state: Vec<DeviceState>,
     /// Scratch for open-window snapshots.
     live_rows: WindowOutput,
+    /// Offsets below this were read before the checkpoint this partition resumed from.
+    replay_until: i64,
 }
 
 impl Partition {
@@ -198,6 +200,7 @@ impl Partition {
             next_snapshot: Instant::now(),
             device_state: Vec::new(),
             live_rows: WindowOutput::default(),
+            replay_until: i64::MIN,
         }
     }
 
@@ -216,29 +219,11 @@ impl Partition {
                     idle_clock = None;
                 }
                 Ok(Msg::Eof) => {
-                    self.close(END_OF_TIME);
-                    self.flush();
+                    self.finish();
                     break;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    let now = Instant::now();
-                    if self.wm != i64::MIN && now.duration_since(last_event) >= idle {
-                        // Idle: event time follows the wall clock from here.
-                        let from = idle_clock.unwrap_or(last_event + idle);
-                        let advance = now.duration_since(from).as_millis() as i64;
-                        // Keep the sub-millisecond remainder for the next tick: the
-                        // watermark follows the wall clock without drifting.
-                        idle_clock = Some(from + Duration::from_millis(advance as u64));
-                        if advance > 0 {
-                            self.wm = self.wm.saturating_add(advance);
-                            if self.windows.due(self.wm) {
-                                self.close(self.wm);
-                            }
-                            self.flush();
-                        }
-                    }
-                    self.publish();
-                    self.maybe_snapshot();
+                    self.on_idle(idle, last_event, &mut idle_clock);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush();
@@ -254,6 +239,110 @@ impl Partition {
             latency: self.latency,
             devices: self.names.device_count(),
         }
+    }
+
+    /// Between blocks, when none came for a while: past `idle` since `last_event`,
+    /// event time follows the wall clock (closing windows); publishes state.
+    pub fn on_idle(&mut self, idle: Duration, last_event: Instant, idle_clock: &mut Option<Instant>) {
+        let now = Instant::now();
+        if self.wm != i64::MIN && now.duration_since(last_event) >= idle {
+            // Idle: event time follows the wall clock from here.
+            let from = idle_clock.unwrap_or(last_event + idle);
+            let advance = now.duration_since(from).as_millis() as i64;
+            // Keep the sub-millisecond remainder for the next tick: the
+            // watermark follows the wall clock without drifting.
+            *idle_clock = Some(from + Duration::from_millis(advance as u64));
+            if advance > 0 {
+                self.wm = self.wm.saturating_add(advance);
+                if self.windows.due(self.wm) {
+                    self.close(self.wm);
+                }
+                self.flush();
+            }
+        }
+        self.publish();
+        self.maybe_snapshot();
+    }
+
+    /// End of a finite input: closes every window and hands everything on.
+    pub fn finish(&mut self) {
+        self.close(END_OF_TIME);
+        self.flush();
+        self.publish();
+    }
+
+    /// The state a checkpoint records (see `ingest::kafka`): the smallest source offset
+    /// still held by an open window (`i64::MAX` if none), the highest event time seen,
+    /// and the keys of the raised alerts.
+    pub fn checkpoint_state(&self) -> (i64, i64, Vec<u64>) {
+        (
+            self.windows.min_offset(),
+            self.max_ts,
+            self.rules.raised_keys(&self.names),
+        )
+    }
+
+    /// Continues from a checkpoint: event time resumes at `max_ts` (windows closed
+    /// before are not produced again), alerts raised stay raised, and events from
+    /// offsets below `replay_until` (read before the checkpoint) that fall only into
+    /// closed windows are re-deliveries, counted as duplicates and not dead-lettered.
+    pub fn resume(&mut self, max_ts: i64, replay_until: i64, raised: Vec<u64>) {
+        if max_ts > i64::MIN {
+            self.max_ts = max_ts;
+            self.wm = max_ts.saturating_sub(self.settings.ooo_ms);
+            self.close(self.wm);
+            self.rows.clear();
+            self.alerts.clear();
+        }
+        self.replay_until = replay_until;
+        self.rules.restore(raised);
+    }
+
+    /// Hands a checkpoint to the sink thread, behind every output sent before it;
+    /// `ack` is answered once the sinks have written all of them.
+    pub fn send_checkpoint(&mut self, checkpoint: Checkpoint, ack: Option<Sender<()>>) {
+        self.flush();
+        let out = Output {
+            checkpoint: Some(checkpoint),
+            ack,
+            ..Output::default()
+        };
+        if self.tx.send(out).is_err() {
+            self.sinks_gone = true;
+        }
+    }
+
+    /// Flushes, and has `ack` answered once the sinks have written everything so far.
+    pub fn flush_with_ack(&mut self, ack: Sender<()>) {
+        self.flush();
+        let out = Output {
+            ack: Some(ack),
+            ..Output::default()
+        };
+        if self.tx.send(out).is_err() {
+            self.sinks_gone = true;
+        }
+    }
+
+    /// Whether the sink thread has stopped (it failed).
+    pub fn sinks_gone(&self) -> bool {
+        self.sinks_gone
+    }
+
+    pub fn report(&self) -> PartitionReport {
+        PartitionReport {
+            partition: self.id,
+            counts: self.counts,
+            latency: self.latency.clone(),
+            devices: self.names.device_count(),
+        }
+    }
+
+    /// Final publication when the actor stops.
+    pub fn stop(&mut self) {
+        self.flush();
+        self.publish();
+        self.snapshot();
     }
 
     /// Processes one block's events for this partition, then hands the outputs on.
@@ -272,7 +361,7 @@ impl Partition {
                 continue;
             }
             match decode(raw) {
-                Ok(ev) => self.on_event(ev, raw, block, it),
+                Ok(ev) => self.on_event(ev, raw, block, it, block.offset(it)),
                 Err(DecodeError::Parse(e)) => self.reject(Reason::Parse, e, raw, block, it),
                 Err(DecodeError::Schema(e)) => self.reject(Reason::Schema, e, raw, block, it),
             }
@@ -284,7 +373,7 @@ impl Partition {
     }
 
     #[inline]
-    fn on_event(&mut self, ev: Event<'_>, raw: &[u8], block: &Block, it: &Item) {
+    fn on_event(&mut self, ev: Event<'_>, raw: &[u8], block: &Block, it: &Item, offset: i64) {
         if ev.ts > self.max_ts {
             self.max_ts = ev.ts;
             let candidate = ev.ts.saturating_sub(self.settings.ooo_ms);
@@ -333,9 +422,13 @@ impl Partition {
         }
         if self
             .windows
-            .update(series, ev.ts, ev.value, block.arrived_ns)
+            .update(series, ev.ts, ev.value, block.arrived_ns, offset)
         {
             self.counts.aggregated += 1;
+        } else if offset < self.replay_until {
+            // Read again after a restart, and its windows were produced before it.
+            self.counts.duplicate += 1;
+            self.device_state[device as usize].duplicates += 1;
         } else {
             self.counts.late += 1;
             let error = format!(
@@ -386,6 +479,7 @@ impl Partition {
             windows,
             alerts: std::mem::take(&mut self.alerts),
             dead: std::mem::take(&mut self.dead),
+            ..Output::default()
         };
         if self.tx.send(out).is_err() {
             self.sinks_gone = true;
@@ -522,7 +616,7 @@ fn dead_letter(reason: Reason, error: String, raw: &[u8], block: &Block, it: &It
         reason,
         error,
         payload: String::from_utf8_lossy(raw).into_owned(),
-        source: format!("{}:{}", block.origin, block.first_line + it.line as u64),
+        source: block.source_of(it),
         received_at: rfc3339_ms(now_ms()),
     }
 }

@@ -48,6 +48,21 @@ pub struct RuleEngine {
     rules: Vec<Rule>,
     /// Alerts currently raised.
     pub open: u64,
+    /// Raised (rule, series) keys restored from a checkpoint, applied when the
+    /// series is first evaluated (see [`raised_key`]).
+    restored: hashbrown::HashSet<u64>,
+}
+
+/// A 48-bit key of a raised alert's (rule, device, type), for checkpoints: compact
+/// enough that hundreds fit in a Kafka commit's metadata, and independent of the
+/// dense numbering, which a restart does not reproduce.
+pub fn raised_key(rule: &str, device: &str, kind: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [rule, device, kind] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    h.digest() >> 16
 }
 
 struct WindowRow<'a> {
@@ -121,7 +136,29 @@ impl RuleEngine {
         Ok(RuleEngine {
             rules: out,
             open: 0,
+            restored: hashbrown::HashSet::new(),
         })
+    }
+
+    /// The keys ([`raised_key`]) of every alert currently raised.
+    pub fn raised_keys(&self, names: &impl SeriesNames) -> Vec<u64> {
+        let mut keys: Vec<u64> = self.restored.iter().copied().collect();
+        for rule in &self.rules {
+            for (s, _) in rule.raised.iter().enumerate().filter(|(_, r)| **r) {
+                let s = s as u32;
+                keys.push(raised_key(&rule.name, names.device(s), names.kind(s)));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Marks alerts as raised (from a checkpoint): when a window of one of them next
+    /// closes, the rule continues from `raised` instead of raising again.
+    pub fn restore(&mut self, keys: impl IntoIterator<Item = u64>) {
+        self.restored.extend(keys);
+        self.open = self.restored.len() as u64;
     }
 
     /// Evaluates every rule on the rows of `out` from `from` on, in order, appending
@@ -154,6 +191,14 @@ impl RuleEngine {
                 let s = series as usize;
                 if rule.raised.len() <= s {
                     rule.raised.resize(s + 1, false);
+                }
+                if !self.restored.is_empty()
+                    && self
+                        .restored
+                        .remove(&raised_key(&rule.name, row.device, row.kind))
+                {
+                    // Restored: already counted in `open`.
+                    rule.raised[s] = true;
                 }
                 let (state, agg) = if !rule.raised[s] && rule.when.eval(&row) {
                     rule.raised[s] = true;

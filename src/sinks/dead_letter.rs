@@ -2,12 +2,15 @@
 
 use std::io::{self, BufWriter, Write};
 
+use super::kafka::KafkaWriter;
 use super::{SinkError, open_file};
 use crate::config::{DeadLetterConfig, DeadLetterKind};
 use crate::event::DeadLetter;
 
 pub struct DeadLetterSink {
     w: BufWriter<Box<dyn Write + Send>>,
+    /// Kafka dead letters: records go to `topic` instead of `w`.
+    kafka: Option<(KafkaWriter, String)>,
 }
 
 impl DeadLetterSink {
@@ -16,9 +19,23 @@ impl DeadLetterSink {
             DeadLetterKind::Jsonl => Box::new(open_file(&c.path(), c.append.unwrap_or(false))?),
             DeadLetterKind::Stdout => Box::new(io::stdout()),
             DeadLetterKind::Stderr => Box::new(io::stderr()),
+            DeadLetterKind::Kafka => {
+                let brokers = c.brokers.as_deref().expect("validated: kafka dead letters have brokers");
+                let config = super::kafka::producer_config(brokers, c.properties.as_ref());
+                let w = KafkaWriter::new(&config, 10).map_err(|source| SinkError::Kafka {
+                    sink: "dead_letter",
+                    source,
+                })?;
+                let topic = c.topic.clone().unwrap_or_else(|| "eventide-dead-letter".into());
+                return Ok(DeadLetterSink {
+                    w: BufWriter::new(Box::new(io::sink())),
+                    kafka: Some((w, topic)),
+                });
+            }
         };
         Ok(DeadLetterSink {
             w: BufWriter::with_capacity(1 << 16, w),
+            kafka: None,
         })
     }
 
@@ -26,6 +43,7 @@ impl DeadLetterSink {
     pub fn to_writer(w: Box<dyn Write + Send>) -> Self {
         DeadLetterSink {
             w: BufWriter::new(w),
+            kafka: None,
         }
     }
 
@@ -34,6 +52,15 @@ impl DeadLetterSink {
             sink: "dead_letter",
             source,
         };
+        if let Some((w, topic)) = &mut self.kafka {
+            let mut buf = Vec::with_capacity(1024);
+            for r in records {
+                buf.clear();
+                serde_json::to_writer(&mut buf, r).map_err(|e| err(e.into()))?;
+                w.send(topic, None, &buf, 0);
+            }
+            return Ok(());
+        }
         for r in records {
             serde_json::to_writer(&mut self.w, r).map_err(|e| err(e.into()))?;
             self.w.write_all(b"\n").map_err(err)?;
@@ -41,7 +68,25 @@ impl DeadLetterSink {
         Ok(())
     }
 
+    /// Flushes; for Kafka, waits for delivery. A dead letter that cannot be delivered
+    /// has nowhere else to go: that fails the run (and its offsets stay uncommitted).
     pub fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some((w, _)) = &mut self.kafka {
+            w.flush();
+            let mut failed = Vec::new();
+            w.take_failed(&mut failed);
+            if let Some(f) = failed.first() {
+                return Err(SinkError::Write {
+                    sink: "dead_letter",
+                    source: io::Error::other(format!(
+                        "{} dead letters could not be delivered: {}",
+                        failed.len(),
+                        f.error
+                    )),
+                });
+            }
+            return Ok(());
+        }
         self.w.flush().map_err(|source| SinkError::Write {
             sink: "dead_letter",
             source,

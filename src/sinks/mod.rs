@@ -9,6 +9,7 @@
 
 pub mod dead_letter;
 pub mod json;
+pub mod kafka;
 pub mod stdout;
 
 use std::fs::{File, OpenOptions};
@@ -32,6 +33,24 @@ pub struct Output {
     pub windows: Option<RecordBatch>,
     pub alerts: Vec<Alert>,
     pub dead: Vec<DeadLetter>,
+    /// A source position that becomes safe to commit once everything before it (and
+    /// this output's records) is written by every sink.
+    pub checkpoint: Option<Checkpoint>,
+    /// Answered once this output and everything before it are written (flushed).
+    pub ack: Option<crossbeam_channel::Sender<()>>,
+}
+
+/// A Kafka partition's safe position: `offset` is where a replay must start so that
+/// every window still open is rebuilt; `metadata` carries what the replay cannot
+/// rebuild (see `ingest::kafka`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Which assignment of the partition produced it (a later one supersedes it).
+    pub generation: u64,
+    pub offset: i64,
+    pub metadata: String,
 }
 
 /// A sink failure. Local files and pipes do not recover by retrying, so any
@@ -49,6 +68,12 @@ pub enum SinkError {
         sink: &'static str,
         #[source]
         source: io::Error,
+    },
+    #[error("{sink}: cannot create the Kafka producer: {source}")]
+    Kafka {
+        sink: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
     },
 }
 
@@ -83,6 +108,13 @@ pub enum Sink {
     },
     /// Readable lines for a terminal.
     Pretty(stdout::PrettySink),
+    /// JSON records to Kafka topics, keyed by deviceId.
+    Kafka {
+        w: kafka::KafkaWriter,
+        windows_topic: Option<String>,
+        alerts_topic: Option<String>,
+        buf: Vec<u8>,
+    },
 }
 
 impl Sink {
@@ -105,7 +137,23 @@ impl Sink {
                 return Ok(Sink::Pretty(stdout::PrettySink::new(windows, alerts)));
             }
             SinkKind::Stdout => ("stdout", Box::new(io::stdout())),
-            SinkKind::Cosmos | SinkKind::Kafka => unreachable!("rejected by Config::validate"),
+            SinkKind::Kafka => {
+                let brokers = c.brokers.as_deref().expect("validated: kafka sinks have brokers");
+                let config = kafka::producer_config(brokers, c.properties.as_ref());
+                let w = kafka::KafkaWriter::new(&config, c.max_retries.unwrap_or(5))
+                    .map_err(|source| SinkError::Kafka { sink: "kafka", source })?;
+                return Ok(Sink::Kafka {
+                    w,
+                    windows_topic: windows.then(|| {
+                        c.windows_topic.clone().unwrap_or_else(|| "eventide-windows".into())
+                    }),
+                    alerts_topic: alerts.then(|| {
+                        c.alerts_topic.clone().unwrap_or_else(|| "eventide-alerts".into())
+                    }),
+                    buf: Vec::with_capacity(1024),
+                });
+            }
+            SinkKind::Cosmos => unreachable!("rejected by Config::validate"),
         };
         Ok(Sink::Json {
             name,
@@ -120,6 +168,7 @@ impl Sink {
         match self {
             Sink::Json { name, .. } => name,
             Sink::Pretty(_) => "stdout",
+            Sink::Kafka { .. } => "kafka",
         }
     }
 
@@ -151,6 +200,38 @@ impl Sink {
                 Ok(())
             }
             Sink::Pretty(p) => p.write(out).map_err(err),
+            Sink::Kafka {
+                w,
+                windows_topic,
+                alerts_topic,
+                buf,
+            } => {
+                if let (Some(topic), Some(batch)) = (windows_topic.as_deref(), &out.windows) {
+                    use arrow_array::cast::AsArray;
+                    let devices = batch.column(1).as_string::<i32>();
+                    for row in 0..batch.num_rows() {
+                        buf.clear();
+                        json::window_record(batch, row, buf);
+                        w.send(topic, Some(devices.value(row).as_bytes()), buf, 0);
+                    }
+                }
+                if let Some(topic) = alerts_topic.as_deref() {
+                    for a in &out.alerts {
+                        buf.clear();
+                        serde_json::to_writer(&mut *buf, a).map_err(|e| err(e.into()))?;
+                        w.send(topic, Some(a.device_id.as_bytes()), buf, 0);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Records this sink gave up delivering (after its retries), as dead letters
+    /// with reason `sink`.
+    pub fn take_failed(&mut self, into: &mut Vec<DeadLetter>) {
+        if let Sink::Kafka { w, .. } = self {
+            w.take_failed(into);
         }
     }
 
@@ -161,6 +242,10 @@ impl Sink {
         match self {
             Sink::Json { w, .. } => w.flush().map_err(err),
             Sink::Pretty(p) => p.flush(last).map_err(err),
+            Sink::Kafka { w, .. } => {
+                w.flush();
+                Ok(())
+            }
         }
     }
 }
@@ -174,13 +259,15 @@ pub struct SinkReport {
 }
 
 /// The sink thread: writes everything it receives until every partition is gone.
+/// Checkpoints go to `durable` once every output before them is written and flushed.
 pub fn run(
     rx: Receiver<Output>,
     sinks: Vec<Sink>,
     dead: DeadLetterSink,
     hub: Option<Arc<Hub>>,
+    durable: Option<crossbeam_channel::Sender<Checkpoint>>,
 ) -> Result<SinkReport, SinkError> {
-    let result = write_all(rx, sinks, dead, hub.as_deref());
+    let result = write_all(rx, sinks, dead, hub.as_deref(), durable);
     if let (Some(h), Err(e)) = (&hub, &result) {
         h.sinks.errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %e, "Sink failed.");
@@ -193,13 +280,22 @@ fn write_all(
     mut sinks: Vec<Sink>,
     mut dead: DeadLetterSink,
     hub: Option<&Hub>,
+    durable: Option<crossbeam_channel::Sender<Checkpoint>>,
 ) -> Result<SinkReport, SinkError> {
     let mut report = SinkReport::default();
     let flush_every = Duration::from_millis(500);
     let mut last_flush = Instant::now();
+    // Checkpoints written but not yet flushed, and who waits for the flush.
+    let mut pending: Vec<Checkpoint> = Vec::new();
+    let mut waiting: Vec<crossbeam_channel::Sender<()>> = Vec::new();
     loop {
+        let mut flush_now = false;
         match rx.recv_timeout(flush_every) {
-            Ok(out) => {
+            Ok(mut out) => {
+                for r in &mut sinks {
+                    // Records a sink could not deliver after its retries: dead letters.
+                    r.take_failed(&mut out.dead);
+                }
                 for s in &mut sinks {
                     s.write(&out)?;
                 }
@@ -221,24 +317,69 @@ fn write_all(
                         .dead_letters
                         .fetch_add(out.dead.len() as u64, Ordering::Relaxed);
                 }
+                pending.extend(out.checkpoint.take());
+                if let Some(ack) = out.ack.take() {
+                    waiting.push(ack);
+                    flush_now = true;
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if last_flush.elapsed() >= flush_every {
-            for s in &mut sinks {
-                s.flush(false)?;
-            }
-            dead.flush()?;
+        if flush_now || last_flush.elapsed() >= flush_every {
+            flush_all(&mut sinks, &mut dead, false, &mut report, hub)?;
             last_flush = Instant::now();
-            if let Some(h) = hub {
-                h.sinks.flushes.fetch_add(1, Ordering::Relaxed);
-            }
+            release(&mut pending, &mut waiting, &durable);
         }
     }
-    for s in &mut sinks {
-        s.flush(true)?;
+    flush_all(&mut sinks, &mut dead, true, &mut report, hub)?;
+    release(&mut pending, &mut waiting, &durable);
+    Ok(report)
+}
+
+/// Flushes every sink; records a sink gave up on after flushing are dead-lettered
+/// (and flushed) before this returns, so a checkpoint released after it is safe.
+fn flush_all(
+    sinks: &mut [Sink],
+    dead: &mut DeadLetterSink,
+    last: bool,
+    report: &mut SinkReport,
+    hub: Option<&Hub>,
+) -> Result<(), SinkError> {
+    let mut failed = Vec::new();
+    for s in sinks.iter_mut() {
+        s.flush(last)?;
+        s.take_failed(&mut failed);
+    }
+    if !failed.is_empty() {
+        dead.write(&failed)?;
+        report.dead_letters += failed.len() as u64;
+        if let Some(h) = hub {
+            h.sinks
+                .dead_letters
+                .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        }
     }
     dead.flush()?;
-    Ok(report)
+    if let Some(h) = hub {
+        h.sinks.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn release(
+    pending: &mut Vec<Checkpoint>,
+    waiting: &mut Vec<crossbeam_channel::Sender<()>>,
+    durable: &Option<crossbeam_channel::Sender<Checkpoint>>,
+) {
+    if let Some(d) = durable {
+        for c in pending.drain(..) {
+            let _ = d.send(c);
+        }
+    } else {
+        pending.clear();
+    }
+    for w in waiting.drain(..) {
+        let _ = w.send(());
+    }
 }

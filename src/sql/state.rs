@@ -25,7 +25,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crossbeam_channel::{Sender, TrySendError};
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::event::{Alert, AlertState, col, parse_rfc3339_ms, window_schema};
 use crate::pipeline::Counts;
@@ -203,7 +203,8 @@ pub enum IngestRefused {
 
 /// The state shared between the pipeline and the query side.
 pub struct Hub {
-    partitions: Vec<ArcSwap<PartitionSnapshot>>,
+    /// One slot per partition actor; grows when a source learns how many it has.
+    partitions: RwLock<Vec<ArcSwap<PartitionSnapshot>>>,
     retained: Mutex<Retained>,
     pub sinks: SinkMetrics,
     phase: AtomicU8,
@@ -222,9 +223,11 @@ pub struct Hub {
 impl Hub {
     pub fn new(partitions: usize, retention: Duration, snapshot_interval: Duration) -> Self {
         Hub {
-            partitions: (0..partitions)
-                .map(|p| ArcSwap::from_pointee(PartitionSnapshot::empty(p)))
-                .collect(),
+            partitions: RwLock::new(
+                (0..partitions)
+                    .map(|p| ArcSwap::from_pointee(PartitionSnapshot::empty(p)))
+                    .collect(),
+            ),
             retained: Mutex::new(Retained {
                 windows: VecDeque::new(),
                 alerts: VecDeque::new(),
@@ -245,18 +248,32 @@ impl Hub {
         }
     }
 
+    /// Makes room for `n` partitions (a Kafka source learns its count at start-up);
+    /// slots beyond `n` are dropped.
+    pub fn ensure_partitions(&self, n: usize) {
+        let mut p = self.partitions.write();
+        p.truncate(n);
+        while p.len() < n {
+            let i = p.len();
+            p.push(ArcSwap::from_pointee(PartitionSnapshot::empty(i)));
+        }
+    }
+
     pub fn partition_count(&self) -> usize {
-        self.partitions.len()
+        self.partitions.read().len()
     }
 
     /// Called by partition `p`'s actor: replaces its snapshot.
     pub fn publish(&self, snapshot: PartitionSnapshot) {
-        self.partitions[snapshot.partition].store(Arc::new(snapshot));
+        let p = self.partitions.read();
+        if let Some(slot) = p.get(snapshot.partition) {
+            slot.store(Arc::new(snapshot));
+        }
     }
 
     /// Every partition's current snapshot.
     pub fn snapshots(&self) -> Vec<Arc<PartitionSnapshot>> {
-        self.partitions.iter().map(|s| s.load_full()).collect()
+        self.partitions.read().iter().map(|s| s.load_full()).collect()
     }
 
     /// Called by the sink thread with each batch of closed windows.

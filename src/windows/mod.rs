@@ -65,6 +65,8 @@ struct Pane {
     max: Vec<f64>,
     /// (block arrival ns, events): when this pane's events arrived, per block.
     arrivals: Vec<(u64, u32)>,
+    /// Smallest source offset (Kafka) of the events in this pane; `i64::MAX` if none.
+    min_offset: i64,
 }
 
 impl Pane {
@@ -77,10 +79,14 @@ impl Pane {
         self.min.clear();
         self.max.clear();
         self.arrivals.clear();
+        self.min_offset = i64::MAX;
     }
 
     #[inline]
-    fn add(&mut self, series: u32, v: f64, arrived_ns: u64) {
+    fn add(&mut self, series: u32, v: f64, arrived_ns: u64, offset: i64) {
+        if offset < self.min_offset {
+            self.min_offset = offset;
+        }
         let next = self.series.len() as u32;
         let row = *self.rows.entry(series).or_insert(next);
         if row == next {
@@ -288,9 +294,10 @@ impl WindowEngine {
     }
 
     /// Adds an event to every window definition still open for it.
-    /// Returns false if it is late for all of them.
+    /// Returns false if it is late for all of them. `offset` is the event's position in
+    /// its source (a Kafka offset; `i64::MAX` when there is none), see [`Self::min_offset`].
     #[inline]
-    pub fn update(&mut self, series: u32, t: i64, v: f64, arrived_ns: u64) -> bool {
+    pub fn update(&mut self, series: u32, t: i64, v: f64, arrived_ns: u64, offset: i64) -> bool {
         let mut accepted = false;
         for store in &mut self.stores {
             let open = store
@@ -300,7 +307,7 @@ impl WindowEngine {
             if open {
                 store
                     .pane_mut(align_down(t, store.width))
-                    .add(series, v, arrived_ns);
+                    .add(series, v, arrived_ns, offset);
                 accepted = true;
             }
         }
@@ -403,6 +410,17 @@ impl WindowEngine {
             next = s + slide;
         }
         next
+    }
+
+    /// The smallest source offset of any event still held for a window that has not
+    /// closed (`i64::MAX` if none): replaying from there rebuilds every open window.
+    pub fn min_offset(&self) -> i64 {
+        self.stores
+            .iter()
+            .flat_map(|s| &s.panes)
+            .map(|p| p.min_offset)
+            .min()
+            .unwrap_or(i64::MAX)
     }
 
     /// Panes currently held (for memory checks and metrics).

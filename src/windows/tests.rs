@@ -60,7 +60,7 @@ fn stream(
         if e.due(wm) {
             e.close(wm, 16, 0, &mut out, &mut hist);
         }
-        if !e.update(series, t, v as f64, 0) {
+        if !e.update(series, t, v as f64, 0, i64::MAX) {
             late += 1;
         }
     }
@@ -104,7 +104,7 @@ fn late_events_are_rejected_only_when_every_window_is_closed() {
     let mut e = WindowEngine::new(&defs, 0);
     let mut out = WindowOutput::default();
     let mut hist = Histogram::new(3).unwrap();
-    assert!(e.update(0, 500, 1.0, 0));
+    assert!(e.update(0, 500, 1.0, 0, i64::MAX));
     e.close(2500, 1, 0, &mut out, &mut hist);
     // [0,1000) tumbling closed; sliding windows containing 500 end at 1000..5000.
     assert_eq!(
@@ -113,11 +113,11 @@ fn late_events_are_rejected_only_when_every_window_is_closed() {
         "tumbling [0,1s), sliding [-4s,1s) and [-3s,2s)"
     );
     assert!(
-        e.update(0, 600, 1.0, 0),
+        e.update(0, 600, 1.0, 0, i64::MAX),
         "still open in the sliding windows"
     );
     e.close(10_000, 1, 0, &mut out, &mut hist);
-    assert!(!e.update(0, 700, 1.0, 0), "late for everything");
+    assert!(!e.update(0, 700, 1.0, 0, i64::MAX), "late for everything");
 }
 
 #[test]
@@ -126,11 +126,11 @@ fn allowed_lateness_keeps_windows_open_longer() {
     let mut e = WindowEngine::new(&defs, 2000);
     let mut out = WindowOutput::default();
     let mut hist = Histogram::new(3).unwrap();
-    e.update(0, 10, 1.0, 0);
+    e.update(0, 10, 1.0, 0, i64::MAX);
     e.close(2999, 1, 0, &mut out, &mut hist);
     assert!(out.is_empty());
     assert!(!e.due(2999));
-    assert!(e.update(0, 20, 1.0, 0));
+    assert!(e.update(0, 20, 1.0, 0, i64::MAX));
     assert!(e.due(3000));
     e.close(3000, 1, 0, &mut out, &mut hist);
     assert_eq!(out.count, vec![2]);
@@ -157,8 +157,8 @@ fn a_watermark_jump_does_not_walk_empty_windows() {
     let mut e = WindowEngine::new(&defs, 0);
     let mut out = WindowOutput::default();
     let mut hist = Histogram::new(3).unwrap();
-    e.update(0, 0, 1.0, 0);
-    e.update(0, 1_000_000_000_000, 1.0, 0);
+    e.update(0, 0, 1.0, 0, i64::MAX);
+    e.update(0, 1_000_000_000_000, 1.0, 0, i64::MAX);
     let started = std::time::Instant::now();
     e.close(END_OF_TIME, 1, 0, &mut out, &mut hist);
     assert_eq!(out.len(), 20_000);

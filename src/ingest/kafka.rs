@@ -1,0 +1,779 @@
+//! The `kafka` source: a consumer-group member with one partition actor per assigned
+//! Kafka partition.
+//!
+//! ```text
+//!  main thread: consumer.poll ── rebalance callbacks ── commits safe offsets
+//!      │ on assign: split_partition_queue(topic, p) → spawn an actor
+//!      ▼
+//!  actor thread per (topic, partition): queue.poll → Block → Partition::on_block
+//!      │ every commit_interval: a Checkpoint behind its outputs
+//!      ▼
+//!  sink thread: writes, flushes, then hands the checkpoint back as durable
+//! ```
+//!
+//! Each partition is read from its own queue by its own thread, so a slow partition
+//! does not stall the others. Events of one device must be in one Kafka partition
+//! (key = deviceId, as the simulator produces them): a partition's actor owns the
+//! windows of its devices.
+//!
+//! **Offsets.** Auto-commit is off. A checkpoint's offset is the smallest offset of
+//! any event still held in an open window (or the next offset to read when none is),
+//! and it is committed only after every output produced before it has been written
+//! and flushed by every sink. Its commit metadata carries what a replay from there
+//! cannot rebuild: the partition's highest event time (so windows closed before are
+//! not produced again, and the watermark continues exactly where it was), the
+//! position read up to (events before it that fall only into closed windows are
+//! re-deliveries, counted as duplicates), and the raised alerts (so a raised alert
+//! is not raised twice). See [`Resume`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
+};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use super::{BLOCK_SIZE, Block, Item, split_message};
+use crate::config::SourceConfig;
+use crate::pipeline::partition::{Partition, PartitionReport};
+use crate::pipeline::{PartitionStats, Settings, StatsRegistry};
+use crate::sinks::{Checkpoint, Output};
+use crate::sql::state::{Hub, PartitionSnapshot};
+
+/// Longest time a request to the brokers may take at start-up or at a rebalance.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Commit metadata beyond this many bytes risks the broker's limit
+/// (`offset.metadata.max.bytes`, 4096 by default).
+const MAX_METADATA: usize = 4000;
+/// Messages read into one block at most.
+const MAX_BLOCK_MESSAGES: usize = 4096;
+
+/// A Kafka source failure.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("source.topics: topic {0:?} does not exist on the brokers")]
+    NoTopic(String),
+    #[error("kafka: the sinks have stopped")]
+    SinksGone,
+    #[error("kafka: {0}")]
+    Actor(String),
+}
+
+/// What a checkpoint's commit metadata records (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Highest event time seen (`i64::MIN`: none yet).
+    pub max_ts: i64,
+    /// The next offset the partition would have read.
+    pub position: i64,
+    /// Keys of the alerts raised ([`crate::rules::raised_key`]).
+    pub raised: Vec<u64>,
+    /// Whether `raised` had to be cut short to fit.
+    pub truncated: bool,
+}
+
+impl Resume {
+    const TAG: &'static str = "eventide1";
+
+    pub fn encode(&self) -> String {
+        let mut s = format!("{};{};{};", Self::TAG, self.max_ts, self.position);
+        let room = MAX_METADATA.saturating_sub(s.len() + 2) / 12;
+        for k in self.raised.iter().take(room) {
+            s.push_str(&format!("{:012x}", k & 0xffff_ffff_ffff));
+        }
+        let truncated = self.truncated || self.raised.len() > room;
+        s.push(';');
+        s.push(if truncated { 't' } else { 'c' });
+        s
+    }
+
+    /// `None` for metadata eventide did not write (another tool's commit).
+    pub fn decode(s: &str) -> Option<Resume> {
+        let mut parts = s.split(';');
+        if parts.next()? != Self::TAG {
+            return None;
+        }
+        let max_ts = parts.next()?.parse().ok()?;
+        let position = parts.next()?.parse().ok()?;
+        let keys = parts.next()?;
+        let truncated = match parts.next()? {
+            "t" => true,
+            "c" => false,
+            _ => return None,
+        };
+        if keys.len() % 12 != 0 || !keys.is_ascii() {
+            return None;
+        }
+        let raised = (0..keys.len() / 12)
+            .map(|i| u64::from_str_radix(&keys[i * 12..i * 12 + 12], 16).ok())
+            .collect::<Option<Vec<u64>>>()?;
+        Some(Resume {
+            max_ts,
+            position,
+            raised,
+            truncated,
+        })
+    }
+}
+
+/// Everything a run of the kafka source needs from the pipeline.
+pub struct KafkaRun {
+    pub source: SourceConfig,
+    pub settings: Arc<Settings>,
+    pub stop: Arc<AtomicBool>,
+    pub out_tx: Sender<Output>,
+    /// Checkpoints the sink thread has made durable.
+    pub durable: Receiver<Checkpoint>,
+    pub stats: Arc<StatsRegistry>,
+    pub hub: Option<Arc<Hub>>,
+    pub epoch: Instant,
+}
+
+type TopicPartition = (Arc<str>, i32);
+
+struct Actor {
+    generation: u64,
+    stop: Arc<AtomicBool>,
+    strays: Sender<OwnedMessage>,
+    handle: JoinHandle<PartitionReport>,
+}
+
+#[derive(Default)]
+struct State {
+    actors: HashMap<TopicPartition, Actor>,
+    reports: Vec<PartitionReport>,
+    generation: u64,
+    /// Latest durable checkpoint per partition, not yet committed.
+    pending: HashMap<TopicPartition, Checkpoint>,
+    /// Partitions this instance has consumed to their end (stop_at_end).
+    finished: HashSet<TopicPartition>,
+    /// A fatal error seen in a callback, reported by the main loop.
+    failed: Option<String>,
+}
+
+struct Shared {
+    run: KafkaRun,
+    /// Hub slot of each partition (its index in the sorted partition list).
+    slots: HashMap<TopicPartition, usize>,
+    /// stop_at_end: each partition's end offset when the run started.
+    ends: Option<HashMap<TopicPartition, i64>>,
+    state: Mutex<State>,
+    /// Set once the consumer exists: callbacks need an `Arc` to split queues.
+    consumer: OnceLock<Weak<BaseConsumer<Ctx>>>,
+    finished_tx: Sender<TopicPartition>,
+    finished_rx: Receiver<TopicPartition>,
+}
+
+struct Ctx(Arc<Shared>);
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<TopicPartition> = tpl
+                .elements()
+                .iter()
+                .map(|e| (Arc::from(e.topic()), e.partition()))
+                .collect();
+            tracing::info!(partitions = ?parts, "Kafka: partitions revoked; stopping their actors and committing.");
+            self.0.stop_actors(&parts);
+            self.0.commit(consumer, Some(&parts), CommitMode::Sync);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<TopicPartition> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?parts, "Kafka: partitions assigned; starting their actors.");
+                let Some(consumer) = self.0.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
+                for tp in parts {
+                    self.0.start_actor(&consumer, tp);
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::error!(error = %e, "Kafka: rebalance failed.");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, partitions = offsets.count(), "Kafka: offset commit failed; the next commit carries the same or later offsets.");
+        }
+    }
+}
+
+impl Shared {
+    fn start_actor(&self, consumer: &Arc<BaseConsumer<Ctx>>, tp: TopicPartition) {
+        let mut st = self.state.lock();
+        if st.actors.contains_key(&tp) {
+            return;
+        }
+        let Some(queue) = consumer.split_partition_queue(&tp.0, tp.1) else {
+            st.failed = Some(format!("cannot read partition {}/{} on its own queue", tp.0, tp.1));
+            return;
+        };
+        st.generation += 1;
+        let generation = st.generation;
+        st.pending.remove(&tp);
+        let slot = self.slots.get(&tp).copied().unwrap_or(0);
+        let stats = Arc::new(PartitionStats::default());
+        self.run.stats.add(stats.clone());
+        let p = Partition::new(
+            slot,
+            self.run.settings.clone(),
+            stats,
+            self.run.epoch,
+            self.run.out_tx.clone(),
+            self.run.hub.clone(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (strays_tx, strays_rx) = crossbeam_channel::unbounded();
+        let actor = ActorLoop {
+            p,
+            queue,
+            consumer: consumer.clone(),
+            tp: tp.clone(),
+            generation,
+            stop: stop.clone(),
+            strays: strays_rx,
+            end: self.ends.as_ref().and_then(|e| e.get(&tp).copied()),
+            commit_interval: self.run.source.commit_interval(),
+            idle: Duration::from_millis(self.run.settings.idle_timeout_ms.max(1) as u64),
+            epoch: self.run.epoch,
+            finished: self.finished_tx.clone(),
+        };
+        let span = tracing::info_span!("partition", topic = %tp.0, partition = tp.1);
+        let handle = std::thread::Builder::new()
+            .name(format!("kafka-{}-{}", tp.0, tp.1))
+            .spawn(move || span.in_scope(|| actor.run()))
+            .expect("spawning a thread");
+        st.actors.insert(
+            tp,
+            Actor {
+                generation,
+                stop,
+                strays: strays_tx,
+                handle,
+            },
+        );
+    }
+
+    /// Stops the actors of `parts` (all when `None`): each flushes what has closed and
+    /// waits until its last checkpoint is durable.
+    fn stop_actors(&self, parts: &[TopicPartition]) {
+        let actors: Vec<(TopicPartition, Actor)> = {
+            let mut st = self.state.lock();
+            parts
+                .iter()
+                .filter_map(|tp| st.actors.remove(tp).map(|a| (tp.clone(), a)))
+                .collect()
+        };
+        for (_, a) in &actors {
+            a.stop.store(true, Ordering::Relaxed);
+        }
+        for (tp, a) in actors {
+            match a.handle.join() {
+                Ok(report) => {
+                    if let Some(h) = &self.run.hub {
+                        h.publish(PartitionSnapshot::empty(report.partition));
+                    }
+                    self.state.lock().reports.push(report);
+                }
+                Err(_) => {
+                    self.state.lock().failed = Some(format!("the actor of {}/{} panicked", tp.0, tp.1));
+                }
+            }
+            // Its final checkpoint is durable now: take it in.
+            self.take_durable(Some((&tp, a.generation)));
+        }
+    }
+
+    /// Moves durable checkpoints into `pending`, keeping those of current actors
+    /// (and of `also`, an actor just stopped).
+    fn take_durable(&self, also: Option<(&TopicPartition, u64)>) {
+        let mut st = self.state.lock();
+        while let Ok(c) = self.run.durable.try_recv() {
+            let tp: TopicPartition = (c.topic.clone(), c.partition);
+            let current = st.actors.get(&tp).map(|a| a.generation) == Some(c.generation)
+                || also.is_some_and(|(t, g)| *t == tp && g == c.generation);
+            if current {
+                st.pending.insert(tp, c);
+            }
+        }
+    }
+
+    /// Commits pending checkpoints (of `only` these partitions, when given).
+    fn commit(&self, consumer: &BaseConsumer<Ctx>, only: Option<&[TopicPartition]>, mode: CommitMode) {
+        self.take_durable(None);
+        let batch: Vec<Checkpoint> = {
+            let mut st = self.state.lock();
+            let keys: Vec<TopicPartition> = st
+                .pending
+                .keys()
+                .filter(|k| only.is_none_or(|o| o.contains(k)))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| st.pending.remove(k)).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(batch.len());
+        for c in &batch {
+            let mut e = tpl.add_partition(&c.topic, c.partition);
+            if e.set_offset(Offset::Offset(c.offset)).is_ok() {
+                e.set_metadata(c.metadata.as_str());
+            }
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => tracing::debug!(partitions = batch.len(), "Kafka: offsets committed."),
+            Err(e) => tracing::warn!(error = %e, "Kafka: offset commit failed; it is retried with the next checkpoint."),
+        }
+    }
+}
+
+/// One partition's actor: reads its queue, runs the partition, checkpoints.
+struct ActorLoop {
+    p: Partition,
+    queue: PartitionQueue<Ctx>,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    tp: TopicPartition,
+    generation: u64,
+    stop: Arc<AtomicBool>,
+    strays: Receiver<OwnedMessage>,
+    end: Option<i64>,
+    commit_interval: Duration,
+    idle: Duration,
+    epoch: Instant,
+    finished: Sender<TopicPartition>,
+}
+
+impl ActorLoop {
+    fn run(mut self) -> PartitionReport {
+        let origin: Arc<str> = Arc::from(format!("{}/{}", self.tp.0, self.tp.1));
+        let mut position = self.resume();
+        let mut done = self.end.is_some_and(|e| position.is_some_and(|p| p >= e));
+        if let (Some(e), None) = (self.end, position) {
+            // Nothing committed: consumption starts at the beginning of the log.
+            if let Ok((low, _)) = self.consumer.fetch_watermarks(&self.tp.0, self.tp.1, REQUEST_TIMEOUT)
+                && low >= e
+            {
+                done = true;
+                position = Some(low);
+            }
+        }
+        if done {
+            self.p.finish();
+            // Commit it, so that other members see it consumed.
+            self.checkpoint(position, None);
+            let _ = self.finished.send(self.tp.clone());
+        }
+        let tick = (self.idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut last_event = Instant::now();
+        let mut idle_clock = None;
+        let mut next_checkpoint = Instant::now() + self.commit_interval;
+        let mut dirty = false;
+        while !self.stop.load(Ordering::Relaxed) && !self.p.sinks_gone() {
+            if done {
+                std::thread::sleep(tick);
+                continue;
+            }
+            let Some((block, items)) = self.read_block(&origin, tick) else {
+                self.p.on_idle(self.idle, last_event, &mut idle_clock);
+                if dirty && Instant::now() >= next_checkpoint {
+                    self.checkpoint(position, None);
+                    next_checkpoint = Instant::now() + self.commit_interval;
+                    dirty = false;
+                }
+                continue;
+            };
+            last_event = Instant::now();
+            idle_clock = None;
+            self.p.on_block(&block, &items);
+            position = block.offsets.last().map(|o| o + 1).or(position);
+            dirty = true;
+            if let (Some(e), Some(p)) = (self.end, position)
+                && p >= e
+            {
+                // Consumed to the end it had at the start: close every window.
+                self.p.finish();
+                self.checkpoint(position, None);
+                done = true;
+                let _ = self.finished.send(self.tp.clone());
+                continue;
+            }
+            if Instant::now() >= next_checkpoint {
+                self.checkpoint(position, None);
+                next_checkpoint = Instant::now() + self.commit_interval;
+                dirty = false;
+            }
+        }
+        // Revoked or shutting down: hand on what has closed and wait until the last
+        // checkpoint is durable, so that it can be committed now.
+        self.p.stop();
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        if self.checkpoint(position, Some(ack_tx)) && ack_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            tracing::warn!("Kafka: the sinks did not confirm the last checkpoint; it is not committed.");
+        }
+        self.p.report()
+    }
+
+    /// Reads the committed offset and its metadata, and resumes the partition from
+    /// them. Returns the committed offset, if any.
+    fn resume(&mut self) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.tp.0, self.tp.1);
+        let committed = match self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka: cannot read the committed offset; librdkafka starts from its own.");
+                return None;
+            }
+        };
+        let elem = committed.find_partition(&self.tp.0, self.tp.1)?;
+        let Offset::Offset(offset) = elem.offset() else {
+            return None;
+        };
+        match Resume::decode(elem.metadata()) {
+            Some(r) => {
+                if r.truncated {
+                    tracing::warn!("Kafka: the checkpoint held only part of the raised alerts; some may be raised again.");
+                }
+                tracing::info!(offset, position = r.position, max_event_time = r.max_ts, raised = r.raised.len(), "Kafka: resuming from a checkpoint.");
+                self.p.resume(r.max_ts, r.position, r.raised);
+            }
+            None => {
+                tracing::info!(offset, "Kafka: resuming from a committed offset without eventide state.");
+            }
+        }
+        Some(offset)
+    }
+
+    /// Sends a checkpoint for `position` behind the outputs so far. Returns whether
+    /// one was sent.
+    fn checkpoint(&mut self, position: Option<i64>, ack: Option<Sender<()>>) -> bool {
+        let Some(position) = position else {
+            if let Some(ack) = ack {
+                // Nothing read: still make sure every output so far is written.
+                self.p.flush_with_ack(ack);
+                return true;
+            }
+            return false;
+        };
+        let (held, max_ts, raised) = self.p.checkpoint_state();
+        let resume = Resume {
+            max_ts,
+            position,
+            raised,
+            truncated: false,
+        };
+        let metadata = resume.encode();
+        if metadata.ends_with('t') {
+            tracing::warn!(raised = resume.raised.len(), "Kafka: too many raised alerts to checkpoint them all.");
+        }
+        let checkpoint = Checkpoint {
+            topic: self.tp.0.clone(),
+            partition: self.tp.1,
+            generation: self.generation,
+            offset: held.min(position),
+            metadata,
+        };
+        self.p.send_checkpoint(checkpoint, ack);
+        true
+    }
+
+    /// Waits up to `wait` for a message, then takes what else is ready (up to a
+    /// block's worth) into one block.
+    fn read_block(&mut self, origin: &Arc<str>, wait: Duration) -> Option<(Block, Vec<Item>)> {
+        let mut data: Vec<u8> = Vec::new();
+        let mut offsets: Vec<i64> = Vec::new();
+        let mut items = Vec::new();
+        fn add(m: &dyn MessageView, data: &mut Vec<u8>, offsets: &mut Vec<i64>, items: &mut Vec<Item>) {
+            let start = data.len();
+            data.extend_from_slice(m.payload_bytes());
+            let msg = offsets.len() as u32;
+            offsets.push(m.offset_value());
+            split_message(data, start, data.len(), msg, items);
+        }
+        while let Ok(m) = self.strays.try_recv() {
+            add(&m, &mut data, &mut offsets, &mut items);
+        }
+        let mut wait = wait;
+        while offsets.len() < MAX_BLOCK_MESSAGES && data.len() < BLOCK_SIZE {
+            match self.queue.poll(wait) {
+                None => break,
+                Some(Ok(m)) => add(&m, &mut data, &mut offsets, &mut items),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka: error reading the partition; librdkafka retries.");
+                    break;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        if offsets.is_empty() {
+            return None;
+        }
+        let mut block = Block::new(data, origin.clone(), self.epoch.elapsed().as_nanos() as u64);
+        block.offsets = offsets;
+        Some((block, items))
+    }
+}
+
+/// A message from the partition queue or a stray one from the main queue.
+trait MessageView {
+    fn payload_bytes(&self) -> &[u8];
+    fn offset_value(&self) -> i64;
+}
+
+impl MessageView for BorrowedMessage<'_> {
+    fn payload_bytes(&self) -> &[u8] {
+        self.payload().unwrap_or_default()
+    }
+    fn offset_value(&self) -> i64 {
+        self.offset()
+    }
+}
+
+impl MessageView for OwnedMessage {
+    fn payload_bytes(&self) -> &[u8] {
+        self.payload().unwrap_or_default()
+    }
+    fn offset_value(&self) -> i64 {
+        self.offset()
+    }
+}
+
+/// The consumer configuration: eventide's settings, then the user's properties.
+fn consumer_config(s: &SourceConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", s.brokers.as_deref().unwrap_or_default())
+        .set("group.id", s.group_id())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in s.properties.iter().flatten() {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Runs the source until `stop` is set or, with `stop_at_end`, until every partition is
+/// consumed to its end. Returns whether the input was read to its end, and the reports
+/// of every actor that ran.
+pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionReport>) {
+    let (finished_tx, finished_rx) = crossbeam_channel::unbounded();
+    let topics: Vec<String> = run.source.topics.clone().unwrap_or_default();
+    let config = consumer_config(&run.source);
+    let stop_at_end = run.source.stop_at_end.unwrap_or(false);
+
+    // Partitions and (for stop_at_end) their end offsets, from a plain client.
+    let probe: BaseConsumer = match config.create() {
+        Ok(c) => c,
+        Err(e) => return (Err(e.into()), Vec::new()),
+    };
+    let mut all: Vec<TopicPartition> = Vec::new();
+    for t in &topics {
+        let md = match probe.fetch_metadata(Some(t), REQUEST_TIMEOUT) {
+            Ok(m) => m,
+            Err(e) => return (Err(e.into()), Vec::new()),
+        };
+        match md.topics().iter().find(|mt| mt.name() == t) {
+            Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
+                let topic: Arc<str> = Arc::from(t.as_str());
+                all.extend(mt.partitions().iter().map(|p| (topic.clone(), p.id())));
+            }
+            _ => return (Err(KafkaSourceError::NoTopic(t.clone())), Vec::new()),
+        }
+    }
+    all.sort();
+    let ends = if stop_at_end {
+        let mut ends = HashMap::new();
+        for tp in &all {
+            match probe.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT) {
+                Ok((_, high)) => {
+                    ends.insert(tp.clone(), high);
+                }
+                Err(e) => return (Err(e.into()), Vec::new()),
+            }
+        }
+        tracing::info!(partitions = ends.len(), events = ends.values().sum::<i64>(), "Kafka: reading every partition up to its current end.");
+        Some(ends)
+    } else {
+        None
+    };
+    drop(probe);
+    if let Some(h) = &run.hub {
+        h.ensure_partitions(all.len());
+    }
+
+    let shared = Arc::new(Shared {
+        slots: all.iter().cloned().enumerate().map(|(i, tp)| (tp, i)).collect(),
+        ends,
+        run,
+        state: Mutex::new(State::default()),
+        consumer: OnceLock::new(),
+        finished_tx,
+        finished_rx,
+    });
+    let consumer: Arc<BaseConsumer<Ctx>> = match config.create_with_context(Ctx(shared.clone())) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return (Err(e.into()), Vec::new()),
+    };
+    let _ = shared.consumer.set(Arc::downgrade(&consumer));
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&names) {
+        return (Err(e.into()), Vec::new());
+    }
+
+    let interval = shared.run.source.commit_interval();
+    let mut next_commit = Instant::now() + interval;
+    let mut next_end_check = Instant::now();
+    let result = loop {
+        if shared.run.stop.load(Ordering::Relaxed) {
+            break Ok(false);
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            match m {
+                Ok(m) => {
+                    // Fetched before its partition got its own queue: hand it over.
+                    let tp: TopicPartition = (Arc::from(m.topic()), m.partition());
+                    let st = shared.state.lock();
+                    match st.actors.get(&tp) {
+                        Some(a) => {
+                            let _ = a.strays.send(m.detach());
+                        }
+                        None => tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "Kafka: a message for a partition without an actor; it is read again after the next assignment."),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Kafka: consumer error; librdkafka retries."),
+            }
+        }
+        if let Some(e) = shared.state.lock().failed.take() {
+            break Err(KafkaSourceError::Actor(e));
+        }
+        if shared.state.lock().actors.values().any(|a| a.handle.is_finished()) {
+            // An actor stops by itself only when the sinks have gone.
+            break Err(KafkaSourceError::SinksGone);
+        }
+        if Instant::now() >= next_commit {
+            shared.commit(&consumer, None, CommitMode::Async);
+            next_commit = Instant::now() + interval;
+        }
+        if let Some(ends) = &shared.ends {
+            while let Ok(tp) = shared.finished_rx.try_recv() {
+                shared.state.lock().finished.insert(tp);
+            }
+            if Instant::now() >= next_end_check {
+                next_end_check = Instant::now() + Duration::from_millis(250);
+                if all_consumed(&shared, &consumer, ends) {
+                    break Ok(true);
+                }
+            }
+        }
+    };
+    // Stop every actor (each hands on what has closed), commit, leave the group.
+    let parts: Vec<TopicPartition> = shared.state.lock().actors.keys().cloned().collect();
+    shared.stop_actors(&parts);
+    shared.commit(&consumer, None, CommitMode::Sync);
+    consumer.unsubscribe();
+    let reports = std::mem::take(&mut shared.state.lock().reports);
+    (result, reports)
+}
+
+/// Whether every partition is consumed to its end: by this instance, or (after a
+/// rebalance) by another member of the group, as its committed offset shows.
+fn all_consumed(
+    shared: &Shared,
+    consumer: &BaseConsumer<Ctx>,
+    ends: &HashMap<TopicPartition, i64>,
+) -> bool {
+    let (finished, owned): (HashSet<TopicPartition>, HashSet<TopicPartition>) = {
+        let st = shared.state.lock();
+        (st.finished.clone(), st.actors.keys().cloned().collect())
+    };
+    let mut others = TopicPartitionList::new();
+    for (tp, &end) in ends {
+        if end <= 0 || finished.contains(tp) {
+            continue;
+        }
+        if owned.contains(tp) {
+            return false; // ours and not finished
+        }
+        others.add_partition(&tp.0, tp.1);
+    }
+    if others.count() == 0 {
+        return true;
+    }
+    match consumer.committed_offsets(others, Duration::from_secs(5)) {
+        Ok(c) => c.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(o) => ends
+                .get(&(Arc::from(e.topic()), e.partition()))
+                .is_some_and(|&end| o >= end),
+            _ => false,
+        }),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_metadata_round_trips_and_rejects_foreign_text() {
+        let r = Resume {
+            max_ts: 1_767_225_600_000,
+            position: 42,
+            raised: vec![0xabc, 0xffff_ffff_ffff],
+            truncated: false,
+        };
+        assert_eq!(Resume::decode(&r.encode()), Some(r));
+        let none = Resume {
+            max_ts: i64::MIN,
+            position: 0,
+            raised: vec![],
+            truncated: false,
+        };
+        assert_eq!(Resume::decode(&none.encode()), Some(none));
+        assert_eq!(Resume::decode(""), None);
+        assert_eq!(Resume::decode("some other tool"), None);
+        assert_eq!(Resume::decode("eventide1;1;2;abc;c"), None);
+    }
+
+    #[test]
+    fn too_many_raised_alerts_are_cut_to_fit_and_flagged() {
+        let r = Resume {
+            max_ts: 1,
+            position: 2,
+            raised: (0..1000).collect(),
+            truncated: false,
+        };
+        let m = r.encode();
+        assert!(m.len() <= MAX_METADATA, "{}", m.len());
+        let back = Resume::decode(&m).unwrap();
+        assert!(back.truncated);
+        assert!(back.raised.len() > 300 && back.raised.len() < 1000);
+        assert_eq!(back.raised[..10], r.raised[..10]);
+    }
+}
