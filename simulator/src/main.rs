@@ -1,4 +1,7 @@
-//! `eventide-simulator`: writes seeded IoT telemetry as NDJSON to stdout or a file.
+//! `eventide-simulator`: writes seeded IoT telemetry as NDJSON to stdout, a file, or
+//! a Kafka topic.
+
+
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -61,6 +64,23 @@ struct Args {
     /// Write here instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Produce to Kafka (bootstrap servers, host:port[,…]) instead of writing NDJSON;
+    /// messages are keyed by deviceId.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// The topic to produce to (with --kafka-brokers).
+    #[arg(long, default_value = "telemetry")]
+    topic: String,
+    /// Extra librdkafka producer property, NAME=VALUE (repeatable).
+    #[arg(long = "kafka-property", value_parser = property)]
+    kafka_properties: Vec<(String, String)>,
+}
+
+fn property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 fn main() -> ExitCode {
@@ -117,9 +137,22 @@ fn run(args: Args) -> io::Result<()> {
         (None, Some(_)) => u64::MAX,
         (None, None) => 100_000,
     };
-    let sink: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(File::create(p)?),
-        None => Box::new(io::stdout().lock()),
+    let mut kafka = match &args.kafka_brokers {
+        Some(brokers) => {
+            if args.output.is_some() {
+                return Err(invalid("--output and --kafka-brokers exclude each other".into()));
+            }
+            Some(
+                eventide_simulator::kafka::KafkaOut::new(brokers, &args.topic, &args.kafka_properties)
+                    .map_err(|e| io::Error::other(format!("kafka: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let sink: Box<dyn Write> = match (&args.output, &kafka) {
+        (_, Some(_)) => Box::new(io::sink()),
+        (Some(p), None) => Box::new(File::create(p)?),
+        (None, None) => Box::new(io::stdout().lock()),
     };
     let mut out = BufWriter::with_capacity(1 << 20, sink);
     let progress = io::stderr().is_terminal();
@@ -144,7 +177,12 @@ fn run(args: Args) -> io::Result<()> {
         }
         buf.clear();
         generator.next_message(&mut buf, count - written);
-        out.write_all(&buf)?;
+        match &mut kafka {
+            Some(k) => k
+                .send_line(buf.strip_suffix(b"\n").unwrap_or(&buf))
+                .map_err(|e| io::Error::other(format!("kafka: {e}")))?,
+            None => out.write_all(&buf)?,
+        }
         if progress && last_report.elapsed() >= Duration::from_millis(250) {
             last_report = Instant::now();
             report(&generator, started, false);
@@ -153,6 +191,19 @@ fn run(args: Args) -> io::Result<()> {
     out.flush()?;
     if progress {
         report(&generator, started, true);
+    }
+    if let Some(k) = kafka {
+        let sent = k.sent;
+        let (delivered, failed, last) = k.finish();
+        if progress {
+            eprintln!("{delivered} of {sent} Kafka messages delivered to {}", args.topic);
+        }
+        if failed > 0 {
+            return Err(io::Error::other(format!(
+                "kafka: {failed} of {sent} messages were not delivered (last error: {})",
+                last.unwrap_or_default()
+            )));
+        }
     }
     Ok(())
 }

@@ -291,7 +291,9 @@ impl Shared {
         for (_, a) in &actors {
             a.stop.store(true, Ordering::Relaxed);
         }
+        let mut stopped = Vec::with_capacity(actors.len());
         for (tp, a) in actors {
+            stopped.push((tp.clone(), a.generation));
             match a.handle.join() {
                 Ok(report) => {
                     if let Some(h) = &self.run.hub {
@@ -303,19 +305,19 @@ impl Shared {
                     self.state.lock().failed = Some(format!("the actor of {}/{} panicked", tp.0, tp.1));
                 }
             }
-            // Its final checkpoint is durable now: take it in.
-            self.take_durable(Some((&tp, a.generation)));
         }
+        // Their final checkpoints are durable now: take them in.
+        self.take_durable(&stopped);
     }
 
     /// Moves durable checkpoints into `pending`, keeping those of current actors
-    /// (and of `also`, an actor just stopped).
-    fn take_durable(&self, also: Option<(&TopicPartition, u64)>) {
+    /// (and of `also`, actors just stopped).
+    fn take_durable(&self, also: &[(TopicPartition, u64)]) {
         let mut st = self.state.lock();
         while let Ok(c) = self.run.durable.try_recv() {
             let tp: TopicPartition = (c.topic.clone(), c.partition);
             let current = st.actors.get(&tp).map(|a| a.generation) == Some(c.generation)
-                || also.is_some_and(|(t, g)| *t == tp && g == c.generation);
+                || also.iter().any(|(t, g)| *t == tp && *g == c.generation);
             if current {
                 st.pending.insert(tp, c);
             }
@@ -324,7 +326,7 @@ impl Shared {
 
     /// Commits pending checkpoints (of `only` these partitions, when given).
     fn commit(&self, consumer: &BaseConsumer<Ctx>, only: Option<&[TopicPartition]>, mode: CommitMode) {
-        self.take_durable(None);
+        self.take_durable(&[]);
         let batch: Vec<Checkpoint> = {
             let mut st = self.state.lock();
             let keys: Vec<TopicPartition> = st

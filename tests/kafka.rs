@@ -1,0 +1,412 @@
+//! Kafka: consumer groups, rebalances, crashes and broker errors, against librdkafka's
+//! mock cluster (a Kafka-protocol broker in this test process, on a loopback port)
+//! and the real `eventide` binary as a separate process.
+//!
+//! The reference for every test is the same events read from a file: a Kafka run must
+//! produce exactly the same windows and alerts (after upserts by id: every copy of a
+//! record must be identical, since a replay re-writes records).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use eventide_simulator::kafka::KafkaOut;
+use eventide_simulator::SimConfig;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_eventide");
+const TOPIC: &str = "telemetry";
+
+fn sim(seed: u64) -> SimConfig {
+    SimConfig {
+        devices: 200,
+        seed,
+        interval_ms: 5_000,
+        duplicate_fraction: 0.01,
+        malformed_fraction: 0.005,
+        batch_fraction: 0.1,
+        batch_size: 5,
+        max_disorder_ms: 2_000,
+        hot_devices: 12,
+        complex_fields: 3,
+        ..SimConfig::default()
+    }
+}
+
+/// The pipeline part of every config: generous out-of-order bound (no event is late,
+/// however partitions interleave) and no idle advance (a paused producer must not
+/// close windows early).
+const PIPELINE: &str = r#"
+[pipeline]
+partitions = 2
+max_out_of_order = "30s"
+idle_timeout = "1h"
+dedupe = "both"
+
+[[windows]]
+name = "tumbling_1m"
+kind = "tumbling"
+size = "1m"
+
+[[windows]]
+name = "sliding_5m"
+kind = "sliding"
+size = "5m"
+slide = "1m"
+
+[[rules]]
+name = "co2_high"
+window = "sliding_5m"
+filter = "type = 'CO2'"
+when = "avg > 1000"
+clear = "avg < 950"
+"#;
+
+fn write_config(dir: &Path, name: &str, source: &str, sinks: &str) -> PathBuf {
+    let text = format!(
+        "[source]\n{source}\n{PIPELINE}\n{sinks}\n",
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn jsonl_sinks(dir: &Path, name: &str) -> String {
+    format!(
+        "[[sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n\n[dead_letter]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        dir.join(format!("{name}.out.jsonl")).display(),
+        dir.join(format!("{name}.dead.jsonl")).display()
+    )
+}
+
+fn kafka_source(brokers: &str, group: &str, stop_at_end: bool) -> String {
+    format!(
+        r#"kind = "kafka"
+brokers = "{brokers}"
+topics = ["{TOPIC}"]
+group_id = "{group}"
+stop_at_end = {stop_at_end}
+commit_interval = "200ms"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500", "topic.metadata.refresh.interval.ms" = "1000" }}"#
+    )
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting eventide")
+}
+
+fn finish(child: Child, what: &str) -> Output {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed ({}):\n{stderr}", out.status);
+    assert!(stderr.contains("(adds up)"), "{what}: accounting:\n{stderr}");
+    out
+}
+
+/// Runs eventide to completion (a finite source).
+fn run(config: &Path, what: &str) -> String {
+    let out = finish(spawn(config), what);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Records of a JSONL output; a last line cut short by `kill -9` is skipped.
+fn records(path: &Path) -> Vec<Value> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(f).split(b'\n') {
+        let line = line.unwrap();
+        if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Upserts by id. Every copy of a record must be identical: a replay re-writes the
+/// same record, never a different one.
+fn upsert(records: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
+    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+    for r in records {
+        let id = r["id"].as_str().expect("records have ids").to_owned();
+        if let Some(prev) = by_id.get(&id) {
+            assert_eq!(prev, &r, "two different records with id {id}");
+        }
+        by_id.insert(id, r);
+    }
+    by_id
+}
+
+/// The windows and alerts a file run of `input` writes (the reference), and its
+/// dead letters.
+fn reference(dir: &Path, input: &[u8]) -> (BTreeMap<String, Value>, Vec<Value>) {
+    let path = dir.join("reference.ndjson");
+    std::fs::write(&path, input).unwrap();
+    let source = format!("kind = \"file\"\npath = \"{}\"", path.display());
+    let cfg = write_config(dir, "reference", &source, &jsonl_sinks(dir, "reference"));
+    run(&cfg, "the file run");
+    let out = records(&dir.join("reference.out.jsonl"));
+    let n = out.len();
+    let by_id = upsert(out);
+    assert_eq!(by_id.len(), n, "a file run writes each record once");
+    (by_id, records(&dir.join("reference.dead.jsonl")))
+}
+
+fn generate(cfg: SimConfig, events: u64) -> Vec<u8> {
+    common::generate(cfg, events)
+}
+
+/// Produces `input` (NDJSON lines) to the topic, keyed by device, pausing to keep
+/// about `rate` events/s when given.
+fn produce(brokers: &str, input: &[u8], rate: Option<f64>) {
+    let mut out = KafkaOut::new(brokers, TOPIC, &[]).unwrap();
+    let started = Instant::now();
+    for (i, line) in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        out.send_line(line).unwrap();
+    }
+    let (delivered, failed, err) = out.finish();
+    assert_eq!(failed, 0, "produce failed: {err:?}");
+    assert!(delivered > 0);
+}
+
+fn mock(partitions: i32) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let m = MockCluster::new(3).unwrap();
+    m.create_topic(TOPIC, partitions, 1).unwrap();
+    m
+}
+
+/// Dead letters by payload, for comparing runs whose `source` fields differ.
+fn dead_payloads(dead: &[Value]) -> BTreeMap<String, (String, usize)> {
+    let mut m: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    for d in dead {
+        let e = m
+            .entry(d["payload"].as_str().unwrap().to_owned())
+            .or_insert((d["reason"].as_str().unwrap().to_owned(), 0));
+        e.1 += 1;
+    }
+    m
+}
+
+#[test]
+fn a_consumer_group_over_four_partitions_gives_the_file_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let input = generate(sim(11), 30_000);
+    let (expected, expected_dead) = reference(dir, &input);
+    assert!(expected.keys().any(|k| k.starts_with("co2_high|")), "the input raises alerts");
+
+    let cluster = mock(4);
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, &input, None);
+    let cfg = write_config(dir, "kafka", &kafka_source(&brokers, "g1", true), &jsonl_sinks(dir, "kafka"));
+    let log = run(&cfg, "the kafka run");
+    assert!(log.contains("input complete"), "stop_at_end ends the run:\n{log}");
+
+    let out = records(&dir.join("kafka.out.jsonl"));
+    assert_eq!(out.len(), expected.len(), "each record once");
+    let got = upsert(out);
+    assert_eq!(got, expected);
+    let dead = records(&dir.join("kafka.dead.jsonl"));
+    assert_eq!(dead_payloads(&dead), dead_payloads(&expected_dead));
+    for d in &dead {
+        let source = d["source"].as_str().unwrap();
+        assert!(source.starts_with("telemetry/"), "topic/partition/offset: {source}");
+        assert_eq!(source.split('/').count(), 3, "{source}");
+    }
+
+    // The group's offsets are committed at the end: a second run reads nothing.
+    let again = write_config(dir, "again", &kafka_source(&brokers, "g1", true), &jsonl_sinks(dir, "again"));
+    run(&again, "the second run");
+    assert!(records(&dir.join("again.out.jsonl")).is_empty());
+}
+
+/// Two members share the group while events stream in; one leaves, the other is
+/// killed (-9) mid-stream; a third run resumes from the committed checkpoints and
+/// reads to the end. Together they wrote exactly the file run's records.
+#[test]
+fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let input = generate(sim(12), 60_000);
+    let (expected, expected_dead) = reference(dir, &input);
+
+    let cluster = mock(4);
+    let brokers = cluster.bootstrap_servers();
+    let producer = {
+        let brokers = brokers.clone();
+        let input = input.clone();
+        std::thread::spawn(move || produce(&brokers, &input, Some(8_000.0)))
+    };
+    let a_cfg = write_config(dir, "a", &kafka_source(&brokers, "g2", false), &jsonl_sinks(dir, "a"));
+    let b_cfg = write_config(dir, "b", &kafka_source(&brokers, "g2", false), &jsonl_sinks(dir, "b"));
+    let a = spawn(&a_cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    let b = spawn(&b_cfg);
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&b, "-TERM"); // leaves the group: its partitions go back to a
+    let b_out = finish(b, "member b");
+    let b_log = String::from_utf8_lossy(&b_out.stderr);
+    assert!(b_log.contains("partitions assigned"), "b took part:\n{b_log}");
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&a, "-KILL"); // a crash: no flush, no commit
+    let _ = a.wait_with_output();
+    producer.join().unwrap();
+
+    let c_cfg = write_config(dir, "c", &kafka_source(&brokers, "g2", true), &jsonl_sinks(dir, "c"));
+    let c_log = run(&c_cfg, "the resuming run");
+    assert!(c_log.contains("resuming from a checkpoint"), "c resumed:\n{c_log}");
+
+    let all: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|n| records(&dir.join(format!("{n}.out.jsonl"))))
+        .collect();
+    let got = upsert(all);
+    let missing: Vec<&String> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}");
+    assert_eq!(got, expected);
+    // Dead letters are at-least-once: every one is there.
+    let dead: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|n| records(&dir.join(format!("{n}.dead.jsonl"))))
+        .collect();
+    let got_dead = dead_payloads(&dead);
+    for (payload, (reason, _)) in dead_payloads(&expected_dead) {
+        assert_eq!(got_dead.get(&payload).map(|d| d.0.as_str()), Some(reason.as_str()), "{payload}");
+    }
+}
+
+/// Reads every record of `topic` from the beginning.
+fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "reader")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        ends.push(c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
+    }
+    c.assign(&tpl).unwrap();
+    let total: i64 = ends.iter().sum();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// Fetch, commit and produce requests fail for a while (retriable errors): the run
+/// retries through them, and the windows and alerts written to Kafka topics are the
+/// file run's.
+#[test]
+fn broker_errors_are_retried_and_kafka_sinks_deliver_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let input = generate(sim(13), 20_000);
+    let (expected, _) = reference(dir, &input);
+
+    let cluster = mock(4);
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, &input, None);
+    use RDKafkaRespErr::*;
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT].repeat(4),
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE].repeat(3),
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT].repeat(3),
+    );
+    let sinks = format!(
+        "[[sinks]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nwindows_topic = \"out-windows\"\nalerts_topic = \"out-alerts\"\n\n[dead_letter]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"out-dead\"\n"
+    );
+    cluster.create_topic("out-windows", 3, 1).unwrap();
+    cluster.create_topic("out-alerts", 1, 1).unwrap();
+    cluster.create_topic("out-dead", 1, 1).unwrap();
+    let cfg = write_config(dir, "k", &kafka_source(&brokers, "g3", true), &sinks);
+    run(&cfg, "the run with broker errors");
+
+    let mut written = consume_all(&brokers, "out-windows");
+    written.extend(consume_all(&brokers, "out-alerts"));
+    let got = upsert(written);
+    assert_eq!(got, expected);
+    assert!(!consume_all(&brokers, "out-dead").is_empty(), "malformed input is dead-lettered to Kafka");
+}
+
+/// The simulator binary produces to Kafka keyed by device; eventide reads it all.
+#[test]
+fn the_simulator_binary_produces_to_kafka() {
+    let sim_bin = Path::new(BIN).with_file_name("eventide-simulator");
+    if !sim_bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "eventide-simulator", "--bin", "eventide-simulator"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the simulator");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let cluster = mock(3);
+    let brokers = cluster.bootstrap_servers();
+    let args = ["--devices", "50", "--count", "5000", "--seed", "5", "--batch-fraction", "0.2"];
+    let status = Command::new(&sim_bin)
+        .args(args)
+        .args(["--kafka-brokers", &brokers, "--topic", TOPIC])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let file = Command::new(&sim_bin).args(args).output().unwrap();
+    assert!(file.status.success());
+    let (expected, _) = reference(dir, &file.stdout);
+    let cfg = write_config(dir, "s", &kafka_source(&brokers, "g4", true), &jsonl_sinks(dir, "s"));
+    let log = run(&cfg, "the kafka run");
+    assert!(log.contains("5000 events"), "{log}");
+    assert_eq!(upsert(records(&dir.join("s.out.jsonl"))), expected);
+}
