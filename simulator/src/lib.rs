@@ -16,6 +16,7 @@
 //! at most that bound. Hot devices carry CO2 readings that swing around `threshold`
 //! (a slow sine wave), so moving-average alerts raise and clear.
 
+pub mod cli;
 pub mod kafka;
 pub mod time;
 
