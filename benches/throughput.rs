@@ -16,7 +16,7 @@ use eventide::pipeline::{self, Status};
 
 mod common;
 
-use common::{env_u64, machine};
+use common::{cpu_seconds, env_u64, machine, peak_rss_kib};
 
 fn main() {
     let input = common::input(1_000_000);
@@ -90,21 +90,3 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     println!("  peak RSS:     {:.0} MiB", peak_rss_kib() as f64 / 1024.0);
 }
 
-/// User + system CPU time of this process, from /proc (Linux; clock ticks of 10 ms).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}

@@ -825,6 +825,10 @@ impl Config {
                     }
                 }
                 check_properties(&key("properties"), &s.properties, KAFKA_SINK_OWNED)?;
+                let file_keys = [("path", s.path.is_some()), ("append", s.append.is_some()), ("format", s.format.is_some())];
+                if let Some((k, _)) = file_keys.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::invalid(key(k), "a kafka sink writes no file"));
+                }
             }
             SinkKind::Cosmos => {
                 return Err(ConfigError::invalid(

@@ -464,9 +464,11 @@ impl ActorLoop {
                 tracing::info!(offset, position = r.position, max_event_time = r.max_ts, raised = r.raised.len(), "Kafka: resuming from a checkpoint.");
                 self.p.resume(r.max_ts, r.position, r.raised);
             }
-            None => {
-                tracing::info!(offset, "Kafka: resuming from a committed offset without eventide state.");
+            None if offset > 0 => {
+                // Committed by another tool, or by a broker that drops commit metadata.
+                tracing::warn!(offset, "Kafka: resuming from a committed offset without eventide's checkpoint metadata: windows open at that offset may be written again with only the events from there on.");
             }
+            None => {}
         }
         Some(offset)
     }
@@ -619,7 +621,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
                 Err(e) => return (Err(e.into()), Vec::new()),
             }
         }
-        tracing::info!(partitions = ends.len(), events = ends.values().sum::<i64>(), "Kafka: reading every partition up to its current end.");
+        tracing::info!(partitions = ends.len(), messages = ends.values().sum::<i64>(), "Kafka: reading every partition up to its current end.");
         Some(ends)
     } else {
         None

@@ -263,12 +263,12 @@ pub fn run_with(
     let done = Arc::new(AtomicBool::new(false));
     let status_thread = spawn_status(status, registry.clone(), done.clone(), epoch);
     tracing::info!(source = ?cfg.source.kind, "Pipeline started.");
-    if let Some(h) = &hub {
-        h.set_phase(Phase::Running);
-        h.source_connected.store(true, Ordering::Relaxed);
-    }
 
     let (source_result, reports) = if kafka {
+        if let Some(h) = &hub {
+            h.set_phase(Phase::Running);
+            h.source_connected.store(true, Ordering::Relaxed);
+        }
         let (result, reports) = crate::ingest::kafka::run(crate::ingest::kafka::KafkaRun {
             source: cfg.source.clone(),
             settings: settings.clone(),
@@ -360,6 +360,18 @@ fn run_routed(
     }
     drop(out_tx);
     let mut router = Router::new(senders, epoch, stop);
+    // An http source takes bodies from the moment the server reports ready.
+    let http_rx = (cfg.source.kind == SourceKind::Http).then(|| {
+        let (tx, rx) = bounded::<IngestBody>(HTTP_QUEUE);
+        if let Some(h) = hub {
+            h.set_ingest(Some(tx));
+        }
+        rx
+    });
+    if let Some(h) = hub {
+        h.set_phase(Phase::Running);
+        h.source_connected.store(true, Ordering::Relaxed);
+    }
     let source_result = match cfg.source.kind {
         SourceKind::File => {
             let path = cfg
@@ -385,7 +397,8 @@ fn run_routed(
         }
         SourceKind::Http => {
             let hub = hub.expect("validated: an http source comes with a server");
-            Ok(http_source(hub, &mut router))
+            let rx = http_rx.expect("made above for http sources");
+            Ok(http_source(hub, rx, &mut router))
         }
         SourceKind::Kafka => unreachable!("kafka sources run in ingest::kafka"),
     };
@@ -403,9 +416,7 @@ fn run_routed(
 
 /// The `http` source: bodies that `POST /ingest` queued, until `stop`. Never ends by
 /// itself (an HTTP stream has no end), so it always reports an interrupted run.
-fn http_source(hub: &Hub, router: &mut Router) -> bool {
-    let (tx, rx) = bounded::<IngestBody>(HTTP_QUEUE);
-    hub.set_ingest(Some(tx));
+fn http_source(hub: &Hub, rx: crossbeam_channel::Receiver<IngestBody>, router: &mut Router) -> bool {
     let origin: Arc<str> = Arc::from("http");
     while !router.stopping() {
         match rx.recv_timeout(Duration::from_millis(100)) {
