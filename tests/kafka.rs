@@ -25,6 +25,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_eventide");
+
+/// These tests start several processes each and rely on wall-clock pauses (a member
+/// joining mid-stream): run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const TOPIC: &str = "telemetry";
 
 fn sim(seed: u64) -> SimConfig {
@@ -239,6 +247,7 @@ fn dead_payloads(dead: &[Value]) -> BTreeMap<String, (String, usize)> {
 
 #[test]
 fn a_consumer_group_over_four_partitions_gives_the_file_results() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let input = generate(sim(11), 30_000);
@@ -275,6 +284,7 @@ fn a_consumer_group_over_four_partitions_gives_the_file_results() {
 /// reads to the end. Together they wrote exactly the file run's records.
 #[test]
 fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let input = generate(sim(12), 60_000);
@@ -356,6 +366,7 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
 /// file run's.
 #[test]
 fn broker_errors_are_retried_and_kafka_sinks_deliver_everything() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let input = generate(sim(13), 20_000);
@@ -395,6 +406,7 @@ fn broker_errors_are_retried_and_kafka_sinks_deliver_everything() {
 /// the binary is this function); eventide reads it all.
 #[test]
 fn the_simulator_command_produces_to_kafka() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let cluster = mock(3);
