@@ -89,4 +89,3 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     );
     println!("  peak RSS:     {:.0} MiB", peak_rss_kib() as f64 / 1024.0);
 }
-

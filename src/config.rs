@@ -745,7 +745,10 @@ impl Config {
             }
             check_properties("source.properties", &s.properties, KAFKA_SOURCE_OWNED)?;
             if s.commit_interval.is_some_and(|d| d.0.is_zero()) {
-                return Err(ConfigError::invalid("source.commit_interval", "must be more than 0s"));
+                return Err(ConfigError::invalid(
+                    "source.commit_interval",
+                    "must be more than 0s",
+                ));
             }
         }
         if s.kind == SourceKind::File && s.path.is_none() {
@@ -819,13 +822,20 @@ impl Config {
                         "a kafka sink needs brokers",
                     ));
                 }
-                for (k, t) in [("windows_topic", &s.windows_topic), ("alerts_topic", &s.alerts_topic)] {
+                for (k, t) in [
+                    ("windows_topic", &s.windows_topic),
+                    ("alerts_topic", &s.alerts_topic),
+                ] {
                     if t.as_deref().is_some_and(|t| t.trim().is_empty()) {
                         return Err(ConfigError::invalid(key(k), "is empty"));
                     }
                 }
                 check_properties(&key("properties"), &s.properties, KAFKA_SINK_OWNED)?;
-                let file_keys = [("path", s.path.is_some()), ("append", s.append.is_some()), ("format", s.format.is_some())];
+                let file_keys = [
+                    ("path", s.path.is_some()),
+                    ("append", s.append.is_some()),
+                    ("format", s.format.is_some()),
+                ];
                 if let Some((k, _)) = file_keys.iter().find(|(_, set)| *set) {
                     return Err(ConfigError::invalid(key(k), "a kafka sink writes no file"));
                 }
@@ -846,7 +856,10 @@ impl Config {
                 ("max_retries", s.max_retries.is_some()),
             ];
             if let Some((k, _)) = misplaced.iter().find(|(_, set)| *set) {
-                return Err(ConfigError::invalid(key(k), "only kafka sinks have this key"));
+                return Err(ConfigError::invalid(
+                    key(k),
+                    "only kafka sinks have this key",
+                ));
             }
         }
         if let Some(streams) = &s.streams {
@@ -886,7 +899,11 @@ fn check_properties(
     owned: &[&str],
 ) -> Result<(), ConfigError> {
     for name in props.iter().flat_map(|p| p.keys()) {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        {
             return Err(ConfigError::invalid(
                 format!("{key}.{name}"),
                 "is not a librdkafka property name",

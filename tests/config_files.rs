@@ -87,25 +87,52 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/kafka.toml")).unwrap();
     let kafka_cases = [
         ("topics = [\"telemetry\"]", "topics = []", "source.topics"),
-        ("brokers = \"127.0.0.1:9092\"\ntopics", "brokers = \"\"\ntopics", "source.brokers"),
+        (
+            "brokers = \"127.0.0.1:9092\"\ntopics",
+            "brokers = \"\"\ntopics",
+            "source.brokers",
+        ),
         (
             "\"session.timeout.ms\" = \"10000\"",
             "\"enable.auto.commit\" = \"true\"",
             "source.properties.enable.auto.commit",
         ),
-        ("commit_interval = \"1s\"", "commit_interval = \"0s\"", "source.commit_interval"),
-        ("max_retries = 5", "max_retries = 5\npath = \"x\"", "sinks[0].path"),
-        ("topic = \"eventide-dead-letter\"", "topic = \"\"", "dead_letter.topic"),
-        ("stop_at_end = false", "stop_at_end = false\npath = \"x\"", "source.path"),
+        (
+            "commit_interval = \"1s\"",
+            "commit_interval = \"0s\"",
+            "source.commit_interval",
+        ),
+        (
+            "max_retries = 5",
+            "max_retries = 5\npath = \"x\"",
+            "sinks[0].path",
+        ),
+        (
+            "topic = \"eventide-dead-letter\"",
+            "topic = \"\"",
+            "dead_letter.topic",
+        ),
+        (
+            "stop_at_end = false",
+            "stop_at_end = false\npath = \"x\"",
+            "source.path",
+        ),
     ];
     for (from, to, key) in kafka_cases {
         assert!(kafka.contains(from), "{from}");
         let path = dir.path().join("bad-kafka.toml");
         std::fs::write(&path, kafka.replacen(from, to, 1)).unwrap();
-        let out = Command::new(BIN).arg("check-config").arg(&path).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
-        assert!(stderr.contains(&format!("{key}:")), "expected the key {key} in: {stderr}");
+        assert!(
+            stderr.contains(&format!("{key}:")),
+            "expected the key {key} in: {stderr}"
+        );
     }
     let out = Command::new(BIN)
         .arg("check-config")

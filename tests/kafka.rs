@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use eventide_simulator::kafka::KafkaOut;
 use eventide_simulator::SimConfig;
+use eventide_simulator::kafka::KafkaOut;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -81,9 +81,7 @@ clear = "avg < 950"
 "#;
 
 fn write_config(dir: &Path, name: &str, source: &str, sinks: &str) -> PathBuf {
-    let text = format!(
-        "[source]\n{source}\n{PIPELINE}\n{sinks}\n",
-    );
+    let text = format!("[source]\n{source}\n{PIPELINE}\n{sinks}\n",);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
@@ -123,8 +121,15 @@ fn spawn(config: &Path) -> Child {
 fn finish(child: Child, what: &str) -> Output {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed ({}):\n{stderr}", out.status);
-    assert!(stderr.contains("(adds up)"), "{what}: accounting:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("(adds up)"),
+        "{what}: accounting:\n{stderr}"
+    );
     out
 }
 
@@ -174,8 +179,16 @@ fn upsert(records: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
 
 /// Records by id equal, with a readable account of the difference.
 fn assert_same(got: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
-    let missing: Vec<&String> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
-    let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
     let differ: Vec<(&Value, &Value)> = expected
         .iter()
         .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (g, v)))
@@ -213,7 +226,11 @@ fn generate(cfg: SimConfig, events: u64) -> Vec<u8> {
 fn produce(brokers: &str, input: &[u8], rate: Option<f64>) {
     let mut out = KafkaOut::new(brokers, TOPIC, &[]).unwrap();
     let started = Instant::now();
-    for (i, line) in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+    for (i, line) in input
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64(i as f64 / rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -252,14 +269,25 @@ fn a_consumer_group_over_four_partitions_gives_the_file_results() {
     let dir = dir.path();
     let input = generate(sim(11), 30_000);
     let (expected, expected_dead) = reference(dir, &input);
-    assert!(expected.keys().any(|k| k.starts_with("co2_high|")), "the input raises alerts");
+    assert!(
+        expected.keys().any(|k| k.starts_with("co2_high|")),
+        "the input raises alerts"
+    );
 
     let cluster = mock(4);
     let brokers = cluster.bootstrap_servers();
     produce(&brokers, &input, None);
-    let cfg = write_config(dir, "kafka", &kafka_source(&brokers, "g1", true), &jsonl_sinks(dir, "kafka"));
+    let cfg = write_config(
+        dir,
+        "kafka",
+        &kafka_source(&brokers, "g1", true),
+        &jsonl_sinks(dir, "kafka"),
+    );
     let log = run(&cfg, "the kafka run");
-    assert!(log.contains("input complete"), "stop_at_end ends the run:\n{log}");
+    assert!(
+        log.contains("input complete"),
+        "stop_at_end ends the run:\n{log}"
+    );
 
     let out = records(&dir.join("kafka.out.jsonl"));
     assert_eq!(out.len(), expected.len(), "each record once");
@@ -269,12 +297,20 @@ fn a_consumer_group_over_four_partitions_gives_the_file_results() {
     assert_eq!(dead_payloads(&dead), dead_payloads(&expected_dead));
     for d in &dead {
         let source = d["source"].as_str().unwrap();
-        assert!(source.starts_with("telemetry/"), "topic/partition/offset: {source}");
+        assert!(
+            source.starts_with("telemetry/"),
+            "topic/partition/offset: {source}"
+        );
         assert_eq!(source.split('/').count(), 3, "{source}");
     }
 
     // The group's offsets are committed at the end: a second run reads nothing.
-    let again = write_config(dir, "again", &kafka_source(&brokers, "g1", true), &jsonl_sinks(dir, "again"));
+    let again = write_config(
+        dir,
+        "again",
+        &kafka_source(&brokers, "g1", true),
+        &jsonl_sinks(dir, "again"),
+    );
     run(&again, "the second run");
     assert!(records(&dir.join("again.out.jsonl")).is_empty());
 }
@@ -297,8 +333,18 @@ fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
         let input = input.clone();
         std::thread::spawn(move || produce(&brokers, &input, Some(8_000.0)))
     };
-    let a_cfg = write_config(dir, "a", &kafka_source(&brokers, "g2", false), &jsonl_sinks(dir, "a"));
-    let b_cfg = write_config(dir, "b", &kafka_source(&brokers, "g2", false), &jsonl_sinks(dir, "b"));
+    let a_cfg = write_config(
+        dir,
+        "a",
+        &kafka_source(&brokers, "g2", false),
+        &jsonl_sinks(dir, "a"),
+    );
+    let b_cfg = write_config(
+        dir,
+        "b",
+        &kafka_source(&brokers, "g2", false),
+        &jsonl_sinks(dir, "b"),
+    );
     let a = spawn(&a_cfg);
     std::thread::sleep(Duration::from_secs(2));
     let b = spawn(&b_cfg);
@@ -306,15 +352,26 @@ fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
     signal(&b, "-TERM"); // leaves the group: its partitions go back to a
     let b_out = finish(b, "member b");
     let b_log = String::from_utf8_lossy(&b_out.stderr);
-    assert!(b_log.contains("partitions assigned"), "b took part:\n{b_log}");
+    assert!(
+        b_log.contains("partitions assigned"),
+        "b took part:\n{b_log}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     signal(&a, "-KILL"); // a crash: no flush, no commit
     let _ = a.wait_with_output();
     producer.join().unwrap();
 
-    let c_cfg = write_config(dir, "c", &kafka_source(&brokers, "g2", true), &jsonl_sinks(dir, "c"));
+    let c_cfg = write_config(
+        dir,
+        "c",
+        &kafka_source(&brokers, "g2", true),
+        &jsonl_sinks(dir, "c"),
+    );
     let c_log = run(&c_cfg, "the resuming run");
-    assert!(c_log.contains("resuming from a checkpoint"), "c resumed:\n{c_log}");
+    assert!(
+        c_log.contains("resuming from a checkpoint"),
+        "c resumed:\n{c_log}"
+    );
 
     let all: Vec<Value> = ["a", "b", "c"]
         .iter()
@@ -329,7 +386,11 @@ fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
         .collect();
     let got_dead = dead_payloads(&dead);
     for (payload, (reason, _)) in dead_payloads(&expected_dead) {
-        assert_eq!(got_dead.get(&payload).map(|d| d.0.as_str()), Some(reason.as_str()), "{payload}");
+        assert_eq!(
+            got_dead.get(&payload).map(|d| d.0.as_str()),
+            Some(reason.as_str()),
+            "{payload}"
+        );
     }
 }
 
@@ -341,13 +402,20 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
         .set("enable.partition.eof", "false")
         .create()
         .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-        ends.push(c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        ends.push(
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1,
+        );
     }
     c.assign(&tpl).unwrap();
     let total: i64 = ends.iter().sum();
@@ -378,11 +446,19 @@ fn broker_errors_are_retried_and_kafka_sinks_deliver_everything() {
     use RDKafkaRespErr::*;
     cluster.request_errors(
         RDKafkaApiKey::Fetch,
-        &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT].repeat(4),
+        &[
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ]
+        .repeat(4),
     );
     cluster.request_errors(
         RDKafkaApiKey::OffsetCommit,
-        &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE].repeat(3),
+        &[
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+        ]
+        .repeat(3),
     );
     // Produce errors are not injected here: with them, one alert was missing from the
     // output topic in some runs (see the Kafka issue's note); under investigation.
@@ -399,7 +475,10 @@ fn broker_errors_are_retried_and_kafka_sinks_deliver_everything() {
     written.extend(consume_all(&brokers, "out-alerts"));
     let got = upsert(written);
     assert_same(&got, &expected);
-    assert!(!consume_all(&brokers, "out-dead").is_empty(), "malformed input is dead-lettered to Kafka");
+    assert!(
+        !consume_all(&brokers, "out-dead").is_empty(),
+        "malformed input is dead-lettered to Kafka"
+    );
 }
 
 /// The simulator's command line produces to Kafka keyed by device (run in-process:
@@ -411,15 +490,42 @@ fn the_simulator_command_produces_to_kafka() {
     let dir = dir.path();
     let cluster = mock(3);
     let brokers = cluster.bootstrap_servers();
-    let args = ["eventide-simulator", "--devices", "50", "--count", "5000", "--seed", "5", "--batch-fraction", "0.2"];
-    let to_kafka = args.iter().copied().chain(["--kafka-brokers", &brokers, "--topic", TOPIC]);
-    assert_eq!(eventide_simulator::cli::main(to_kafka), std::process::ExitCode::SUCCESS);
+    let args = [
+        "eventide-simulator",
+        "--devices",
+        "50",
+        "--count",
+        "5000",
+        "--seed",
+        "5",
+        "--batch-fraction",
+        "0.2",
+    ];
+    let to_kafka = args
+        .iter()
+        .copied()
+        .chain(["--kafka-brokers", &brokers, "--topic", TOPIC]);
+    assert_eq!(
+        eventide_simulator::cli::main(to_kafka),
+        std::process::ExitCode::SUCCESS
+    );
     let file = dir.join("sim.ndjson");
-    let to_file = args.iter().copied().chain(["--output", file.to_str().unwrap()]);
-    assert_eq!(eventide_simulator::cli::main(to_file), std::process::ExitCode::SUCCESS);
+    let to_file = args
+        .iter()
+        .copied()
+        .chain(["--output", file.to_str().unwrap()]);
+    assert_eq!(
+        eventide_simulator::cli::main(to_file),
+        std::process::ExitCode::SUCCESS
+    );
     let (expected, _) = reference(dir, &std::fs::read(&file).unwrap());
     assert!(!expected.is_empty());
-    let cfg = write_config(dir, "s", &kafka_source(&brokers, "g4", true), &jsonl_sinks(dir, "s"));
+    let cfg = write_config(
+        dir,
+        "s",
+        &kafka_source(&brokers, "g4", true),
+        &jsonl_sinks(dir, "s"),
+    );
     let log = run(&cfg, "the kafka run");
     assert!(log.contains(" 5000 events"), "{log}");
     assert_eq!(upsert(records(&dir.join("s.out.jsonl"))), expected);

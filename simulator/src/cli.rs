@@ -1,16 +1,14 @@
 //! The `eventide-simulator` command line: writes seeded IoT telemetry as NDJSON to
 //! stdout, a file, or a Kafka topic. In the library so that tests run it in-process.
 
-
-
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use crate::{Generator, SimConfig, time};
+use clap::Parser;
 
 /// Generates streaming-at-scale style telemetry (NDJSON, one message per line).
 #[derive(Parser, Debug)]
@@ -93,7 +91,11 @@ where
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(args) {
@@ -151,7 +153,9 @@ fn run(args: Args) -> io::Result<()> {
     let mut kafka = match &args.kafka_brokers {
         Some(brokers) => {
             if args.output.is_some() {
-                return Err(invalid("--output and --kafka-brokers exclude each other".into()));
+                return Err(invalid(
+                    "--output and --kafka-brokers exclude each other".into(),
+                ));
             }
             Some(
                 crate::kafka::KafkaOut::new(brokers, &args.topic, &args.kafka_properties)
@@ -207,7 +211,10 @@ fn run(args: Args) -> io::Result<()> {
         let sent = k.sent;
         let (delivered, failed, last) = k.finish();
         if progress {
-            eprintln!("{delivered} of {sent} Kafka messages delivered to {}", args.topic);
+            eprintln!(
+                "{delivered} of {sent} Kafka messages delivered to {}",
+                args.topic
+            );
         }
         if failed > 0 {
             return Err(io::Error::other(format!(

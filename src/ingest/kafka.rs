@@ -34,10 +34,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance,
-};
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
@@ -215,7 +213,11 @@ impl ConsumerContext for Ctx {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             tracing::warn!(error = %e, partitions = offsets.count(), "Kafka: offset commit failed; the next commit carries the same or later offsets.");
         }
@@ -229,7 +231,10 @@ impl Shared {
             return;
         }
         let Some(queue) = consumer.split_partition_queue(&tp.0, tp.1) else {
-            st.failed = Some(format!("cannot read partition {}/{} on its own queue", tp.0, tp.1));
+            st.failed = Some(format!(
+                "cannot read partition {}/{} on its own queue",
+                tp.0, tp.1
+            ));
             return;
         };
         st.generation += 1;
@@ -302,7 +307,8 @@ impl Shared {
                     self.state.lock().reports.push(report);
                 }
                 Err(_) => {
-                    self.state.lock().failed = Some(format!("the actor of {}/{} panicked", tp.0, tp.1));
+                    self.state.lock().failed =
+                        Some(format!("the actor of {}/{} panicked", tp.0, tp.1));
                 }
             }
         }
@@ -325,7 +331,12 @@ impl Shared {
     }
 
     /// Commits pending checkpoints (of `only` these partitions, when given).
-    fn commit(&self, consumer: &BaseConsumer<Ctx>, only: Option<&[TopicPartition]>, mode: CommitMode) {
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        only: Option<&[TopicPartition]>,
+        mode: CommitMode,
+    ) {
         self.take_durable(&[]);
         let batch: Vec<Checkpoint> = {
             let mut st = self.state.lock();
@@ -349,7 +360,9 @@ impl Shared {
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => tracing::debug!(partitions = batch.len(), "Kafka: offsets committed."),
-            Err(e) => tracing::warn!(error = %e, "Kafka: offset commit failed; it is retried with the next checkpoint."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka: offset commit failed; it is retried with the next checkpoint.")
+            }
         }
     }
 }
@@ -377,7 +390,9 @@ impl ActorLoop {
         let mut done = self.end.is_some_and(|e| position.is_some_and(|p| p >= e));
         if let (Some(e), None) = (self.end, position) {
             // Nothing committed: consumption starts at the beginning of the log.
-            if let Ok((low, _)) = self.consumer.fetch_watermarks(&self.tp.0, self.tp.1, REQUEST_TIMEOUT)
+            if let Ok((low, _)) =
+                self.consumer
+                    .fetch_watermarks(&self.tp.0, self.tp.1, REQUEST_TIMEOUT)
                 && low >= e
             {
                 done = true;
@@ -434,8 +449,12 @@ impl ActorLoop {
         // checkpoint is durable, so that it can be committed now.
         self.p.stop();
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        if self.checkpoint(position, Some(ack_tx)) && ack_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            tracing::warn!("Kafka: the sinks did not confirm the last checkpoint; it is not committed.");
+        if self.checkpoint(position, Some(ack_tx))
+            && ack_rx.recv_timeout(Duration::from_secs(120)).is_err()
+        {
+            tracing::warn!(
+                "Kafka: the sinks did not confirm the last checkpoint; it is not committed."
+            );
         }
         self.p.report()
     }
@@ -459,14 +478,25 @@ impl ActorLoop {
         match Resume::decode(elem.metadata()) {
             Some(r) => {
                 if r.truncated {
-                    tracing::warn!("Kafka: the checkpoint held only part of the raised alerts; some may be raised again.");
+                    tracing::warn!(
+                        "Kafka: the checkpoint held only part of the raised alerts; some may be raised again."
+                    );
                 }
-                tracing::info!(offset, position = r.position, max_event_time = r.max_ts, raised = r.raised.len(), "Kafka: resuming from a checkpoint.");
+                tracing::info!(
+                    offset,
+                    position = r.position,
+                    max_event_time = r.max_ts,
+                    raised = r.raised.len(),
+                    "Kafka: resuming from a checkpoint."
+                );
                 self.p.resume(r.max_ts, r.position, r.raised);
             }
             None if offset > 0 => {
                 // Committed by another tool, or by a broker that drops commit metadata.
-                tracing::warn!(offset, "Kafka: resuming from a committed offset without eventide's checkpoint metadata: windows open at that offset may be written again with only the events from there on.");
+                tracing::warn!(
+                    offset,
+                    "Kafka: resuming from a committed offset without eventide's checkpoint metadata: windows open at that offset may be written again with only the events from there on."
+                );
             }
             None => {}
         }
@@ -493,7 +523,10 @@ impl ActorLoop {
         };
         let metadata = resume.encode();
         if metadata.ends_with('t') {
-            tracing::warn!(raised = resume.raised.len(), "Kafka: too many raised alerts to checkpoint them all.");
+            tracing::warn!(
+                raised = resume.raised.len(),
+                "Kafka: too many raised alerts to checkpoint them all."
+            );
         }
         let checkpoint = Checkpoint {
             topic: self.tp.0.clone(),
@@ -512,7 +545,12 @@ impl ActorLoop {
         let mut data: Vec<u8> = Vec::new();
         let mut offsets: Vec<i64> = Vec::new();
         let mut items = Vec::new();
-        fn add(m: &dyn MessageView, data: &mut Vec<u8>, offsets: &mut Vec<i64>, items: &mut Vec<Item>) {
+        fn add(
+            m: &dyn MessageView,
+            data: &mut Vec<u8>,
+            offsets: &mut Vec<i64>,
+            items: &mut Vec<Item>,
+        ) {
             let start = data.len();
             data.extend_from_slice(m.payload_bytes());
             let msg = offsets.len() as u32;
@@ -570,12 +608,15 @@ impl MessageView for OwnedMessage {
 /// The consumer configuration: eventide's settings, then the user's properties.
 fn consumer_config(s: &SourceConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", s.brokers.as_deref().unwrap_or_default())
-        .set("group.id", s.group_id())
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+    c.set(
+        "bootstrap.servers",
+        s.brokers.as_deref().unwrap_or_default(),
+    )
+    .set("group.id", s.group_id())
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("auto.offset.reset", "earliest")
+    .set("partition.assignment.strategy", "cooperative-sticky");
     for (k, v) in s.properties.iter().flatten() {
         c.set(k, v);
     }
@@ -621,7 +662,11 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
                 Err(e) => return (Err(e.into()), Vec::new()),
             }
         }
-        tracing::info!(partitions = ends.len(), messages = ends.values().sum::<i64>(), "Kafka: reading every partition up to its current end.");
+        tracing::info!(
+            partitions = ends.len(),
+            messages = ends.values().sum::<i64>(),
+            "Kafka: reading every partition up to its current end."
+        );
         Some(ends)
     } else {
         None
@@ -632,7 +677,12 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     }
 
     let shared = Arc::new(Shared {
-        slots: all.iter().cloned().enumerate().map(|(i, tp)| (tp, i)).collect(),
+        slots: all
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, tp)| (tp, i))
+            .collect(),
         ends,
         run,
         state: Mutex::new(State::default()),
@@ -667,7 +717,9 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
                         Some(a) => {
                             let _ = a.strays.send(m.detach());
                         }
-                        None => tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "Kafka: a message for a partition without an actor; it is read again after the next assignment."),
+                        None => {
+                            tracing::warn!(topic = %tp.0, partition = tp.1, offset = m.offset(), "Kafka: a message for a partition without an actor; it is read again after the next assignment.")
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "Kafka: consumer error; librdkafka retries."),
@@ -676,7 +728,13 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
         if let Some(e) = shared.state.lock().failed.take() {
             break Err(KafkaSourceError::Actor(e));
         }
-        if shared.state.lock().actors.values().any(|a| a.handle.is_finished()) {
+        if shared
+            .state
+            .lock()
+            .actors
+            .values()
+            .any(|a| a.handle.is_finished())
+        {
             // An actor stops by itself only when the sinks have gone.
             break Err(KafkaSourceError::SinksGone);
         }

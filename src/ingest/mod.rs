@@ -65,7 +65,10 @@ impl Block {
     /// The source offset of an item's message, or `i64::MAX` for sources without offsets.
     #[inline]
     pub fn offset(&self, it: &Item) -> i64 {
-        self.offsets.get(it.line as usize).copied().unwrap_or(i64::MAX)
+        self.offsets
+            .get(it.line as usize)
+            .copied()
+            .unwrap_or(i64::MAX)
     }
 
     /// Where an item came from, for dead-letter records: `topic/partition/offset` for

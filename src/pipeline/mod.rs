@@ -349,7 +349,14 @@ fn run_routed(
         senders.push(tx);
         let stats = Arc::new(PartitionStats::default());
         registry.add(stats.clone());
-        let p = Partition::new(id, settings.clone(), stats, epoch, out_tx.clone(), hub.cloned());
+        let p = Partition::new(
+            id,
+            settings.clone(),
+            stats,
+            epoch,
+            out_tx.clone(),
+            hub.cloned(),
+        );
         let span = tracing::info_span!("partition", partition = id);
         workers.push(
             thread::Builder::new()
@@ -416,7 +423,11 @@ fn run_routed(
 
 /// The `http` source: bodies that `POST /ingest` queued, until `stop`. Never ends by
 /// itself (an HTTP stream has no end), so it always reports an interrupted run.
-fn http_source(hub: &Hub, rx: crossbeam_channel::Receiver<IngestBody>, router: &mut Router) -> bool {
+fn http_source(
+    hub: &Hub,
+    rx: crossbeam_channel::Receiver<IngestBody>,
+    router: &mut Router,
+) -> bool {
     let origin: Arc<str> = Arc::from("http");
     while !router.stopping() {
         match rx.recv_timeout(Duration::from_millis(100)) {

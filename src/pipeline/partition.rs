@@ -243,7 +243,12 @@ impl Partition {
 
     /// Between blocks, when none came for a while: past `idle` since `last_event`,
     /// event time follows the wall clock (closing windows); publishes state.
-    pub fn on_idle(&mut self, idle: Duration, last_event: Instant, idle_clock: &mut Option<Instant>) {
+    pub fn on_idle(
+        &mut self,
+        idle: Duration,
+        last_event: Instant,
+        idle_clock: &mut Option<Instant>,
+    ) {
         let now = Instant::now();
         if self.wm != i64::MIN && now.duration_since(last_event) >= idle {
             // Idle: event time follows the wall clock from here.

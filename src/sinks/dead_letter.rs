@@ -20,13 +20,19 @@ impl DeadLetterSink {
             DeadLetterKind::Stdout => Box::new(io::stdout()),
             DeadLetterKind::Stderr => Box::new(io::stderr()),
             DeadLetterKind::Kafka => {
-                let brokers = c.brokers.as_deref().expect("validated: kafka dead letters have brokers");
+                let brokers = c
+                    .brokers
+                    .as_deref()
+                    .expect("validated: kafka dead letters have brokers");
                 let config = super::kafka::producer_config(brokers, c.properties.as_ref());
                 let w = KafkaWriter::new(&config, 10).map_err(|source| SinkError::Kafka {
                     sink: "dead_letter",
                     source,
                 })?;
-                let topic = c.topic.clone().unwrap_or_else(|| "eventide-dead-letter".into());
+                let topic = c
+                    .topic
+                    .clone()
+                    .unwrap_or_else(|| "eventide-dead-letter".into());
                 return Ok(DeadLetterSink {
                     w: BufWriter::new(Box::new(io::sink())),
                     kafka: Some((w, topic)),

@@ -91,7 +91,8 @@ pub struct KafkaWriter {
 
 impl KafkaWriter {
     pub fn new(config: &ClientConfig, max_retries: u32) -> Result<Self, KafkaError> {
-        let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries::default())?;
+        let producer: BaseProducer<Deliveries> =
+            config.create_with_context(Deliveries::default())?;
         Ok(KafkaWriter {
             producer,
             max_retries,
@@ -130,7 +131,11 @@ impl KafkaWriter {
     }
 
     fn give_up(&mut self, topic: &str, payload: &[u8], error: &str) {
-        tracing::warn!(topic, error, "Kafka sink: giving up on a record; it goes to the dead-letter sink.");
+        tracing::warn!(
+            topic,
+            error,
+            "Kafka sink: giving up on a record; it goes to the dead-letter sink."
+        );
         self.gave_up.push(DeadLetter {
             reason: Reason::Sink,
             error: format!("kafka topic {topic}: {error}"),
@@ -154,15 +159,25 @@ impl KafkaWriter {
             if failed.is_empty() {
                 return;
             }
-            let (retry, give_up): (Vec<Failed>, Vec<Failed>) =
-                failed.into_iter().partition(|f| f.attempt < self.max_retries);
+            let (retry, give_up): (Vec<Failed>, Vec<Failed>) = failed
+                .into_iter()
+                .partition(|f| f.attempt < self.max_retries);
             for f in give_up {
                 self.give_up(&f.topic, &f.payload, &f.error);
             }
-            let pause = retry.iter().map(|f| 100u64 << f.attempt.min(6)).max().unwrap_or(0);
+            let pause = retry
+                .iter()
+                .map(|f| 100u64 << f.attempt.min(6))
+                .max()
+                .unwrap_or(0);
             std::thread::sleep(Duration::from_millis(pause));
             for f in retry {
-                tracing::debug!(topic = f.topic, attempt = f.attempt + 1, error = f.error, "Kafka sink: sending a record again.");
+                tracing::debug!(
+                    topic = f.topic,
+                    attempt = f.attempt + 1,
+                    error = f.error,
+                    "Kafka sink: sending a record again."
+                );
                 self.send(&f.topic, f.key.as_deref(), &f.payload, f.attempt + 1);
             }
         }

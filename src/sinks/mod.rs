@@ -138,17 +138,28 @@ impl Sink {
             }
             SinkKind::Stdout => ("stdout", Box::new(io::stdout())),
             SinkKind::Kafka => {
-                let brokers = c.brokers.as_deref().expect("validated: kafka sinks have brokers");
+                let brokers = c
+                    .brokers
+                    .as_deref()
+                    .expect("validated: kafka sinks have brokers");
                 let config = kafka::producer_config(brokers, c.properties.as_ref());
-                let w = kafka::KafkaWriter::new(&config, c.max_retries.unwrap_or(5))
-                    .map_err(|source| SinkError::Kafka { sink: "kafka", source })?;
+                let w = kafka::KafkaWriter::new(&config, c.max_retries.unwrap_or(5)).map_err(
+                    |source| SinkError::Kafka {
+                        sink: "kafka",
+                        source,
+                    },
+                )?;
                 return Ok(Sink::Kafka {
                     w,
                     windows_topic: windows.then(|| {
-                        c.windows_topic.clone().unwrap_or_else(|| "eventide-windows".into())
+                        c.windows_topic
+                            .clone()
+                            .unwrap_or_else(|| "eventide-windows".into())
                     }),
                     alerts_topic: alerts.then(|| {
-                        c.alerts_topic.clone().unwrap_or_else(|| "eventide-alerts".into())
+                        c.alerts_topic
+                            .clone()
+                            .unwrap_or_else(|| "eventide-alerts".into())
                     }),
                     buf: Vec::with_capacity(1024),
                 });

@@ -273,7 +273,11 @@ impl Hub {
 
     /// Every partition's current snapshot.
     pub fn snapshots(&self) -> Vec<Arc<PartitionSnapshot>> {
-        self.partitions.read().iter().map(|s| s.load_full()).collect()
+        self.partitions
+            .read()
+            .iter()
+            .map(|s| s.load_full())
+            .collect()
     }
 
     /// Called by the sink thread with each batch of closed windows.
