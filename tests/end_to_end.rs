@@ -31,24 +31,7 @@ allowed_lateness = "2s"
 dedupe = "both"
 {extra_pipeline}
 
-[[windows]]
-name = "tumbling_1m"
-kind = "tumbling"
-size = "1m"
-
-[[windows]]
-name = "sliding_5m"
-kind = "sliding"
-size = "5m"
-slide = "1m"
-
-[[rules]]
-name = "co2_high"
-window = "sliding_5m"
-filter = "type = 'CO2'"
-when = "avg > 1000"
-clear = "avg < 950"
-
+{rules}
 [[sinks]]
 kind = "jsonl"
 path = "{out}"
@@ -60,6 +43,7 @@ path = "{dead}"
 "#,
         out = dir.join("out.jsonl").display(),
         dead = dir.join("dead.jsonl").display(),
+        rules = WINDOWS_AND_RULE,
     )
 }
 

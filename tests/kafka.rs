@@ -60,28 +60,13 @@ partitions = 2
 max_out_of_order = "30s"
 idle_timeout = "1h"
 dedupe = "both"
-
-[[windows]]
-name = "tumbling_1m"
-kind = "tumbling"
-size = "1m"
-
-[[windows]]
-name = "sliding_5m"
-kind = "sliding"
-size = "5m"
-slide = "1m"
-
-[[rules]]
-name = "co2_high"
-window = "sliding_5m"
-filter = "type = 'CO2'"
-when = "avg > 1000"
-clear = "avg < 950"
 "#;
 
 fn write_config(dir: &Path, name: &str, source: &str, sinks: &str) -> PathBuf {
-    let text = format!("[source]\n{source}\n{PIPELINE}\n{sinks}\n",);
+    let text = format!(
+        "[source]\n{source}\n{PIPELINE}\n{}\n{sinks}\n",
+        common::WINDOWS_AND_RULE
+    );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{generate, read_jsonl};
+use common::{WINDOWS_AND_RULE, generate, read_jsonl};
 use eventide_simulator::SimConfig;
 use serde_json::Value;
 
@@ -223,26 +223,6 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
-
-const WINDOWS_AND_RULE: &str = r#"
-[[windows]]
-name = "tumbling_1m"
-kind = "tumbling"
-size = "1m"
-
-[[windows]]
-name = "sliding_5m"
-kind = "sliding"
-size = "5m"
-slide = "1m"
-
-[[rules]]
-name = "co2_high"
-window = "sliding_5m"
-filter = "type = 'CO2'"
-when = "avg > 1000"
-clear = "avg < 950"
-"#;
 
 fn file_config(dir: &Path, server_extra: &str) -> String {
     format!(

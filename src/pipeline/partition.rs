@@ -233,12 +233,7 @@ impl Partition {
         }
         self.publish();
         self.snapshot();
-        PartitionReport {
-            partition: self.id,
-            counts: self.counts,
-            latency: self.latency,
-            devices: self.names.device_count(),
-        }
+        self.report()
     }
 
     /// Between blocks, when none came for a while: past `idle` since `last_event`,

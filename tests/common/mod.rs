@@ -11,6 +11,27 @@ use std::path::Path;
 use eventide_simulator::{Generator, SimConfig, time};
 use serde_json::Value;
 
+/// The windows and rule every end-to-end config uses (as `config/file.toml`).
+pub const WINDOWS_AND_RULE: &str = r#"
+[[windows]]
+name = "tumbling_1m"
+kind = "tumbling"
+size = "1m"
+
+[[windows]]
+name = "sliding_5m"
+kind = "sliding"
+size = "5m"
+slide = "1m"
+
+[[rules]]
+name = "co2_high"
+window = "sliding_5m"
+filter = "type = 'CO2'"
+when = "avg > 1000"
+clear = "avg < 950"
+"#;
+
 pub fn generate(cfg: SimConfig, events: u64) -> Vec<u8> {
     let mut g = Generator::new(cfg);
     let mut out = Vec::new();
