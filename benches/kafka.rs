@@ -5,18 +5,27 @@
 //! JSONL sinks). Reports events/s, CPU-seconds per million events (this process: the
 //! pipeline *and* the broker serving it), arrival → window-close latency and peak RSS.
 //!
+//! Then latency: events produced at a fixed rate (default 10,000/s, then 100,000/s)
+//! while the pipeline consumes them, and the time from the Kafka timestamp of the
+//! event that closed a window to the window and its alerts leaving the actor for the
+//! sinks (p50/p99). The producer runs in this process too, on the same 2 cores.
+//!
 //! `cargo bench --bench kafka`  (EVENTIDE_BENCH_EVENTS=N, default 500000;
-//! EVENTIDE_BENCH_KAFKA_PARTITIONS=P, default 4)
+//! EVENTIDE_BENCH_KAFKA_PARTITIONS=P, default 4; EVENTIDE_BENCH_LATENCY_RATES=a,b
+//! events/s, default 10000,100000; EVENTIDE_BENCH_LATENCY_SECS=S, default 30)
 
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use eventide::config::Config;
 use eventide::pipeline::{self, Status};
+use eventide::sql::state::Hub;
 use eventide_simulator::kafka::KafkaOut;
+use eventide_simulator::{Generator, SimConfig};
+use hdrhistogram::Histogram;
 use rdkafka::mocking::MockCluster;
 
 mod common;
@@ -99,4 +108,120 @@ fn main() {
         "  peak RSS:     {:.0} MiB (includes the broker's copy of the topic)",
         peak_rss_kib() as f64 / 1024.0
     );
+
+    latency(input.quick, partitions);
+}
+
+/// The latency runs: one per rate, each on its own topic and consumer group.
+fn latency(quick: bool, partitions: i32) {
+    let rates: Vec<f64> = if quick {
+        vec![10_000.0]
+    } else {
+        std::env::var("EVENTIDE_BENCH_LATENCY_RATES")
+            .unwrap_or_else(|_| "10000,100000".into())
+            .split(',')
+            .map(|r| {
+                r.trim()
+                    .parse()
+                    .expect("EVENTIDE_BENCH_LATENCY_RATES: numbers")
+            })
+            .collect()
+    };
+    let secs = if quick {
+        3
+    } else {
+        env_u64("EVENTIDE_BENCH_LATENCY_SECS", 30)
+    };
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!("eventide kafka latency (Kafka timestamp of the closing event -> out to the sinks)");
+    for (i, rate) in rates.into_iter().enumerate() {
+        let topic = format!("live{i}");
+        cluster.create_topic(&topic, partitions, 1).expect("topic");
+        let cfg = Config::parse(&format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{topic}\"\n\
+             [pipeline]\nmax_out_of_order = \"5s\"\ndedupe = \"both\"\n\
+             [[windows]]\nname = \"tumbling_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
+             [[windows]]\nname = \"sliding_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\n\
+             [[rules]]\nname = \"co2_high\"\nwindow = \"sliding_5m\"\nfilter = \"type = 'CO2'\"\nwhen = \"avg > 1000\"\nclear = \"avg < 950\"\n\
+             [[sinks]]\nkind = \"jsonl\"\npath = \"{out}\"\n\
+             [dead_letter]\nkind = \"jsonl\"\npath = \"{dead}\"\n",
+            out = dir.path().join(format!("out{i}.jsonl")).display(),
+            dead = dir.path().join(format!("dead{i}.jsonl")).display(),
+        ))
+        .expect("latency config");
+        let stop = Arc::new(AtomicBool::new(false));
+        // A hub only to see when the actors have started (snapshots for queries
+        // every hour, so it costs the measured run nothing).
+        let hub = Arc::new(Hub::new(0, Duration::ZERO, Duration::from_secs(3600)));
+        let pipeline = {
+            let (stop, hub) = (stop.clone(), hub.clone());
+            std::thread::spawn(move || pipeline::run_with(&cfg, stop, Status::Off, Some(hub)))
+        };
+        wait_for_actors(&hub, partitions as usize);
+
+        // 300 devices, each reporting once per event-second: at 10,000 events/s the
+        // event clock runs ~33x the wall clock, so 1-minute windows close every ~2 s.
+        let mut sim = Generator::new(SimConfig {
+            devices: 300,
+            hot_devices: 60,
+            start_ms: eventide::event::now_ms(),
+            ..SimConfig::default()
+        });
+        let mut out = KafkaOut::new(&brokers, &topic, &[]).expect("producer");
+        let started = Instant::now();
+        let mut buf = Vec::with_capacity(4096);
+        let total = (rate * secs as f64) as u64;
+        while sim.stats().events < total {
+            let due = Duration::from_secs_f64(sim.stats().events as f64 / rate);
+            let now = started.elapsed();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            buf.clear();
+            sim.next_message(&mut buf, total - sim.stats().events);
+            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            out.send_line(line).expect("produce");
+        }
+        let achieved = total as f64 / started.elapsed().as_secs_f64();
+        let (_, failed, _) = out.finish();
+        assert_eq!(failed, 0);
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let report = pipeline
+            .join()
+            .expect("pipeline thread")
+            .expect("pipeline run");
+        assert!(report.counts.balanced(), "{}", report.counts);
+        let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+        println!(
+            "  {rate:>8.0} events/s target ({achieved:.0} achieved, {secs} s, {} received): \
+             alerts p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n = {}); \
+             windows p50 {:.1} ms, p99 {:.1} ms (n = {})",
+            report.counts.received,
+            q(&report.emit.alerts, 0.5),
+            q(&report.emit.alerts, 0.99),
+            report.emit.alerts.max() as f64 / 1000.0,
+            report.emit.alerts.len(),
+            q(&report.emit.windows, 0.5),
+            q(&report.emit.windows, 0.99),
+            report.emit.windows.len(),
+        );
+    }
+}
+
+/// Waits until every partition is assigned and its actor started, so the measured
+/// events do not wait for the consumer group to form.
+fn wait_for_actors(hub: &Hub, partitions: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hub.partitions_assigned.load(Ordering::Relaxed) < partitions as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka source's actors did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The actors read their committed offsets before their first poll.
+    std::thread::sleep(Duration::from_millis(500));
 }

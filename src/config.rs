@@ -157,6 +157,10 @@ pub struct SourceConfig {
     pub stop_at_end: Option<bool>,
     /// kafka: how often safe offsets are committed (default 1s).
     pub commit_interval: Option<Dur>,
+    /// kafka: keep checkpoints (offset + resume state) as records in this topic
+    /// instead of in offset-commit metadata, for brokers that do not return commit
+    /// metadata. Created (compacted, 1 partition) if missing.
+    pub checkpoint_topic: Option<String>,
 }
 
 impl SourceConfig {
@@ -685,6 +689,7 @@ impl Config {
             ("properties", s.properties.is_some()),
             ("stop_at_end", s.stop_at_end.is_some()),
             ("commit_interval", s.commit_interval.is_some()),
+            ("checkpoint_topic", s.checkpoint_topic.is_some()),
         ];
         let allowed: &[&str] = match s.kind {
             SourceKind::File => &["path"],
@@ -714,6 +719,7 @@ impl Config {
                 "properties",
                 "stop_at_end",
                 "commit_interval",
+                "checkpoint_topic",
             ],
         };
         for (k, present) in set {
@@ -742,6 +748,14 @@ impl Config {
             }
             if s.group_id.as_deref() == Some("") {
                 return Err(ConfigError::invalid("source.group_id", "is empty"));
+            }
+            if let Some(t) = &s.checkpoint_topic
+                && (t.trim().is_empty() || s.topics.iter().flatten().any(|x| x == t))
+            {
+                return Err(ConfigError::invalid(
+                    "source.checkpoint_topic",
+                    "must name a topic of its own, not empty and not one of source.topics",
+                ));
             }
             check_properties("source.properties", &s.properties, KAFKA_SOURCE_OWNED)?;
             if s.commit_interval.is_some_and(|d| d.0.is_zero()) {

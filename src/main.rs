@@ -226,13 +226,17 @@ fn print_report(r: &Report) {
         "  windows {} alerts {} (open {}) sequence gaps {}",
         c.windows, c.alerts, c.open_alerts, c.gaps
     );
-    if !r.latency.is_empty() {
-        let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
-        eprintln!(
-            "  arrival -> window close latency: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-            q(0.5),
-            q(0.99),
-            q(0.999)
-        );
-    }
+    let quantiles = |what: &str, h: &hdrhistogram::Histogram<u64>| {
+        if !h.is_empty() {
+            let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+            eprintln!(
+                "  {what}: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                q(0.5),
+                q(0.99),
+                q(0.999)
+            );
+        }
+    };
+    quantiles("arrival -> window close latency", &r.latency);
+    quantiles("closing event -> alert out", &r.emit.alerts);
 }

@@ -88,6 +88,11 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
             "source.commit_interval",
         ),
         (
+            "commit_interval = \"1s\"",
+            "commit_interval = \"1s\"\ncheckpoint_topic = \"telemetry\"",
+            "source.checkpoint_topic",
+        ),
+        (
             "max_retries = 5",
             "max_retries = 5\npath = \"x\"",
             "sinks[0].path",

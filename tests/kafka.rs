@@ -209,7 +209,11 @@ fn generate(cfg: SimConfig, events: u64) -> Vec<u8> {
 /// Produces `input` (NDJSON lines) to the topic, keyed by device, pausing to keep
 /// about `rate` events/s when given.
 fn produce(brokers: &str, input: &[u8], rate: Option<f64>) {
-    let mut out = KafkaOut::new(brokers, TOPIC, &[]).unwrap();
+    produce_with(brokers, &[], input, rate)
+}
+
+fn produce_with(brokers: &str, props: &[(String, String)], input: &[u8], rate: Option<f64>) {
+    let mut out = KafkaOut::new(brokers, TOPIC, props).unwrap();
     let started = Instant::now();
     for (i, line) in input
         .split(|&b| b == b'\n')
@@ -229,10 +233,130 @@ fn produce(brokers: &str, input: &[u8], rate: Option<f64>) {
     assert!(delivered > 0);
 }
 
-fn mock(partitions: i32) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+fn mock(partitions: i32) -> Mock {
     let m = MockCluster::new(3).unwrap();
     m.create_topic(TOPIC, partitions, 1).unwrap();
     m
+}
+
+/// A Kafka-protocol broker the tests run against.
+trait Broker {
+    fn brokers(&self) -> String;
+    fn create_topic(&self, name: &str, partitions: i32);
+    /// What producers of the input need on this broker.
+    fn producer_properties(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+impl Broker for Mock {
+    fn brokers(&self) -> String {
+        self.bootstrap_servers()
+    }
+    fn create_topic(&self, name: &str, partitions: i32) {
+        MockCluster::create_topic(self, name, partitions, 1).unwrap();
+    }
+}
+
+/// A tansu broker process (in-memory storage) on a free loopback port; killed when
+/// dropped. tansu drops offset-commit metadata, so eventide runs against it keep
+/// their checkpoints in a topic.
+struct Tansu {
+    child: Child,
+    addr: String,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let bin = tansu_bin();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tansu");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { child, addr }
+    }
+}
+
+impl Broker for Tansu {
+    fn brokers(&self) -> String {
+        self.addr.clone()
+    }
+    /// tansu 0.6 answers a fetch from an offset inside a record batch with the
+    /// batches after it, skipping the rest of that batch: a consumer that resumes
+    /// mid-batch (any group member after a rebalance or crash) loses records. One
+    /// record per batch avoids it.
+    fn producer_properties(&self) -> Vec<(String, String)> {
+        vec![("batch.num.messages".into(), "1".into())]
+    }
+    fn create_topic(&self, name: &str, partitions: i32) {
+        let ok = Command::new(tansu_bin())
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://{}", self.addr))
+            .args(["--partitions", &partitions.to_string(), name])
+            .status()
+            .expect("running tansu topic create")
+            .success();
+        assert!(ok, "tansu topic create {name}");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tansu binary, installed once into `target/tools` (`cargo install`, with the
+/// in-memory storage feature; the build takes 15-25 minutes on 2 cores) and reused.
+fn tansu_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("tools");
+        let bin = root.join("bin").join("tansu");
+        if !bin.exists() {
+            eprintln!("installing tansu into {} (once)", root.display());
+            let build = root.join("build");
+            let ok = Command::new(env!("CARGO"))
+                .args(["install", "tansu", "--version", "0.6.0", "--locked"])
+                .args(["--features", "dynostore", "--root"])
+                .arg(&root)
+                .env("CARGO_TARGET_DIR", &build)
+                .status()
+                .expect("running cargo install tansu")
+                .success();
+            assert!(ok, "cargo install tansu failed");
+            let _ = std::fs::remove_dir_all(&build);
+        }
+        bin
+    })
+    .clone()
 }
 
 /// Dead letters by payload, for comparing runs whose `source` fields differ.
@@ -306,41 +430,82 @@ fn a_consumer_group_over_four_partitions_gives_the_file_results() {
 #[test]
 fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
     let _serial = serial();
+    rebalances_and_a_crash(&mock(4), "");
+}
+
+/// The same with checkpoints kept in a topic (`source.checkpoint_topic`), as on
+/// brokers that drop commit metadata.
+#[test]
+fn rebalances_and_a_crash_with_checkpoints_in_a_topic() {
+    let _serial = serial();
+    let cluster = mock(4);
+    // The mock cluster cannot create topics on request: eventide would.
+    Broker::create_topic(&cluster, CHECKPOINTS, 1);
+    rebalances_and_a_crash(&cluster, &format!("checkpoint_topic = \"{CHECKPOINTS}\""));
+}
+
+/// The same against a tansu broker process.
+#[test]
+fn rebalances_and_a_crash_on_tansu() {
+    let _serial = serial();
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 4);
+    rebalances_and_a_crash(&tansu, &format!("checkpoint_topic = \"{CHECKPOINTS}\""));
+}
+
+const CHECKPOINTS: &str = "eventide-checkpoints";
+
+fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let input = generate(sim(12), 60_000);
     let (expected, expected_dead) = reference(dir, &input);
 
-    let cluster = mock(4);
-    let brokers = cluster.bootstrap_servers();
+    let brokers = broker.brokers();
     let producer = {
         let brokers = brokers.clone();
         let input = input.clone();
-        std::thread::spawn(move || produce(&brokers, &input, Some(8_000.0)))
+        let props = broker.producer_properties();
+        std::thread::spawn(move || produce_with(&brokers, &props, &input, Some(8_000.0)))
     };
     let a_cfg = write_config(
         dir,
         "a",
-        &kafka_source(&brokers, "g2", false),
+        &format!("{}\n{source_extra}", kafka_source(&brokers, "g2", false)),
         &jsonl_sinks(dir, "a"),
     );
     let b_cfg = write_config(
         dir,
         "b",
-        &kafka_source(&brokers, "g2", false),
+        &format!("{}\n{source_extra}", kafka_source(&brokers, "g2", false)),
         &jsonl_sinks(dir, "b"),
     );
     let a = spawn(&a_cfg);
     std::thread::sleep(Duration::from_secs(2));
-    let b = spawn(&b_cfg);
-    std::thread::sleep(Duration::from_secs(3));
+    // b's log goes to a file, to see when the group has given it partitions.
+    let b_log_path = dir.join("b.log");
+    let mut b = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&b_cfg)
+        .env("EVENTIDE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&b_log_path).unwrap())
+        .spawn()
+        .expect("starting eventide");
+    let b_log = || std::fs::read_to_string(&b_log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b_log().contains("partitions assigned") {
+        assert!(
+            Instant::now() < deadline,
+            "b got no partitions:\n{}",
+            b_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     signal(&b, "-TERM"); // leaves the group: its partitions go back to a
-    let b_out = finish(b, "member b");
-    let b_log = String::from_utf8_lossy(&b_out.stderr);
-    assert!(
-        b_log.contains("partitions assigned"),
-        "b took part:\n{b_log}"
-    );
+    assert!(b.wait().unwrap().success(), "member b:\n{}", b_log());
+    assert!(b_log().contains("(adds up)"), "member b:\n{}", b_log());
     std::thread::sleep(Duration::from_secs(1));
     signal(&a, "-KILL"); // a crash: no flush, no commit
     let _ = a.wait_with_output();
@@ -349,7 +514,7 @@ fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
     let c_cfg = write_config(
         dir,
         "c",
-        &kafka_source(&brokers, "g2", true),
+        &format!("{}\n{source_extra}", kafka_source(&brokers, "g2", true)),
         &jsonl_sinks(dir, "c"),
     );
     let c_log = run(&c_cfg, "the resuming run");
@@ -357,6 +522,20 @@ fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
         c_log.contains("resuming from a checkpoint"),
         "c resumed:\n{c_log}"
     );
+    if !source_extra.is_empty() {
+        assert!(
+            c_log.contains("checkpoint read from the checkpoint topic"),
+            "c read its checkpoints from the topic:\n{c_log}"
+        );
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let (_, written) = c
+            .fetch_watermarks(CHECKPOINTS, 0, Duration::from_secs(10))
+            .unwrap();
+        assert!(written > 0, "checkpoints were written to the topic");
+    }
 
     let all: Vec<Value> = ["a", "b", "c"]
         .iter()
@@ -379,7 +558,9 @@ fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
     }
 }
 
-/// Reads every record of `topic` from the beginning.
+/// Reads every record of `topic` from the beginning: up to the end offsets the
+/// broker lists, then on until nothing more comes for a second (tansu lists ends
+/// short, see `ingest::kafka`).
 fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -392,23 +573,25 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
         .unwrap();
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
+    let mut total = 0;
     for p in 0..parts {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        ends.push(
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1,
-        );
+        total += c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap()
+            .1;
     }
     c.assign(&tpl).unwrap();
-    let total: i64 = ends.iter().sum();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (out.len() as i64) < total && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+    let mut last = Instant::now();
+    while Instant::now() < deadline
+        && ((out.len() as i64) < total || last.elapsed() < Duration::from_secs(1))
+    {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            last = Instant::now();
         }
     }
     out
@@ -522,4 +705,93 @@ fn the_simulator_command_produces_to_kafka() {
     let log = run(&cfg, "the kafka run");
     assert!(log.contains(" 5000 events"), "{log}");
     assert_eq!(upsert(records(&dir.join("s.out.jsonl"))), expected);
+}
+
+/// End to end through a separate broker process: the simulator's command produces to
+/// tansu, eventide (checkpoints in a topic it creates) reads it to the end and writes
+/// windows and alerts to tansu topics, which hold exactly the file run's records. A
+/// second run of the group resumes from the checkpoints and reads nothing.
+#[test]
+fn simulator_to_tansu_to_eventide_to_tansu() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let tansu = Tansu::start();
+    let brokers = tansu.brokers();
+    tansu.create_topic(TOPIC, 4);
+    tansu.create_topic("out-windows", 2);
+    tansu.create_topic("out-alerts", 1);
+    let args = [
+        "eventide-simulator",
+        "--devices",
+        "100",
+        "--count",
+        "20000",
+        "--seed",
+        "9",
+        "--interval",
+        "5s",
+        "--hot-devices",
+        "10",
+        "--malformed",
+        "0.005",
+        "--batch-fraction",
+        "0.1",
+    ];
+    let to_kafka = args
+        .iter()
+        .copied()
+        .chain(["--kafka-brokers", &brokers, "--topic", TOPIC]);
+    assert_eq!(
+        eventide_simulator::cli::main(to_kafka),
+        std::process::ExitCode::SUCCESS
+    );
+    let file = dir.join("sim.ndjson");
+    let to_file = args
+        .iter()
+        .copied()
+        .chain(["--output", file.to_str().unwrap()]);
+    assert_eq!(
+        eventide_simulator::cli::main(to_file),
+        std::process::ExitCode::SUCCESS
+    );
+    let (expected, expected_dead) = reference(dir, &std::fs::read(&file).unwrap());
+    assert!(
+        expected.keys().any(|k| k.starts_with("co2_high|")),
+        "the input raises alerts"
+    );
+
+    let source = format!(
+        "{}\ncheckpoint_topic = \"{CHECKPOINTS}\"",
+        kafka_source(&brokers, "e2e", true)
+    );
+    let sinks = |name: &str| {
+        format!(
+            "[[sinks]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nwindows_topic = \"out-windows\"\nalerts_topic = \"out-alerts\"\n\n[dead_letter]\nkind = \"jsonl\"\npath = \"{}\"\n",
+            dir.join(format!("{name}.dead.jsonl")).display()
+        )
+    };
+    let log = run(
+        &write_config(dir, "t", &source, &sinks("t")),
+        "the run on tansu",
+    );
+    assert!(log.contains(" 20000 events"), "{log}");
+    let mut written = consume_all(&brokers, "out-windows");
+    written.extend(consume_all(&brokers, "out-alerts"));
+    assert_eq!(written.len(), expected.len(), "each record once");
+    assert_same(&upsert(written), &expected);
+    assert_eq!(
+        dead_payloads(&records(&dir.join("t.dead.jsonl"))),
+        dead_payloads(&expected_dead)
+    );
+
+    let log = run(
+        &write_config(dir, "again", &source, &sinks("again")),
+        "the second run on tansu",
+    );
+    assert!(
+        log.contains("checkpoint read from the checkpoint topic"),
+        "{log}"
+    );
+    assert!(log.contains(" 0 events"), "{log}");
 }

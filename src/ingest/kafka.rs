@@ -39,6 +39,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use super::checkpoint_log::CheckpointLog;
 use super::{BLOCK_SIZE, Block, Item, split_message};
 use crate::config::SourceConfig;
 use crate::pipeline::partition::{Partition, PartitionReport};
@@ -166,6 +167,8 @@ struct Shared {
     /// stop_at_end: each partition's end offset when the run started.
     ends: Option<HashMap<TopicPartition, i64>>,
     state: Mutex<State>,
+    /// `source.checkpoint_topic`: checkpoints as records there, not commit metadata.
+    log: Option<Arc<CheckpointLog>>,
     /// Set once the consumer exists: callbacks need an `Arc` to split queues.
     consumer: OnceLock<Weak<BaseConsumer<Ctx>>>,
     finished_tx: Sender<TopicPartition>,
@@ -255,6 +258,7 @@ impl Shared {
         let (strays_tx, strays_rx) = crossbeam_channel::unbounded();
         let actor = ActorLoop {
             p,
+            log: self.log.clone(),
             queue,
             consumer: consumer.clone(),
             tp: tp.clone(),
@@ -262,6 +266,7 @@ impl Shared {
             stop: stop.clone(),
             strays: strays_rx,
             end: self.ends.as_ref().and_then(|e| e.get(&tp).copied()),
+            end_checked: false,
             commit_interval: self.run.source.commit_interval(),
             idle: Duration::from_millis(self.run.settings.idle_timeout_ms.max(1) as u64),
             epoch: self.run.epoch,
@@ -272,6 +277,9 @@ impl Shared {
             .name(format!("kafka-{}-{}", tp.0, tp.1))
             .spawn(move || span.in_scope(|| actor.run()))
             .expect("spawning a thread");
+        if let Some(h) = &self.run.hub {
+            h.partitions_assigned.fetch_add(1, Ordering::Relaxed);
+        }
         st.actors.insert(
             tp,
             Actor {
@@ -303,6 +311,7 @@ impl Shared {
                 Ok(report) => {
                     if let Some(h) = &self.run.hub {
                         h.publish(PartitionSnapshot::empty(report.partition));
+                        h.partitions_assigned.fetch_sub(1, Ordering::Relaxed);
                     }
                     self.state.lock().reports.push(report);
                 }
@@ -351,6 +360,12 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
+        if let Some(log) = &self.log
+            && let Err(e) = log.write(&batch)
+        {
+            tracing::warn!(error = %e, "Kafka: checkpoint records not written; offsets are not committed, and are retried with the next checkpoint.");
+            return;
+        }
         let mut tpl = TopicPartitionList::with_capacity(batch.len());
         for c in &batch {
             let mut e = tpl.add_partition(&c.topic, c.partition);
@@ -370,6 +385,7 @@ impl Shared {
 /// One partition's actor: reads its queue, runs the partition, checkpoints.
 struct ActorLoop {
     p: Partition,
+    log: Option<Arc<CheckpointLog>>,
     queue: PartitionQueue<Ctx>,
     consumer: Arc<BaseConsumer<Ctx>>,
     tp: TopicPartition,
@@ -377,6 +393,8 @@ struct ActorLoop {
     stop: Arc<AtomicBool>,
     strays: Receiver<OwnedMessage>,
     end: Option<i64>,
+    /// Whether `end` was compared with the fetch high watermark yet.
+    end_checked: bool,
     commit_interval: Duration,
     idle: Duration,
     epoch: Instant,
@@ -387,7 +405,7 @@ impl ActorLoop {
     fn run(mut self) -> PartitionReport {
         let origin: Arc<str> = Arc::from(format!("{}/{}", self.tp.0, self.tp.1));
         let mut position = self.resume();
-        let mut done = self.end.is_some_and(|e| position.is_some_and(|p| p >= e));
+        let mut done = false;
         if let (Some(e), None) = (self.end, position) {
             // Nothing committed: consumption starts at the beginning of the log.
             if let Ok((low, _)) =
@@ -416,6 +434,17 @@ impl ActorLoop {
                 continue;
             }
             let Some((block, items)) = self.read_block(&origin, tick) else {
+                if let (Some(e), Some(p)) = (self.end, position)
+                    && p >= e
+                    && self.at_end(p)
+                {
+                    // Resumed at (or past) the end: nothing to read.
+                    self.p.finish();
+                    self.checkpoint(position, None);
+                    done = true;
+                    let _ = self.finished.send(self.tp.clone());
+                    continue;
+                }
                 self.p.on_idle(self.idle, last_event, &mut idle_clock);
                 if dirty && Instant::now() >= next_checkpoint {
                     self.checkpoint(position, None);
@@ -431,6 +460,7 @@ impl ActorLoop {
             dirty = true;
             if let (Some(e), Some(p)) = (self.end, position)
                 && p >= e
+                && self.at_end(p)
             {
                 // Consumed to the end it had at the start: close every window.
                 self.p.finish();
@@ -459,9 +489,36 @@ impl ActorLoop {
         self.p.report()
     }
 
-    /// Reads the committed offset and its metadata, and resumes the partition from
-    /// them. Returns the committed offset, if any.
-    fn resume(&mut self) -> Option<i64> {
+    /// Whether `position`, at or past the end offset listed at start, is the end.
+    /// Some brokers list it short (tansu 0.6 answers ListOffsets with the last
+    /// batch's base offset + 1), so the first time, the end is compared with the high
+    /// watermark of the fetch responses (waiting for one) and moved there if that is
+    /// further.
+    fn at_end(&mut self, position: i64) -> bool {
+        if self.end_checked {
+            return true;
+        }
+        match cached_high_watermark(&self.consumer, &self.tp.0, self.tp.1) {
+            None => false, // no fetch response yet
+            Some(high) if high > position => {
+                tracing::info!(
+                    listed = self.end,
+                    high,
+                    "Kafka: the partition's end was listed short; reading to the fetch high watermark."
+                );
+                self.end = Some(high);
+                self.end_checked = true;
+                false
+            }
+            Some(_) => {
+                self.end_checked = true;
+                true
+            }
+        }
+    }
+
+    /// The committed offset and its metadata, if any.
+    fn committed(&self) -> Option<(i64, String)> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.tp.0, self.tp.1);
         let committed = match self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT) {
@@ -472,10 +529,55 @@ impl ActorLoop {
             }
         };
         let elem = committed.find_partition(&self.tp.0, self.tp.1)?;
-        let Offset::Offset(offset) = elem.offset() else {
-            return None;
+        match elem.offset() {
+            Offset::Offset(o) => Some((o, elem.metadata().to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint to resume from: the latest record in the checkpoint topic when
+    /// one is configured (it is never behind the committed offset; it is ahead only
+    /// if a run stopped between writing it and committing), else the committed
+    /// offset and its metadata.
+    fn checkpoint_to_resume(&self) -> Option<(i64, String)> {
+        let committed = self.committed();
+        let Some(log) = &self.log else {
+            if committed.is_some() {
+                tracing::debug!("Kafka: checkpoint from the committed offset's metadata.");
+            }
+            return committed;
         };
-        match Resume::decode(elem.metadata()) {
+        match log.read(&self.tp.0, self.tp.1, REQUEST_TIMEOUT) {
+            Ok(Some((offset, metadata)))
+                if committed.as_ref().is_none_or(|(c, _)| offset >= *c) =>
+            {
+                if committed.as_ref().map(|c| c.0) != Some(offset)
+                    && let Err(e) = self.consumer.seek(
+                        &self.tp.0,
+                        self.tp.1,
+                        Offset::Offset(offset),
+                        REQUEST_TIMEOUT,
+                    )
+                {
+                    tracing::warn!(error = %e, offset, "Kafka: cannot move to the checkpoint's offset; resuming from the committed one.");
+                    return committed;
+                }
+                tracing::info!(offset, "Kafka: checkpoint read from the checkpoint topic.");
+                Some((offset, metadata))
+            }
+            Ok(_) => committed,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka: cannot read the checkpoint topic; resuming from the committed offset.");
+                committed
+            }
+        }
+    }
+
+    /// Resumes the partition from its checkpoint. Returns the checkpoint's offset, if
+    /// there is one.
+    fn resume(&mut self) -> Option<i64> {
+        let (offset, metadata) = self.checkpoint_to_resume()?;
+        match Resume::decode(&metadata) {
             Some(r) => {
                 if r.truncated {
                     tracing::warn!(
@@ -542,29 +644,15 @@ impl ActorLoop {
     /// Waits up to `wait` for a message, then takes what else is ready (up to a
     /// block's worth) into one block.
     fn read_block(&mut self, origin: &Arc<str>, wait: Duration) -> Option<(Block, Vec<Item>)> {
-        let mut data: Vec<u8> = Vec::new();
-        let mut offsets: Vec<i64> = Vec::new();
-        let mut items = Vec::new();
-        fn add(
-            m: &dyn MessageView,
-            data: &mut Vec<u8>,
-            offsets: &mut Vec<i64>,
-            items: &mut Vec<Item>,
-        ) {
-            let start = data.len();
-            data.extend_from_slice(m.payload_bytes());
-            let msg = offsets.len() as u32;
-            offsets.push(m.offset_value());
-            split_message(data, start, data.len(), msg, items);
-        }
+        let mut b = BlockBuilder::default();
         while let Ok(m) = self.strays.try_recv() {
-            add(&m, &mut data, &mut offsets, &mut items);
+            b.add(&m);
         }
         let mut wait = wait;
-        while offsets.len() < MAX_BLOCK_MESSAGES && data.len() < BLOCK_SIZE {
+        while b.offsets.len() < MAX_BLOCK_MESSAGES && b.data.len() < BLOCK_SIZE {
             match self.queue.poll(wait) {
                 None => break,
-                Some(Ok(m)) => add(&m, &mut data, &mut offsets, &mut items),
+                Some(Ok(m)) => b.add(&m),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka: error reading the partition; librdkafka retries.");
                     break;
@@ -572,12 +660,38 @@ impl ActorLoop {
             }
             wait = Duration::ZERO;
         }
-        if offsets.is_empty() {
+        if b.offsets.is_empty() {
             return None;
         }
-        let mut block = Block::new(data, origin.clone(), self.epoch.elapsed().as_nanos() as u64);
-        block.offsets = offsets;
-        Some((block, items))
+        let mut block = Block::new(
+            b.data,
+            origin.clone(),
+            self.epoch.elapsed().as_nanos() as u64,
+        );
+        block.offsets = b.offsets;
+        block.timestamps = b.stamps;
+        Some((block, b.items))
+    }
+}
+
+/// Messages gathered into one block: their payloads one after another, and per
+/// message its offset and timestamp.
+#[derive(Default)]
+struct BlockBuilder {
+    data: Vec<u8>,
+    offsets: Vec<i64>,
+    stamps: Vec<i64>,
+    items: Vec<Item>,
+}
+
+impl BlockBuilder {
+    fn add(&mut self, m: &dyn MessageView) {
+        let start = self.data.len();
+        self.data.extend_from_slice(m.payload_bytes());
+        let msg = self.offsets.len() as u32;
+        self.offsets.push(m.offset_value());
+        self.stamps.push(m.timestamp_ms());
+        split_message(&self.data, start, self.data.len(), msg, &mut self.items);
     }
 }
 
@@ -585,6 +699,8 @@ impl ActorLoop {
 trait MessageView {
     fn payload_bytes(&self) -> &[u8];
     fn offset_value(&self) -> i64;
+    /// The message's timestamp in ms, 0 if it has none.
+    fn timestamp_ms(&self) -> i64;
 }
 
 impl MessageView for BorrowedMessage<'_> {
@@ -593,6 +709,9 @@ impl MessageView for BorrowedMessage<'_> {
     }
     fn offset_value(&self) -> i64 {
         self.offset()
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp().to_millis().unwrap_or(0)
     }
 }
 
@@ -603,6 +722,33 @@ impl MessageView for OwnedMessage {
     fn offset_value(&self) -> i64 {
         self.offset()
     }
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp().to_millis().unwrap_or(0)
+    }
+}
+
+/// The high watermark of a partition as last seen in a fetch response (librdkafka's
+/// cache; no request), if known.
+pub(crate) fn cached_high_watermark<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a
+    // NUL-terminated string that outlives the call; low/high are valid out-pointers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// The consumer configuration: eventide's settings, then the user's properties.
@@ -672,6 +818,19 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
         None
     };
     drop(probe);
+    let log = match &run.source.checkpoint_topic {
+        None => None,
+        Some(topic) => match CheckpointLog::open(
+            run.source.brokers.as_deref().unwrap_or_default(),
+            run.source.properties.as_ref(),
+            topic,
+            run.source.group_id(),
+            REQUEST_TIMEOUT,
+        ) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => return (Err(e.into()), Vec::new()),
+        },
+    };
     if let Some(h) = &run.hub {
         h.ensure_partitions(all.len());
     }
@@ -685,6 +844,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
             .collect(),
         ends,
         run,
+        log,
         state: Mutex::new(State::default()),
         consumer: OnceLock::new(),
         finished_tx,

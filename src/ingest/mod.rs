@@ -14,6 +14,7 @@
 //! block: no per-event allocation or copy. A message whose `deviceId` cannot be found
 //! is routed by line number; its partition's decode then dead-letters it with the reason.
 
+pub mod checkpoint_log;
 pub mod decode;
 pub mod file;
 pub mod kafka;
@@ -47,6 +48,11 @@ pub struct Block {
     /// Kafka: the offset of each message in the block, indexed by [`Item::line`]
     /// (there a message index); empty for line-oriented sources.
     pub offsets: Vec<i64>,
+    /// Kafka: each message's timestamp (ms since the Unix epoch; the broker's append
+    /// time, or the producer's create time); empty for line-oriented sources.
+    pub timestamps: Vec<i64>,
+    /// When the block was read, µs since the Unix epoch.
+    pub read_us: i64,
 }
 
 impl Block {
@@ -59,6 +65,17 @@ impl Block {
             first_line: 1,
             arrived_ns,
             offsets: Vec::new(),
+            timestamps: Vec::new(),
+            read_us: crate::event::now_us(),
+        }
+    }
+
+    /// When an item's message entered the system, µs since the Unix epoch: its Kafka
+    /// timestamp if it has one, else when the block was read.
+    pub fn entered_us(&self, it: &Item) -> i64 {
+        match self.timestamps.get(it.line as usize) {
+            Some(&ms) if ms > 0 => ms * 1000,
+            _ => self.read_us,
         }
     }
 
@@ -190,6 +207,8 @@ impl Router {
             first_line: self.next_line,
             arrived_ns: self.epoch.elapsed().as_nanos() as u64,
             offsets: Vec::new(),
+            timestamps: Vec::new(),
+            read_us: crate::event::now_us(),
         });
         self.next_line += line_no as u64;
         self.send(block, items)
@@ -217,6 +236,8 @@ impl Router {
             first_line: self.next_line,
             arrived_ns: self.epoch.elapsed().as_nanos() as u64,
             offsets: Vec::new(),
+            timestamps: Vec::new(),
+            read_us: crate::event::now_us(),
         });
         self.next_line += 1;
         self.send(block, items)

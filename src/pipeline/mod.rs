@@ -27,6 +27,7 @@ use crate::ingest::{Msg, Router};
 use crate::sinks::{self, DeadLetterSink, Sink, SinkError, SinkReport};
 use crate::sql::state::{Hub, IngestBody, Phase};
 use crate::windows::END_OF_TIME;
+pub use partition::EmitLatency;
 use partition::{Partition, PartitionReport};
 
 /// What the partitions need from the config, resolved once.
@@ -209,6 +210,8 @@ pub struct Report {
     pub per_partition: Vec<Counts>,
     /// Event arrival → window close, µs.
     pub latency: Histogram<u64>,
+    /// Entry of the event that closed them → windows / alerts handed to the sinks.
+    pub emit: EmitLatency,
     pub elapsed: Duration,
     /// Whether the source reached its end (false: interrupted).
     pub completed: bool,
@@ -307,16 +310,19 @@ pub fn run_with(
 
     let mut counts = Counts::default();
     let mut latency = Histogram::new(3).expect("valid");
+    let mut emit = EmitLatency::default();
     let mut devices = 0;
     for r in &reports {
         counts.add(&r.counts);
         let _ = latency.add(&r.latency);
+        emit.add(&r.emit);
         devices += r.devices;
     }
     let report = Report {
         counts,
         per_partition: reports.iter().map(|r| r.counts).collect(),
         latency,
+        emit,
         elapsed: epoch.elapsed(),
         completed,
         sinks: sink_report,

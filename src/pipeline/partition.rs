@@ -128,7 +128,37 @@ pub struct PartitionReport {
     pub counts: Counts,
     /// Event arrival → window close, µs.
     pub latency: Histogram<u64>,
+    /// Entry of the event that closed them (its Kafka timestamp, or when its block
+    /// was read) → windows / alerts handed to the sinks, µs.
+    pub emit: EmitLatency,
     pub devices: usize,
+}
+
+/// How long after the event that closed them windows and alerts leave the actor:
+/// from the event's entry into the system (its Kafka timestamp, else when its block
+/// was read) to the hand-over to the sinks, µs. Closes caused by end of input or by
+/// an idle partition's clock are not counted.
+#[derive(Debug, Clone)]
+pub struct EmitLatency {
+    pub windows: Histogram<u64>,
+    pub alerts: Histogram<u64>,
+}
+
+impl Default for EmitLatency {
+    fn default() -> Self {
+        let h = || Histogram::new(3).expect("3 significant digits is valid");
+        EmitLatency {
+            windows: h(),
+            alerts: h(),
+        }
+    }
+}
+
+impl EmitLatency {
+    pub fn add(&mut self, other: &EmitLatency) {
+        let _ = self.windows.add(&other.windows);
+        let _ = self.alerts.add(&other.alerts);
+    }
 }
 
 /// One partition's state. See the module docs.
@@ -150,6 +180,9 @@ pub struct Partition {
     alerts: Vec<crate::event::Alert>,
     dead: Vec<DeadLetter>,
     latency: Histogram<u64>,
+    emit: EmitLatency,
+    /// Closes since the last flush caused by an event: (its entry µs, windows, alerts).
+    closed_by: Vec<(i64, u32, u32)>,
     epoch: Instant,
     tx: Sender<Output>,
     /// The sink thread has stopped (it failed): stop too, so the source stops and the
@@ -192,6 +225,8 @@ impl Partition {
             alerts: Vec::new(),
             dead: Vec::new(),
             latency: Histogram::new(3).expect("3 significant digits is valid"),
+            emit: EmitLatency::default(),
+            closed_by: Vec::new(),
             epoch,
             tx,
             sinks_gone: false,
@@ -334,6 +369,7 @@ impl Partition {
             partition: self.id,
             counts: self.counts,
             latency: self.latency.clone(),
+            emit: self.emit.clone(),
             devices: self.names.device_count(),
         }
     }
@@ -380,7 +416,13 @@ impl Partition {
             if candidate > self.wm {
                 self.wm = candidate;
                 if self.windows.due(self.wm) {
+                    let (rows, alerts) = (self.rows.len(), self.alerts.len());
                     self.close(self.wm);
+                    self.closed_by.push((
+                        block.entered_us(it),
+                        (self.rows.len() - rows) as u32,
+                        (self.alerts.len() - alerts) as u32,
+                    ));
                 }
             }
         }
@@ -473,6 +515,14 @@ impl Partition {
         }
         self.counts.windows += self.rows.len() as u64;
         self.counts.alerts += self.alerts.len() as u64;
+        if !self.closed_by.is_empty() {
+            let now = crate::event::now_us();
+            for (entered, windows, alerts) in self.closed_by.drain(..) {
+                let us = now.saturating_sub(entered).max(0) as u64;
+                let _ = self.emit.windows.record_n(us, windows as u64);
+                let _ = self.emit.alerts.record_n(us, alerts as u64);
+            }
+        }
         let windows = (!self.rows.is_empty()).then(|| self.record_batch());
         self.rows.clear();
         let out = Output {

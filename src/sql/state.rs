@@ -209,6 +209,8 @@ pub struct Hub {
     pub sinks: SinkMetrics,
     phase: AtomicU8,
     pub source_connected: AtomicBool,
+    /// Kafka: partitions this instance owns now (an actor runs for each).
+    pub partitions_assigned: AtomicU64,
     ingest: Mutex<Option<Sender<IngestBody>>>,
     pub ingest_requests: AtomicU64,
     pub ingest_refused: AtomicU64,
@@ -237,6 +239,7 @@ impl Hub {
             sinks: SinkMetrics::default(),
             phase: AtomicU8::new(Phase::Starting as u8),
             source_connected: AtomicBool::new(false),
+            partitions_assigned: AtomicU64::new(0),
             ingest: Mutex::new(None),
             ingest_requests: AtomicU64::new(0),
             ingest_refused: AtomicU64::new(0),
