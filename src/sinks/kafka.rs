@@ -134,7 +134,7 @@ impl KafkaWriter {
         tracing::warn!(
             topic,
             error,
-            "Kafka sink: giving up on a record; it goes to the dead-letter sink."
+            "Kafka: giving up on a record after its retries (a sink dead-letters it; a checkpoint is not committed)."
         );
         self.gave_up.push(DeadLetter {
             reason: Reason::Sink,
