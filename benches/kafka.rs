@@ -82,7 +82,12 @@ fn main() {
     let run = {
         let hub = hub.clone();
         std::thread::spawn(move || {
-            pipeline::run_with(&cfg, Arc::new(AtomicBool::new(false)), Status::Off, Some(hub))
+            pipeline::run_with(
+                &cfg,
+                Arc::new(AtomicBool::new(false)),
+                Status::Off,
+                Some(hub),
+            )
         })
     };
     wait_for_actors(&hub, partitions as usize);
