@@ -657,6 +657,29 @@ fn broker_errors_are_retried_and_kafka_sinks_deliver_everything() {
     );
 }
 
+/// Runs the simulator's command line (in-process: the binary is this function) with
+/// `args` twice: to the topic on `brokers`, and to a file, whose path it returns.
+fn simulate(args: &[&str], brokers: &str, dir: &Path) -> PathBuf {
+    let to_kafka = args
+        .iter()
+        .copied()
+        .chain(["--kafka-brokers", brokers, "--topic", TOPIC]);
+    assert_eq!(
+        eventide_simulator::cli::main(to_kafka),
+        std::process::ExitCode::SUCCESS
+    );
+    let file = dir.join("sim.ndjson");
+    let to_file = args
+        .iter()
+        .copied()
+        .chain(["--output", file.to_str().unwrap()]);
+    assert_eq!(
+        eventide_simulator::cli::main(to_file),
+        std::process::ExitCode::SUCCESS
+    );
+    file
+}
+
 /// The simulator's command line produces to Kafka keyed by device (run in-process:
 /// the binary is this function); eventide reads it all.
 #[test]
@@ -677,23 +700,7 @@ fn the_simulator_command_produces_to_kafka() {
         "--batch-fraction",
         "0.2",
     ];
-    let to_kafka = args
-        .iter()
-        .copied()
-        .chain(["--kafka-brokers", &brokers, "--topic", TOPIC]);
-    assert_eq!(
-        eventide_simulator::cli::main(to_kafka),
-        std::process::ExitCode::SUCCESS
-    );
-    let file = dir.join("sim.ndjson");
-    let to_file = args
-        .iter()
-        .copied()
-        .chain(["--output", file.to_str().unwrap()]);
-    assert_eq!(
-        eventide_simulator::cli::main(to_file),
-        std::process::ExitCode::SUCCESS
-    );
+    let file = simulate(&args, &brokers, dir);
     let (expected, _) = reference(dir, &std::fs::read(&file).unwrap());
     assert!(!expected.is_empty());
     let cfg = write_config(
@@ -738,23 +745,7 @@ fn simulator_to_tansu_to_eventide_to_tansu() {
         "--batch-fraction",
         "0.1",
     ];
-    let to_kafka = args
-        .iter()
-        .copied()
-        .chain(["--kafka-brokers", &brokers, "--topic", TOPIC]);
-    assert_eq!(
-        eventide_simulator::cli::main(to_kafka),
-        std::process::ExitCode::SUCCESS
-    );
-    let file = dir.join("sim.ndjson");
-    let to_file = args
-        .iter()
-        .copied()
-        .chain(["--output", file.to_str().unwrap()]);
-    assert_eq!(
-        eventide_simulator::cli::main(to_file),
-        std::process::ExitCode::SUCCESS
-    );
+    let file = simulate(&args, &brokers, dir);
     let (expected, expected_dead) = reference(dir, &std::fs::read(&file).unwrap());
     assert!(
         expected.keys().any(|k| k.starts_with("co2_high|")),

@@ -434,15 +434,9 @@ impl ActorLoop {
                 continue;
             }
             let Some((block, items)) = self.read_block(&origin, tick) else {
-                if let (Some(e), Some(p)) = (self.end, position)
-                    && p >= e
-                    && self.at_end(p)
-                {
+                if self.finish_at_end(position) {
                     // Resumed at (or past) the end: nothing to read.
-                    self.p.finish();
-                    self.checkpoint(position, None);
                     done = true;
-                    let _ = self.finished.send(self.tp.clone());
                     continue;
                 }
                 self.p.on_idle(self.idle, last_event, &mut idle_clock);
@@ -458,15 +452,8 @@ impl ActorLoop {
             self.p.on_block(&block, &items);
             position = block.offsets.last().map(|o| o + 1).or(position);
             dirty = true;
-            if let (Some(e), Some(p)) = (self.end, position)
-                && p >= e
-                && self.at_end(p)
-            {
-                // Consumed to the end it had at the start: close every window.
-                self.p.finish();
-                self.checkpoint(position, None);
+            if self.finish_at_end(position) {
                 done = true;
-                let _ = self.finished.send(self.tp.clone());
                 continue;
             }
             if Instant::now() >= next_checkpoint {
@@ -487,6 +474,21 @@ impl ActorLoop {
             );
         }
         self.p.report()
+    }
+
+    /// stop_at_end: once `position` is the end it had at the start, closes every
+    /// window, checkpoints and reports the partition finished. Returns whether it did.
+    fn finish_at_end(&mut self, position: Option<i64>) -> bool {
+        let (Some(e), Some(p)) = (self.end, position) else {
+            return false;
+        };
+        if p < e || !self.at_end(p) {
+            return false;
+        }
+        self.p.finish();
+        self.checkpoint(position, None);
+        let _ = self.finished.send(self.tp.clone());
+        true
     }
 
     /// Whether `position`, at or past the end offset listed at start, is the end.
