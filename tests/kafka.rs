@@ -93,12 +93,16 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500", 
 }
 
 fn spawn(config: &Path) -> Child {
+    spawn_logging_to(config, Stdio::piped())
+}
+
+fn spawn_logging_to(config: &Path, stderr: impl Into<Stdio>) -> Child {
     Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
         .env("EVENTIDE_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("starting eventide")
 }
@@ -484,14 +488,7 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str) {
     std::thread::sleep(Duration::from_secs(2));
     // b's log goes to a file, to see when the group has given it partitions.
     let b_log_path = dir.join("b.log");
-    let mut b = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&b_cfg)
-        .env("EVENTIDE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&b_log_path).unwrap())
-        .spawn()
-        .expect("starting eventide");
+    let mut b = spawn_logging_to(&b_cfg, std::fs::File::create(&b_log_path).unwrap());
     let b_log = || std::fs::read_to_string(&b_log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !b_log().contains("partitions assigned") {

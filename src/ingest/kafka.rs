@@ -36,7 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::checkpoint_log::CheckpointLog;
@@ -687,45 +687,14 @@ struct BlockBuilder {
 }
 
 impl BlockBuilder {
-    fn add(&mut self, m: &dyn MessageView) {
+    /// Adds a message from the partition queue or a stray one from the main queue.
+    fn add(&mut self, m: &impl Message) {
         let start = self.data.len();
-        self.data.extend_from_slice(m.payload_bytes());
+        self.data.extend_from_slice(m.payload().unwrap_or_default());
         let msg = self.offsets.len() as u32;
-        self.offsets.push(m.offset_value());
-        self.stamps.push(m.timestamp_ms());
+        self.offsets.push(m.offset());
+        self.stamps.push(m.timestamp().to_millis().unwrap_or(0));
         split_message(&self.data, start, self.data.len(), msg, &mut self.items);
-    }
-}
-
-/// A message from the partition queue or a stray one from the main queue.
-trait MessageView {
-    fn payload_bytes(&self) -> &[u8];
-    fn offset_value(&self) -> i64;
-    /// The message's timestamp in ms, 0 if it has none.
-    fn timestamp_ms(&self) -> i64;
-}
-
-impl MessageView for BorrowedMessage<'_> {
-    fn payload_bytes(&self) -> &[u8] {
-        self.payload().unwrap_or_default()
-    }
-    fn offset_value(&self) -> i64 {
-        self.offset()
-    }
-    fn timestamp_ms(&self) -> i64 {
-        self.timestamp().to_millis().unwrap_or(0)
-    }
-}
-
-impl MessageView for OwnedMessage {
-    fn payload_bytes(&self) -> &[u8] {
-        self.payload().unwrap_or_default()
-    }
-    fn offset_value(&self) -> i64 {
-        self.offset()
-    }
-    fn timestamp_ms(&self) -> i64 {
-        self.timestamp().to_millis().unwrap_or(0)
     }
 }
 
