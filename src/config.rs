@@ -318,9 +318,31 @@ pub struct SinkConfig {
     pub alerts_topic: Option<String>,
     /// kafka: extra librdkafka producer properties.
     pub properties: Option<BTreeMap<String, String>>,
-    /// kafka: how often a record whose delivery failed is sent again before it is
-    /// dead-lettered with reason `sink` (default 5).
+    /// kafka, cosmos: how often a record whose delivery failed is sent again before it
+    /// is dead-lettered with reason `sink` (default 5).
     pub max_retries: Option<u32>,
+    /// cosmos: the account endpoint, e.g. `https://myaccount.documents.azure.com:443/`.
+    pub endpoint: Option<String>,
+    /// cosmos: the account key (prefer `key_env`).
+    pub key: Option<String>,
+    /// cosmos: the environment variable holding the account key.
+    pub key_env: Option<String>,
+    /// cosmos: the database.
+    pub database: Option<String>,
+    /// cosmos: container of device state documents (default `devices`).
+    pub devices_container: Option<String>,
+    /// cosmos: container of window records (default `windows`).
+    pub windows_container: Option<String>,
+    /// cosmos: container of alert records (default `alerts`).
+    pub alerts_container: Option<String>,
+    /// cosmos: create the database and containers (partition key `/deviceId`) when
+    /// they are missing (default false).
+    pub create_if_missing: Option<bool>,
+    /// cosmos: how many writes are in flight at once (default 32).
+    pub max_concurrency: Option<u32>,
+    /// cosmos: how often device documents are written; updates of one device in
+    /// between are coalesced into one write (default 1s).
+    pub flush_interval: Option<Dur>,
 }
 
 impl SinkConfig {
@@ -854,12 +876,7 @@ impl Config {
                     return Err(ConfigError::invalid(key(k), "a kafka sink writes no file"));
                 }
             }
-            SinkKind::Cosmos => {
-                return Err(ConfigError::invalid(
-                    key("kind"),
-                    "cosmos sinks are not available in this version; use jsonl, stdout or kafka",
-                ));
-            }
+            SinkKind::Cosmos => validate_cosmos(s, &key)?,
         }
         if s.kind != SinkKind::Kafka {
             let misplaced = [
@@ -867,12 +884,37 @@ impl Config {
                 ("windows_topic", s.windows_topic.is_some()),
                 ("alerts_topic", s.alerts_topic.is_some()),
                 ("properties", s.properties.is_some()),
-                ("max_retries", s.max_retries.is_some()),
             ];
             if let Some((k, _)) = misplaced.iter().find(|(_, set)| *set) {
                 return Err(ConfigError::invalid(
                     key(k),
                     "only kafka sinks have this key",
+                ));
+            }
+        }
+        if !matches!(s.kind, SinkKind::Kafka | SinkKind::Cosmos) && s.max_retries.is_some() {
+            return Err(ConfigError::invalid(
+                key("max_retries"),
+                "only kafka and cosmos sinks have this key",
+            ));
+        }
+        if s.kind != SinkKind::Cosmos {
+            let misplaced = [
+                ("endpoint", s.endpoint.is_some()),
+                ("key", s.key.is_some()),
+                ("key_env", s.key_env.is_some()),
+                ("database", s.database.is_some()),
+                ("devices_container", s.devices_container.is_some()),
+                ("windows_container", s.windows_container.is_some()),
+                ("alerts_container", s.alerts_container.is_some()),
+                ("create_if_missing", s.create_if_missing.is_some()),
+                ("max_concurrency", s.max_concurrency.is_some()),
+                ("flush_interval", s.flush_interval.is_some()),
+            ];
+            if let Some((k, _)) = misplaced.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::invalid(
+                    key(k),
+                    "only cosmos sinks have this key",
                 ));
             }
         }
@@ -883,7 +925,7 @@ impl Config {
                     "is empty: name windows and/or alerts",
                 ));
             }
-            if streams.contains(&Stream::Devices) {
+            if streams.contains(&Stream::Devices) && s.kind != SinkKind::Cosmos {
                 return Err(ConfigError::invalid(
                     key("streams"),
                     "the devices stream is written by the cosmos sink only",
@@ -892,6 +934,97 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The keys of a `cosmos` sink: where the account is, how to authenticate, and
+/// that its names and limits are usable.
+fn validate_cosmos(s: &SinkConfig, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    match s.endpoint.as_deref().map(str::trim) {
+        None | Some("") => {
+            return Err(ConfigError::invalid(
+                key("endpoint"),
+                "a cosmos sink needs an endpoint, e.g. https://myaccount.documents.azure.com:443/",
+            ));
+        }
+        Some(e) => match url::Url::parse(e) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(_) => {
+                return Err(ConfigError::invalid(
+                    key("endpoint"),
+                    format!("must be an http(s) URL with a host, got {e:?}"),
+                ));
+            }
+            Err(err) => {
+                return Err(ConfigError::invalid(
+                    key("endpoint"),
+                    format!("is not a URL ({err}): {e:?}"),
+                ));
+            }
+        },
+    }
+    match (&s.key, &s.key_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("key_env"),
+                "give key or key_env, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                key("key"),
+                "a cosmos sink needs key or key_env (the account key)",
+            ));
+        }
+        (Some(k), None) if k.trim().is_empty() => {
+            return Err(ConfigError::invalid(key("key"), "is empty"));
+        }
+        (None, Some(v)) if v.trim().is_empty() => {
+            return Err(ConfigError::invalid(key("key_env"), "is empty"));
+        }
+        _ => {}
+    }
+    if s.database.as_deref().is_none_or(|d| d.trim().is_empty()) {
+        return Err(ConfigError::invalid(
+            key("database"),
+            "a cosmos sink needs a database",
+        ));
+    }
+    for (k, v) in [
+        ("database", &s.database),
+        ("devices_container", &s.devices_container),
+        ("windows_container", &s.windows_container),
+        ("alerts_container", &s.alerts_container),
+    ] {
+        if let Some(v) = v
+            && (v.trim().is_empty() || v.contains(['/', '\\', '?', '#']))
+        {
+            return Err(ConfigError::invalid(
+                key(k),
+                format!("must be a non-empty name without / \\ ? #, got {v:?}"),
+            ));
+        }
+    }
+    if s.max_concurrency == Some(0) {
+        return Err(ConfigError::invalid(
+            key("max_concurrency"),
+            "must be at least 1",
+        ));
+    }
+    if s.flush_interval.is_some_and(|d| d.0.is_zero()) {
+        return Err(ConfigError::invalid(
+            key("flush_interval"),
+            "must be more than 0s",
+        ));
+    }
+    let file_keys = [
+        ("path", s.path.is_some()),
+        ("append", s.append.is_some()),
+        ("format", s.format.is_some()),
+    ];
+    if let Some((k, _)) = file_keys.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::invalid(key(k), "a cosmos sink writes no file"));
+    }
+    Ok(())
 }
 
 /// librdkafka consumer properties eventide sets itself: offsets are committed by the

@@ -35,6 +35,19 @@ pub enum AlertState {
     Cleared,
 }
 
+/// A device's latest accepted reading, as its partition last saw it: what the
+/// `devices` stream carries (one per device changed since the partition's last output,
+/// never one per event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceUpdate {
+    pub device_id: String,
+    pub kind: String,
+    pub value: f64,
+    /// `createdAt` of the reading, epoch ms.
+    pub created_at: i64,
+    pub seq: u64,
+}
+
 /// Why an input was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -41,6 +41,9 @@ pub struct Settings {
     pub types: Option<Vec<Box<str>>>,
     pub windows: Vec<WindowConfig>,
     pub rules: Vec<RuleConfig>,
+    /// A sink takes the `devices` stream: partitions send each changed device's
+    /// latest reading with their outputs.
+    pub device_updates: bool,
 }
 
 impl Settings {
@@ -63,6 +66,10 @@ impl Settings {
                 .map(|t| t.iter().map(|s| s.as_str().into()).collect()),
             windows: c.windows.clone(),
             rules: c.rules.clone(),
+            device_updates: c
+                .sinks
+                .iter()
+                .any(|s| s.streams().contains(&crate::config::Stream::Devices)),
         }
     }
 }

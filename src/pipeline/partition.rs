@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use super::{Counts, PartitionStats, Settings};
 use crate::config::DedupeMode;
 use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker};
-use crate::event::{DeadLetter, Reason, now_ms, rfc3339_ms, window_schema};
+use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
 use crate::ingest::decode::{DecodeError, Event, decode};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
@@ -39,8 +39,11 @@ struct DeviceState {
     last_value: f64,
     /// Series of the latest reading (gives its type).
     last_series: u32,
+    last_seq: u64,
     events: u64,
     duplicates: u64,
+    /// Listed in `Partition::changed` (its latest reading is not sent yet).
+    changed: bool,
 }
 
 impl Default for DeviceState {
@@ -49,8 +52,10 @@ impl Default for DeviceState {
             last_ts: i64::MIN,
             last_value: 0.0,
             last_series: u32::MAX,
+            last_seq: 0,
             events: 0,
             duplicates: 0,
+            changed: false,
         }
     }
 }
@@ -192,6 +197,9 @@ pub struct Partition {
     hub: Option<Arc<Hub>>,
     next_snapshot: Instant,
     device_state: Vec<DeviceState>,
+    /// Devices whose latest reading changed since the last output (kept only when a
+    /// sink takes the `devices` stream).
+    changed: Vec<u32>,
     /// Scratch for open-window snapshots.
     live_rows: WindowOutput,
     /// Offsets below this were read before the checkpoint this partition resumed from.
@@ -234,6 +242,7 @@ impl Partition {
             hub,
             next_snapshot: Instant::now(),
             device_state: Vec::new(),
+            changed: Vec::new(),
             live_rows: WindowOutput::default(),
             replay_until: i64::MIN,
         }
@@ -457,10 +466,17 @@ impl Partition {
         let series = self.names.intern_series(device, &ev.kind);
         let d = &mut self.device_state[device as usize];
         d.events += 1;
-        if ev.ts >= d.last_ts {
+        // The latest reading: by event time, then sequence number (as the device
+        // documents order them).
+        if (ev.ts, ev.seq) >= (d.last_ts, d.last_seq) {
             d.last_ts = ev.ts;
             d.last_value = ev.value;
             d.last_series = series;
+            d.last_seq = ev.seq;
+            if self.settings.device_updates && !d.changed {
+                d.changed = true;
+                self.changed.push(device);
+            }
         }
         if self
             .windows
@@ -510,7 +526,11 @@ impl Partition {
 
     /// Hands closed windows, alerts and dead letters to the sinks.
     fn flush(&mut self) {
-        if self.rows.is_empty() && self.alerts.is_empty() && self.dead.is_empty() {
+        if self.rows.is_empty()
+            && self.alerts.is_empty()
+            && self.dead.is_empty()
+            && self.changed.is_empty()
+        {
             return;
         }
         self.counts.windows += self.rows.len() as u64;
@@ -529,11 +549,29 @@ impl Partition {
             windows,
             alerts: std::mem::take(&mut self.alerts),
             dead: std::mem::take(&mut self.dead),
+            devices: self.device_updates(),
             ..Output::default()
         };
         if self.tx.send(out).is_err() {
             self.sinks_gone = true;
         }
+    }
+
+    /// The latest readings of the devices changed since the last output.
+    fn device_updates(&mut self) -> Vec<DeviceUpdate> {
+        let mut out = Vec::with_capacity(self.changed.len());
+        for d in self.changed.drain(..) {
+            let s = &mut self.device_state[d as usize];
+            s.changed = false;
+            out.push(DeviceUpdate {
+                device_id: self.names.device_name(d).to_owned(),
+                kind: self.names.kind(s.last_series).to_owned(),
+                value: s.last_value,
+                created_at: s.last_ts,
+                seq: s.last_seq,
+            });
+        }
+        out
     }
 
     /// The closed windows as an Arrow batch in [`window_schema`].

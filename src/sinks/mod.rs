@@ -7,6 +7,7 @@
 //!
 //! A closed set of sinks chosen at start-up: an enum, not boxed trait objects.
 
+pub mod cosmos;
 pub mod dead_letter;
 pub mod json;
 pub mod kafka;
@@ -23,7 +24,7 @@ use arrow_array::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::config::{SinkConfig, SinkKind, StdoutFormat, Stream};
-use crate::event::{Alert, DeadLetter};
+use crate::event::{Alert, DeadLetter, DeviceUpdate};
 use crate::sql::state::Hub;
 pub use dead_letter::DeadLetterSink;
 
@@ -33,6 +34,9 @@ pub struct Output {
     pub windows: Option<RecordBatch>,
     pub alerts: Vec<Alert>,
     pub dead: Vec<DeadLetter>,
+    /// Latest readings of the devices that changed (only when a sink takes the
+    /// `devices` stream).
+    pub devices: Vec<DeviceUpdate>,
     /// A source position that becomes safe to commit once everything before it (and
     /// this output's records) is written by every sink.
     pub checkpoint: Option<Checkpoint>,
@@ -69,6 +73,8 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    #[error("cosmos: {0}")]
+    Cosmos(String),
     #[error("{sink}: cannot create the Kafka producer: {source}")]
     Kafka {
         sink: &'static str,
@@ -115,6 +121,8 @@ pub enum Sink {
         alerts_topic: Option<String>,
         buf: Vec<u8>,
     },
+    /// Windows, alerts and device documents to Azure Cosmos DB.
+    Cosmos(Box<cosmos::CosmosSink>),
 }
 
 impl Sink {
@@ -164,7 +172,12 @@ impl Sink {
                     buf: Vec::with_capacity(1024),
                 });
             }
-            SinkKind::Cosmos => unreachable!("rejected by Config::validate"),
+            SinkKind::Cosmos => {
+                let settings = cosmos::CosmosSettings::from_config(c)?;
+                return Ok(Sink::Cosmos(Box::new(cosmos::CosmosSink::connect(
+                    settings,
+                )?)));
+            }
         };
         Ok(Sink::Json {
             name,
@@ -180,6 +193,7 @@ impl Sink {
             Sink::Json { name, .. } => name,
             Sink::Pretty(_) => "stdout",
             Sink::Kafka { .. } => "kafka",
+            Sink::Cosmos(_) => "cosmos",
         }
     }
 
@@ -235,19 +249,23 @@ impl Sink {
                 }
                 Ok(())
             }
+            Sink::Cosmos(c) => c.write(out),
         }
     }
 
     /// Records this sink gave up delivering (after its retries), as dead letters
     /// with reason `sink`.
     pub fn take_failed(&mut self, into: &mut Vec<DeadLetter>) {
-        if let Sink::Kafka { w, .. } = self {
-            w.take_failed(into);
+        match self {
+            Sink::Kafka { w, .. } => w.take_failed(into),
+            Sink::Cosmos(c) => c.take_failed(into),
+            Sink::Json { .. } | Sink::Pretty(_) => {}
         }
     }
 
-    /// Flushes buffered output; `last` at shutdown.
-    pub fn flush(&mut self, last: bool) -> Result<(), SinkError> {
+    /// Flushes buffered output; `last` at shutdown; `durable` when a checkpoint or an
+    /// acknowledgement waits on this flush (coalesced writes cannot wait then).
+    pub fn flush(&mut self, last: bool, durable: bool) -> Result<(), SinkError> {
         let sink = self.name();
         let err = |source| SinkError::Write { sink, source };
         match self {
@@ -257,6 +275,7 @@ impl Sink {
                 w.flush();
                 Ok(())
             }
+            Sink::Cosmos(c) => c.flush(last, durable),
         }
     }
 }
@@ -338,12 +357,13 @@ fn write_all(
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if flush_now || last_flush.elapsed() >= flush_every {
-            flush_all(&mut sinks, &mut dead, false, &mut report, hub)?;
+            let awaited = !pending.is_empty() || !waiting.is_empty();
+            flush_all(&mut sinks, &mut dead, false, awaited, &mut report, hub)?;
             last_flush = Instant::now();
             release(&mut pending, &mut waiting, &durable);
         }
     }
-    flush_all(&mut sinks, &mut dead, true, &mut report, hub)?;
+    flush_all(&mut sinks, &mut dead, true, true, &mut report, hub)?;
     release(&mut pending, &mut waiting, &durable);
     Ok(report)
 }
@@ -354,12 +374,13 @@ fn flush_all(
     sinks: &mut [Sink],
     dead: &mut DeadLetterSink,
     last: bool,
+    durable: bool,
     report: &mut SinkReport,
     hub: Option<&Hub>,
 ) -> Result<(), SinkError> {
     let mut failed = Vec::new();
     for s in sinks.iter_mut() {
-        s.flush(last)?;
+        s.flush(last, durable)?;
         s.take_failed(&mut failed);
     }
     if !failed.is_empty() {

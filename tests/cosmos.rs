@@ -1,0 +1,528 @@
+//! The Cosmos DB sink against a Cosmos NoSQL API server on loopback
+//! (`@vercel/cosmosdb-server` from npm, installed once into target/tools, with the
+//! fixes the Rust SDK needs; see tests/cosmos/server.js) and the real `eventide`
+//! binary. Every run writes to a fault-injecting proxy in front of the server.
+//!
+//! The reference is the same run's JSONL sink: the Cosmos containers must hold
+//! exactly its window and alert records, and one device document per device whose
+//! state follows from the input and those records.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{WINDOWS_AND_RULE, generate, read_jsonl};
+use eventide_simulator::SimConfig;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_eventide");
+/// The Cosmos emulator's well-known key (the server accepts any key; the client
+/// needs valid base64 to sign with).
+const KEY: &str =
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU9DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+
+/// node_modules holding @vercel/cosmosdb-server, installed with npm on first use.
+fn modules() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("tools")
+            .join("cosmosdb-server");
+        let modules = root.join("node_modules");
+        if !modules
+            .join("@vercel/cosmosdb-server/lib/index.js")
+            .exists()
+        {
+            eprintln!(
+                "installing @vercel/cosmosdb-server into {} (once)",
+                root.display()
+            );
+            std::fs::create_dir_all(&root).unwrap();
+            let ok = Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&root)
+                .arg("@vercel/cosmosdb-server@1.0.1")
+                .status()
+                .expect("running npm (Node.js is needed for the Cosmos tests)")
+                .success();
+            assert!(ok, "npm install @vercel/cosmosdb-server failed");
+        }
+        modules
+    })
+    .clone()
+}
+
+/// The server and its fault proxy, stopped on drop.
+struct Cosmos {
+    child: Child,
+    server: u16,
+    proxy: u16,
+}
+
+impl Cosmos {
+    fn start() -> Cosmos {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cosmos/server.js");
+        let mut child = Command::new("node")
+            .arg(script)
+            .arg(modules())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting node");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Vec<u16> = line
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("the Cosmos server did not start: {line:?}"))
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        Cosmos {
+            child,
+            server: ports[0],
+            proxy: ports[1],
+        }
+    }
+
+    /// The endpoint eventide writes to: the proxy.
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.proxy)
+    }
+
+    fn set_faults(&self, faults: Value) {
+        let (status, _) = http(self.proxy, "POST", "/__faults", &faults.to_string());
+        assert_eq!(status, 200);
+    }
+
+    fn injected(&self) -> Value {
+        let (_, body) = http(self.proxy, "GET", "/__faults", "");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Every document of a container, straight from the server (system properties
+    /// removed), by id.
+    fn documents(&self, db: &str, coll: &str) -> BTreeMap<String, Value> {
+        let (status, body) = http(
+            self.server,
+            "GET",
+            &format!("/dbs/{db}/colls/{coll}/docs"),
+            "",
+        );
+        assert_eq!(status, 200, "listing {db}/{coll}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let docs = v["Documents"].as_array().unwrap();
+        let mut out = BTreeMap::new();
+        for d in docs {
+            let mut d = d.clone();
+            let o = d.as_object_mut().unwrap();
+            o.retain(|k, _| !k.starts_with('_'));
+            let id = o["id"].as_str().unwrap().to_owned();
+            assert!(out.insert(id.clone(), d).is_none(), "{coll}: id {id} twice");
+        }
+        out
+    }
+}
+
+impl Drop for Cosmos {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.0 request on loopback (the answer ends when the connection closes).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+fn input(devices: u32, events: u64, seed: u64) -> Vec<u8> {
+    generate(
+        SimConfig {
+            devices,
+            seed,
+            interval_ms: 10_000,
+            duplicate_fraction: 0.02,
+            malformed_fraction: 0.01,
+            batch_fraction: 0.1,
+            batch_size: 5,
+            max_disorder_ms: 3_000,
+            hot_devices: devices / 10,
+            complex_fields: 2,
+            ..SimConfig::default()
+        },
+        events,
+    )
+}
+
+/// A config reading `events.ndjson` in `dir`, writing JSONL and Cosmos.
+fn config(dir: &Path, endpoint: &str, database: &str, cosmos_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[source]
+kind = "file"
+path = "{input}"
+
+[pipeline]
+partitions = 2
+max_out_of_order = "5s"
+allowed_lateness = "0s"
+dedupe = "both"
+
+{rules}
+[[sinks]]
+kind = "jsonl"
+path = "{out}"
+streams = ["windows", "alerts"]
+
+[[sinks]]
+kind = "cosmos"
+endpoint = "{endpoint}"
+key_env = "TEST_COSMOS_KEY"
+database = "{database}"
+streams = ["windows", "alerts", "devices"]
+create_if_missing = true
+max_concurrency = 16
+{cosmos_extra}
+
+[dead_letter]
+kind = "jsonl"
+path = "{dead}"
+"#,
+        input = dir.join("events.ndjson").display(),
+        out = dir.join("out.jsonl").display(),
+        dead = dir.join("dead.jsonl").display(),
+        rules = WINDOWS_AND_RULE,
+    );
+    let path = dir.join("eventide.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs eventide to the end; returns its stderr (the run must succeed and its
+/// accounting add up).
+fn run(config: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("TEST_COSMOS_KEY", KEY)
+        .env("EVENTIDE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "eventide failed:\n{stderr}");
+    assert!(stderr.contains("(adds up)"), "accounting:\n{stderr}");
+    assert!(!stderr.contains(KEY), "the key must never be logged");
+    stderr
+}
+
+/// The JSONL sink's records of one kind, by id.
+fn jsonl_records(dir: &Path, alerts: bool) -> BTreeMap<String, Value> {
+    read_jsonl(&dir.join("out.jsonl"))
+        .into_iter()
+        .filter(|r| r.get("rule").is_some() == alerts)
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+/// What each device's document must hold, from the input and the JSONL records.
+fn expected_devices(input: &[u8], dir: &Path) -> BTreeMap<String, Value> {
+    // Latest reading: the valid event with the greatest (createdAt, sequence).
+    let mut latest: BTreeMap<String, (i64, u64, Value)> = BTreeMap::new();
+    let mut consider = |e: &Value| {
+        let (Some(d), Some(seq), Some(kind), Some(value), Some(at)) = (
+            e["deviceId"].as_str(),
+            e["deviceSequenceNumber"].as_u64(),
+            e["type"].as_str(),
+            e["value"].as_f64(),
+            e["createdAt"].as_str(),
+        ) else {
+            return;
+        };
+        if e["eventId"].as_str().is_none() {
+            return;
+        }
+        let Some(ts) = eventide_simulator::time::parse_rfc3339_ms(at) else {
+            return;
+        };
+        let reading = json!({
+            "type": kind,
+            "value": value,
+            "createdAt": eventide_simulator::time::rfc3339_ms(ts),
+            "deviceSequenceNumber": seq,
+        });
+        let slot = latest
+            .entry(d.to_owned())
+            .or_insert((i64::MIN, 0, Value::Null));
+        if (ts, seq) >= (slot.0, slot.1) {
+            *slot = (ts, seq, reading);
+        }
+    };
+    for line in input.split(|&b| b == b'\n') {
+        match serde_json::from_slice::<Value>(line) {
+            Ok(Value::Array(events)) => events.iter().for_each(&mut consider),
+            Ok(e) => consider(&e),
+            Err(_) => {}
+        }
+    }
+    let mut docs: BTreeMap<String, Value> = latest
+        .into_iter()
+        .map(|(d, (_, _, reading))| {
+            let doc = json!({
+                "id": d,
+                "deviceId": d,
+                "lastSeen": reading["createdAt"],
+                "latest": reading,
+                "windows": {},
+                "openAlerts": [],
+                "lastAlerts": [],
+            });
+            (d, doc)
+        })
+        .collect();
+    // Latest window per device, window and type.
+    for w in jsonl_records(dir, false).into_values() {
+        let doc = docs.get_mut(w["deviceId"].as_str().unwrap()).unwrap();
+        let slot = &mut doc["windows"][w["window"].as_str().unwrap()][w["type"].as_str().unwrap()];
+        if slot.is_null() || slot["windowEnd"].as_str() < w["windowEnd"].as_str() {
+            let mut agg = w.clone();
+            let o = agg.as_object_mut().unwrap();
+            for k in ["id", "window", "deviceId", "type"] {
+                o.remove(k);
+            }
+            *slot = agg;
+        }
+    }
+    // Latest alert per device, rule and type; open when raised.
+    let mut last: BTreeMap<(String, String, String), Value> = BTreeMap::new();
+    for a in jsonl_records(dir, true).into_values() {
+        let key = (
+            a["deviceId"].as_str().unwrap().to_owned(),
+            a["rule"].as_str().unwrap().to_owned(),
+            a["type"].as_str().unwrap().to_owned(),
+        );
+        let slot = last.entry(key).or_insert(Value::Null);
+        if slot.is_null() || slot["windowEnd"].as_str() < a["windowEnd"].as_str() {
+            *slot = a;
+        }
+    }
+    for ((device, _, _), a) in last {
+        let doc = docs.get_mut(&device).unwrap();
+        if a["state"] == "raised" {
+            doc["openAlerts"].as_array_mut().unwrap().push(a.clone());
+        }
+        doc["lastAlerts"].as_array_mut().unwrap().push(a);
+    }
+    docs
+}
+
+/// Numbers as f64 and objects as sorted maps, so documents compare by value.
+fn normal(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.as_f64().unwrap()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), normal(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(normal).collect()),
+        v => v.clone(),
+    }
+}
+
+fn assert_same(what: &str, got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>) {
+    let (g, w): (BTreeSet<_>, BTreeSet<_>) = (got.keys().collect(), want.keys().collect());
+    let missing: Vec<_> = w.difference(&g).take(5).collect();
+    let extra: Vec<_> = g.difference(&w).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: {} documents, {} expected; missing e.g. {missing:?}, unexpected e.g. {extra:?}",
+        got.len(),
+        want.len()
+    );
+    for (id, w) in want {
+        assert_eq!(normal(&got[id]), normal(w), "{what}: document {id}");
+    }
+}
+
+/// Checks every container against the JSONL output and the input.
+fn assert_matches_reference(cosmos: &Cosmos, db: &str, dir: &Path, input: &[u8]) {
+    let windows = jsonl_records(dir, false);
+    let alerts = jsonl_records(dir, true);
+    assert!(
+        windows.len() > 100,
+        "a test needs windows: {}",
+        windows.len()
+    );
+    assert!(!alerts.is_empty(), "a test needs alerts");
+    assert_same("windows", &cosmos.documents(db, "windows"), &windows);
+    assert_same("alerts", &cosmos.documents(db, "alerts"), &alerts);
+    assert_same(
+        "devices",
+        &cosmos.documents(db, "devices"),
+        &expected_devices(input, dir),
+    );
+}
+
+fn sink_dead_letters(dir: &Path) -> Vec<Value> {
+    read_jsonl(&dir.join("dead.jsonl"))
+        .into_iter()
+        .filter(|d| d["reason"] == "sink")
+        .collect()
+}
+
+#[test]
+fn windows_alerts_and_device_documents_match_the_jsonl_sink_and_a_replay_changes_nothing() {
+    let cosmos = Cosmos::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(150, 15_000, 7);
+    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
+    let cfg = config(dir.path(), &cosmos.endpoint(), "telemetry", "");
+
+    let first = run(&cfg);
+    assert_matches_reference(&cosmos, "telemetry", dir.path(), &events);
+    assert!(sink_dead_letters(dir.path()).is_empty());
+    assert!(first.contains("Cosmos sink: done."), "{first}");
+    let stored = (
+        cosmos.documents("telemetry", "windows"),
+        cosmos.documents("telemetry", "alerts"),
+        cosmos.documents("telemetry", "devices"),
+    );
+
+    // The same input again (as after a crash before any checkpoint): the same
+    // documents, none twice, and device writes skipped as already stored.
+    let second = run(&cfg);
+    assert_matches_reference(&cosmos, "telemetry", dir.path(), &events);
+    let again = (
+        cosmos.documents("telemetry", "windows"),
+        cosmos.documents("telemetry", "alerts"),
+        cosmos.documents("telemetry", "devices"),
+    );
+    assert_eq!(stored, again);
+    let unchanged = second
+        .lines()
+        .find(|l| l.contains("Cosmos sink: done."))
+        .and_then(|l| l.split("unchanged=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no unchanged count in:\n{second}"));
+    assert!(
+        unchanged >= stored.2.len() as u64,
+        "device documents rewritten on replay: {unchanged} skipped of {}\n{second}",
+        stored.2.len()
+    );
+}
+
+#[test]
+fn a_replay_of_older_input_never_moves_device_state_backwards() {
+    let cosmos = Cosmos::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(60, 12_000, 11);
+    // The first half of the input, then the whole: the second run replays the
+    // first half's events again before reaching newer ones.
+    let lines: Vec<&[u8]> = events.split_inclusive(|&b| b == b'\n').collect();
+    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
+    let cfg = config(dir.path(), &cosmos.endpoint(), "state", "");
+    run(&cfg);
+    let newest = cosmos.documents("state", "devices");
+
+    // Now only an older part: nothing in the device documents may change.
+    std::fs::write(
+        dir.path().join("events.ndjson"),
+        lines[..lines.len() / 3].concat(),
+    )
+    .unwrap();
+    run(&cfg);
+    assert_eq!(cosmos.documents("state", "devices"), newest);
+}
+
+#[test]
+fn throttling_unavailability_and_dropped_connections_are_retried_until_everything_arrives() {
+    let cosmos = Cosmos::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(100, 20_000, 3);
+    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
+    let cfg = config(dir.path(), &cosmos.endpoint(), "faulty", "max_retries = 10");
+    // Every 4th document request fails: 429 (retry after 30 ms), 503, or the
+    // connection closes without an answer, in turn.
+    cosmos.set_faults(json!({"every": 4, "kinds": ["429", "503", "drop"], "retryAfterMs": 30}));
+    let stderr = run(&cfg);
+    let injected = cosmos.injected();
+    for kind in ["429", "503", "drop"] {
+        assert!(
+            injected["injected"][kind].as_u64().unwrap() > 10,
+            "{kind} not injected: {injected}"
+        );
+    }
+    cosmos.set_faults(json!({}));
+    assert_matches_reference(&cosmos, "faulty", dir.path(), &events);
+    assert!(
+        sink_dead_letters(dir.path()).is_empty(),
+        "nothing is given up on within max_retries"
+    );
+    assert!(
+        !stderr.contains("retries=0 "),
+        "retries are counted:\n{stderr}"
+    );
+}
+
+#[test]
+fn an_outage_past_max_retries_dead_letters_every_record_with_reason_sink() {
+    let cosmos = Cosmos::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = input(40, 4_000, 5);
+    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
+    let cfg = config(dir.path(), &cosmos.endpoint(), "down", "max_retries = 2");
+    // Create the database and containers first (a run with the server up), so the
+    // outage hits the document writes.
+    std::fs::write(dir.path().join("events.ndjson"), b"").unwrap();
+    run(&cfg);
+    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
+    cosmos.set_faults(json!({"down": true}));
+    let stderr = run(&cfg);
+    assert!(cosmos.injected()["injected"]["down"].as_u64().unwrap() > 0);
+
+    let windows = jsonl_records(dir.path(), false);
+    let alerts = jsonl_records(dir.path(), true);
+    let dead = sink_dead_letters(dir.path());
+    let by_source = |s: &str| -> BTreeSet<String> {
+        dead.iter()
+            .filter(|d| d["source"] == s)
+            .map(|d| {
+                let v: Value = serde_json::from_str(d["payload"].as_str().unwrap()).unwrap();
+                assert!(d["error"].as_str().unwrap().contains("cosmos"), "{d}");
+                v["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_source("cosmos:windows"),
+        windows.keys().cloned().collect()
+    );
+    assert_eq!(by_source("cosmos:alerts"), alerts.keys().cloned().collect());
+    let devices = expected_devices(&events, dir.path());
+    assert_eq!(
+        by_source("cosmos:devices"),
+        devices.keys().cloned().collect()
+    );
+    // The run's own summary counts them among its dead letters.
+    assert!(stderr.contains("(adds up)"));
+    cosmos.set_faults(json!({}));
+    assert!(cosmos.documents("down", "windows").is_empty());
+}
