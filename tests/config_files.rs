@@ -109,6 +109,58 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
         ),
     ];
     assert_bad_keys(dir.path(), &kafka, &kafka_cases);
+    let cosmos =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/cosmos.toml"))
+            .unwrap();
+    let cosmos_cases = [
+        (
+            "endpoint = \"https://myaccount.documents.azure.com:443/\"",
+            "endpoint = \"myaccount\"",
+            "sinks[0].endpoint",
+        ),
+        (
+            "key_env = \"EVENTIDE_COSMOS_KEY\"",
+            "key_env = \"EVENTIDE_COSMOS_KEY\"\nkey = \"abc\"",
+            "sinks[0].key_env",
+        ),
+        ("key_env = \"EVENTIDE_COSMOS_KEY\"", "", "sinks[0].key"),
+        (
+            "database = \"telemetry\"",
+            "database = \"\"",
+            "sinks[0].database",
+        ),
+        (
+            "windows_container = \"windows\"",
+            "windows_container = \"a/b\"",
+            "sinks[0].windows_container",
+        ),
+        (
+            "max_concurrency = 32",
+            "max_concurrency = 0",
+            "sinks[0].max_concurrency",
+        ),
+        (
+            "flush_interval = \"1s\"",
+            "flush_interval = \"0s\"",
+            "sinks[0].flush_interval",
+        ),
+        (
+            "create_if_missing = true",
+            "create_if_missing = true\nbrokers = \"x\"",
+            "sinks[0].brokers",
+        ),
+        (
+            "streams = [\"windows\", \"alerts\"]",
+            "streams = [\"devices\"]",
+            "sinks[1].streams",
+        ),
+        (
+            "path = \"out/records.jsonl\"",
+            "path = \"out/records.jsonl\"\nmax_concurrency = 4",
+            "sinks[1].max_concurrency",
+        ),
+    ];
+    assert_bad_keys(dir.path(), &cosmos, &cosmos_cases);
     let out = Command::new(BIN)
         .arg("check-config")
         .arg("/no/such.toml")
