@@ -319,7 +319,7 @@ pub struct SinkConfig {
     /// kafka: extra librdkafka producer properties.
     pub properties: Option<BTreeMap<String, String>>,
     /// kafka, cosmos: how often a record whose delivery failed is sent again before it
-    /// is dead-lettered with reason `sink` (default 5).
+    /// is dead-lettered with reason `sink` (default 5 for kafka, 10 for cosmos).
     pub max_retries: Option<u32>,
     /// cosmos: the account endpoint, e.g. `https://myaccount.documents.azure.com:443/`.
     pub endpoint: Option<String>,

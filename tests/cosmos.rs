@@ -354,9 +354,9 @@ fn throttling_unavailability_and_dropped_connections_are_retried_until_everythin
 fn an_outage_past_max_retries_dead_letters_every_record_with_reason_sink() {
     let cosmos = Cosmos::start();
     let dir = tempfile::tempdir().unwrap();
-    let events = input(40, 4_000, 5);
+    let events = input(30, 2_000, 5);
     std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
-    let cfg = config(dir.path(), &cosmos.endpoint(), "down", "max_retries = 2");
+    let cfg = config(dir.path(), &cosmos.endpoint(), "down", "max_retries = 1");
     // Create the database and containers first (a run with the server up), so the
     // outage hits the document writes.
     std::fs::write(dir.path().join("events.ndjson"), b"").unwrap();

@@ -190,7 +190,7 @@ impl CosmosSettings {
             alerts: container(Stream::Alerts, &c.alerts_container, "alerts"),
             create_if_missing: c.create_if_missing.unwrap_or(false),
             max_concurrency: c.max_concurrency.unwrap_or(32) as usize,
-            max_retries: c.max_retries.unwrap_or(5),
+            max_retries: c.max_retries.unwrap_or(10),
             flush_interval: c.flush_interval.map_or(Duration::from_secs(1), |d| d.0),
         })
     }
@@ -513,10 +513,11 @@ fn retryable(e: &CosmosError) -> bool {
     s.is_transient() || s.is_gone() || matches!(u16::from(s.status_code()), 502 | 504)
 }
 
-/// How long to wait before attempt `attempt + 1`: exponential from 50 ms, capped at
-/// 5 s, and never less than the service's `x-ms-retry-after-ms`.
+/// How long to wait before attempt `attempt + 1`: exponential from 100 ms, capped at
+/// 5 s (the default 10 retries ride out about 25 s of outage), and never less than
+/// the service's `x-ms-retry-after-ms`.
 fn backoff(e: &CosmosError, attempt: u32) -> Duration {
-    let ours = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
+    let ours = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
     let theirs = e
         .response()
         .and_then(|r| r.headers().retry_after_ms)
