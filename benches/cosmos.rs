@@ -151,56 +151,26 @@ fn windows(from: usize, n: usize) -> RecordBatch {
     RecordBatch::try_new(window_schema(), columns).expect("window schema")
 }
 
-/// The pipeline from `input` with only a cosmos sink taking `streams`.
+/// The pipeline as `config/file.toml` sets it up (tumbling 1m + sliding 5m/1m +
+/// co2_high, 2 partitions) from `input`, with only a cosmos sink taking `streams`.
 fn pipeline_run(server: &Cosmos, input: &Path, n: u64, database: &str, streams: &[&str]) {
+    let mut cfg = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/file.toml"
+    )))
+    .expect("example config");
+    cfg.source.path = Some(input.to_owned());
+    cfg.dead_letter.path = Some(input.with_extension("dead.jsonl"));
     let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
-    let text = format!(
-        r#"
-[source]
-kind = "file"
-path = "{input}"
-
-[pipeline]
-partitions = 2
-max_out_of_order = "5s"
-dedupe = "both"
-
-[[windows]]
-name = "tumbling_1m"
-kind = "tumbling"
-size = "1m"
-
-[[windows]]
-name = "sliding_5m"
-kind = "sliding"
-size = "5m"
-slide = "1m"
-
-[[rules]]
-name = "co2_high"
-window = "sliding_5m"
-filter = "type = 'CO2'"
-when = "avg > 1000"
-clear = "avg < 950"
-
-[[sinks]]
-kind = "cosmos"
-endpoint = "{endpoint}"
-key = "{KEY}"
-database = "{database}"
-streams = [{streams}]
-create_if_missing = true
-
-[dead_letter]
-kind = "jsonl"
-path = "{dead}"
-"#,
-        input = input.display(),
-        endpoint = server.endpoint(),
-        streams = streams.join(", "),
-        dead = input.with_extension("dead.jsonl").display(),
+    // The sink as its own config section (parsed, so it is validated like any other).
+    let sink = format!(
+        "[source]\nkind = \"stdin\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
+         [[sinks]]\nkind = \"cosmos\"\nendpoint = \"{}\"\nkey = \"{KEY}\"\ndatabase = \"{database}\"\n\
+         streams = [{}]\ncreate_if_missing = true\n",
+        server.endpoint(),
+        streams.join(", "),
     );
-    let cfg = Config::parse(&text).expect("bench config");
+    cfg.sinks = Config::parse(&sink).expect("cosmos sink config").sinks;
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let report =
