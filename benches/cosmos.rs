@@ -14,7 +14,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arrow_array::{
@@ -22,7 +21,6 @@ use arrow_array::{
 };
 use eventide::config::Config;
 use eventide::event::window_schema;
-use eventide::pipeline::{self, Status};
 use eventide::sinks::Output;
 use eventide::sinks::cosmos::{CosmosSettings, CosmosSink};
 
@@ -30,7 +28,7 @@ mod common;
 #[path = "../tests/cosmos/harness.rs"]
 mod harness;
 
-use common::{cpu_seconds, env_u64, machine, peak_rss_kib};
+use common::{env_u64, machine, peak_rss_kib};
 use harness::{Cosmos, KEY};
 
 fn main() {
@@ -171,13 +169,7 @@ fn pipeline_run(server: &Cosmos, input: &Path, n: u64, database: &str, streams: 
         streams.join(", "),
     );
     cfg.sinks = Config::parse(&sink).expect("cosmos sink config").sinks;
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    let report =
-        pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).expect("pipeline run");
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    assert!(report.counts.balanced(), "accounting: {}", report.counts);
+    let (report, wall, cpu) = common::run_to_end(&cfg);
     assert_eq!(
         report.sinks.dead_letters,
         report.counts.dead_lettered + report.counts.late,

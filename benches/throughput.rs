@@ -7,16 +7,12 @@
 //! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2)
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use eventide::config::Config;
-use eventide::pipeline::{self, Status};
 
 mod common;
 
-use common::{cpu_seconds, env_u64, machine, peak_rss_kib};
+use common::{env_u64, machine, peak_rss_kib};
 
 fn main() {
     let input = common::input(1_000_000);
@@ -49,13 +45,7 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     cfg.sinks[0].path = Some(dir.join("out.jsonl"));
     cfg.dead_letter.path = Some(dir.join("dead.jsonl"));
 
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    let report =
-        pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).expect("pipeline run");
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    assert!(report.counts.balanced(), "accounting: {}", report.counts);
+    let (report, wall, cpu) = common::run_to_end(&cfg);
     assert_eq!(
         report.counts.received, n,
         "EVENTIDE_BENCH_INPUT holds a different number of events"

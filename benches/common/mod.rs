@@ -7,6 +7,23 @@ use std::path::{Path, PathBuf};
 
 use eventide_simulator::{Generator, SimConfig};
 
+/// Runs the pipeline of `cfg` to the end of its input; returns the report (its
+/// accounting checked), wall seconds and this process's CPU seconds.
+pub fn run_to_end(cfg: &eventide::config::Config) -> (eventide::pipeline::Report, f64, f64) {
+    let cpu_before = cpu_seconds();
+    let started = std::time::Instant::now();
+    let report = eventide::pipeline::run(
+        cfg,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        eventide::pipeline::Status::Off,
+    )
+    .expect("pipeline run");
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    assert!(report.counts.balanced(), "accounting: {}", report.counts);
+    (report, wall, cpu)
+}
+
 /// Writes `n` simulated events (~820 bytes each, 2,000 devices) to `path`.
 pub fn generate(path: &Path, n: u64) {
     let mut g = Generator::new(SimConfig {
