@@ -41,6 +41,20 @@ fn input(devices: u32, events: u64, seed: u64) -> Vec<u8> {
     )
 }
 
+/// A fresh server, a directory holding `events` as `events.ndjson`, and a config
+/// (see [`config`]) writing to database `database` through the proxy.
+fn setup(
+    events: &[u8],
+    database: &str,
+    cosmos_extra: &str,
+) -> (Cosmos, tempfile::TempDir, PathBuf) {
+    let cosmos = Cosmos::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("events.ndjson"), events).unwrap();
+    let cfg = config(dir.path(), &cosmos.endpoint(), database, cosmos_extra);
+    (cosmos, dir, cfg)
+}
+
 /// A config reading `events.ndjson` in `dir`, writing JSONL and Cosmos.
 fn config(dir: &Path, endpoint: &str, database: &str, cosmos_extra: &str) -> PathBuf {
     let text = format!(
@@ -257,11 +271,8 @@ fn sink_dead_letters(dir: &Path) -> Vec<Value> {
 
 #[test]
 fn windows_alerts_and_device_documents_match_the_jsonl_sink_and_a_replay_changes_nothing() {
-    let cosmos = Cosmos::start();
-    let dir = tempfile::tempdir().unwrap();
     let events = input(150, 15_000, 7);
-    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
-    let cfg = config(dir.path(), &cosmos.endpoint(), "telemetry", "");
+    let (cosmos, dir, cfg) = setup(&events, "telemetry", "");
 
     let first = run(&cfg);
     assert_matches_reference(&cosmos, "telemetry", dir.path(), &events);
@@ -299,14 +310,11 @@ fn windows_alerts_and_device_documents_match_the_jsonl_sink_and_a_replay_changes
 
 #[test]
 fn a_replay_of_older_input_never_moves_device_state_backwards() {
-    let cosmos = Cosmos::start();
-    let dir = tempfile::tempdir().unwrap();
     let events = input(60, 12_000, 11);
-    // The first half of the input, then the whole: the second run replays the
-    // first half's events again before reaching newer ones.
+    // The whole input, then its first third again: the second run only replays
+    // events older than what the documents already hold.
     let lines: Vec<&[u8]> = events.split_inclusive(|&b| b == b'\n').collect();
-    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
-    let cfg = config(dir.path(), &cosmos.endpoint(), "state", "");
+    let (cosmos, dir, cfg) = setup(&events, "state", "");
     run(&cfg);
     let newest = cosmos.documents("state", "devices");
 
@@ -322,11 +330,8 @@ fn a_replay_of_older_input_never_moves_device_state_backwards() {
 
 #[test]
 fn throttling_unavailability_and_dropped_connections_are_retried_until_everything_arrives() {
-    let cosmos = Cosmos::start();
-    let dir = tempfile::tempdir().unwrap();
     let events = input(100, 20_000, 3);
-    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
-    let cfg = config(dir.path(), &cosmos.endpoint(), "faulty", "max_retries = 10");
+    let (cosmos, dir, cfg) = setup(&events, "faulty", "max_retries = 10");
     // Every 4th document request fails: 429 (retry after 30 ms), 503, or the
     // connection closes without an answer, in turn.
     cosmos.set_faults(json!({"every": 4, "kinds": ["429", "503", "drop"], "retryAfterMs": 30}));
@@ -352,11 +357,8 @@ fn throttling_unavailability_and_dropped_connections_are_retried_until_everythin
 
 #[test]
 fn an_outage_past_max_retries_dead_letters_every_record_with_reason_sink() {
-    let cosmos = Cosmos::start();
-    let dir = tempfile::tempdir().unwrap();
     let events = input(30, 2_000, 5);
-    std::fs::write(dir.path().join("events.ndjson"), &events).unwrap();
-    let cfg = config(dir.path(), &cosmos.endpoint(), "down", "max_retries = 1");
+    let (cosmos, dir, cfg) = setup(&events, "down", "max_retries = 1");
     // Create the database and containers first (a run with the server up), so the
     // outage hits the document writes.
     std::fs::write(dir.path().join("events.ndjson"), b"").unwrap();

@@ -140,6 +140,14 @@ pub struct KafkaRun {
 
 type TopicPartition = (Arc<str>, i32);
 
+/// The partitions a rebalance names.
+fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (Arc::from(e.topic()), e.partition()))
+        .collect()
+}
+
 struct Actor {
     generation: u64,
     stop: Arc<AtomicBool>,
@@ -182,11 +190,7 @@ impl ClientContext for Ctx {}
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let parts: Vec<TopicPartition> = tpl
-                .elements()
-                .iter()
-                .map(|e| (Arc::from(e.topic()), e.partition()))
-                .collect();
+            let parts = partitions_of(tpl);
             tracing::info!(partitions = ?parts, "Kafka: partitions revoked; stopping their actors and committing.");
             self.0.stop_actors(&parts);
             self.0.commit(consumer, Some(&parts), CommitMode::Sync);
@@ -196,11 +200,7 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let parts: Vec<TopicPartition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (Arc::from(e.topic()), e.partition()))
-                    .collect();
+                let parts = partitions_of(tpl);
                 tracing::info!(partitions = ?parts, "Kafka: partitions assigned; starting their actors.");
                 let Some(consumer) = self.0.consumer.get().and_then(Weak::upgrade) else {
                     return;

@@ -404,13 +404,14 @@ fn raw(bytes: &[u8]) -> Result<Box<RawValue>, SinkError> {
 /// Builds the client and opens the containers the sink writes.
 async fn open_containers(s: &CosmosSettings) -> Result<[Option<ContainerClient>; 3], SinkError> {
     let err = |what: &str, e: CosmosError| SinkError::Cosmos(format!("{what}: {e}"));
-    let endpoint: url::Url = s
+    let endpoint: azure_data_cosmos::AccountEndpoint = s
         .endpoint
         .parse()
         .map_err(|e| SinkError::Cosmos(format!("endpoint {:?}: {e}", s.endpoint)))?;
     // HTTP/2 where the account speaks TLS; plain-HTTP local servers speak HTTP/1.1.
+    let https = s.endpoint.trim().to_ascii_lowercase().starts_with("https:");
     let pool = ConnectionPoolOptions::builder()
-        .with_is_http2_allowed(endpoint.scheme() == "https")
+        .with_is_http2_allowed(https)
         .build()
         .map_err(|e| err("connection pool options", e))?;
     // The sink retries throttled requests itself (counting them, honouring
@@ -428,12 +429,7 @@ async fn open_containers(s: &CosmosSettings) -> Result<[Option<ContainerClient>;
         .build()
         .await
         .map_err(|e| err("client runtime", e))?;
-    let account = AccountReference::with_authentication_key(
-        s.endpoint
-            .parse()
-            .map_err(|e| SinkError::Cosmos(format!("endpoint {:?}: {e}", s.endpoint)))?,
-        Secret::from(s.key.clone()),
-    );
+    let account = AccountReference::with_authentication_key(endpoint, Secret::from(s.key.clone()));
     let client = CosmosClient::builder()
         .with_runtime(runtime)
         // Plain JSON: the text the contract defines, and what every server speaks.
