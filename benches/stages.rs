@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventide::config::{Config, Dur, WindowConfig, WindowKind};
 use eventide::dedupe::{EventIdSet, SeqTracker};
-use eventide::ingest::decode::{decode, device_key};
+use eventide::ingest::decode::{Decoder, decode, decode_scalar, device_key};
 use eventide::rules::{RuleEngine, SeriesNames};
 use eventide::windows::{WindowEngine, WindowOutput};
 use eventide_simulator::{Generator, SimConfig};
@@ -52,16 +52,25 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("stages");
     g.throughput(Throughput::Elements(evs.len() as u64));
 
+    let mut decoder = Decoder::default();
     g.bench_function(
         format!("decode ({} B/event)", bytes / evs.len() as u64),
         |b| {
             b.iter(|| {
                 for e in &evs {
-                    black_box(decode(e).unwrap().value);
+                    black_box(decoder.decode(e).unwrap().value);
                 }
             })
         },
     );
+    // The scalar decoder alone (the fast path's fallback), to see what the index buys.
+    g.bench_function("decode: scalar path only", |b| {
+        b.iter(|| {
+            for e in &evs {
+                black_box(decode_scalar(e).unwrap().value);
+            }
+        })
+    });
     // The same events through serde_json (borrowed fields, complexData skipped as
     // IgnoredAny): a yardstick for this machine, run after run.
     #[derive(serde::Deserialize)]

@@ -2,10 +2,12 @@
 //!
 //! Two entry points. [`device_key`] is the router's cheap look at a message: it walks
 //! the top-level object only as far as `deviceId` and skips other values structurally.
-//! [`decode`] is the partition actor's full parse: one pass over the event object that
-//! reads the six known fields straight into an [`Event`] and validates everything else
-//! (`complexData`, unknown keys) as JSON without building it. Nothing is allocated
-//! unless a string contains escapes.
+//! [`Decoder::decode`] is the partition actor's full parse: it reads the six known fields
+//! straight into an [`Event`] and validates everything else (`complexData`, unknown
+//! keys) as JSON without building it. It first tries a structural index built 64 bytes
+//! at a time (`index`, the fast path for ordinary events) and falls back to the scalar
+//! parser ([`decode_scalar`]) for anything else, which also words every error. Nothing
+//! is allocated unless a string contains escapes.
 //!
 //! Classification: input that is not valid JSON is [`DecodeError::Parse`], even when
 //! a field error comes first; valid JSON that is not a valid event is
@@ -433,8 +435,34 @@ const FIELDS: [&str; 6] = [
     "createdAt",
 ];
 
-/// Parses and validates one event.
+/// Decodes events, keeping scratch space between calls: the structural-index fast
+/// path ([`index`]) for what it takes, the scalar decoder ([`decode_scalar`]) for the
+/// rest and for every error.
+#[derive(Default)]
+pub struct Decoder {
+    index: index::Index,
+}
+
+impl Decoder {
+    /// Parses and validates one event.
+    #[inline]
+    pub fn decode<'a>(&mut self, b: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        match self.index.decode(b) {
+            Some(e) => Ok(e),
+            None => decode_scalar(b),
+        }
+    }
+}
+
+/// Parses and validates one event (with fresh scratch space: hot loops keep a
+/// [`Decoder`]).
 pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
+    Decoder::default().decode(b)
+}
+
+/// Parses and validates one event, one byte (or eight) at a time: the reference the
+/// fast path is tested against, and the path that explains every error.
+pub fn decode_scalar(b: &[u8]) -> Result<Event<'_>, DecodeError> {
     let mut s = Scanner { b, i: 0 };
     let mut schema: Option<String> = None;
     let mut found: [Option<Found<'_>>; 6] = Default::default();
@@ -707,6 +735,7 @@ fn skip_structure(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+mod index;
 #[cfg(test)]
 mod tests;
 

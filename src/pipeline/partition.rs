@@ -23,7 +23,7 @@ use super::{Counts, PartitionStats, Settings};
 use crate::config::DedupeMode;
 use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker};
 use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
-use crate::ingest::decode::{DecodeError, Event, decode};
+use crate::ingest::decode::{DecodeError, Decoder, Event};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
 use crate::sinks::{Checkpoint, Output};
@@ -171,6 +171,7 @@ pub struct Partition {
     id: usize,
     settings: Arc<Settings>,
     names: Interner,
+    decoder: Decoder,
     event_ids: EventIdSet,
     seqs: SeqTracker,
     windows: WindowEngine,
@@ -220,6 +221,7 @@ impl Partition {
             .expect("rules were validated with the config");
         Partition {
             id,
+            decoder: Decoder::default(),
             event_ids: EventIdSet::new(settings.dedupe_horizon_ms),
             seqs: SeqTracker::default(),
             windows,
@@ -392,8 +394,11 @@ impl Partition {
 
     /// Processes one block's events for this partition, then hands the outputs on.
     pub fn on_block(&mut self, block: &Block, items: &[Item]) {
-        for it in items {
+        for (i, it) in items.iter().enumerate() {
             self.counts.received += 1;
+            if let Some(next) = items.get(i + 1) {
+                prefetch(&block.data[next.start as usize..next.end as usize]);
+            }
             let raw = &block.data[it.start as usize..it.end as usize];
             if it.flags & Item::OVERSIZE != 0 {
                 self.reject(
@@ -405,7 +410,7 @@ impl Partition {
                 );
                 continue;
             }
-            match decode(raw) {
+            match self.decoder.decode(raw) {
                 Ok(ev) => self.on_event(ev, raw, block, it, block.offset(it)),
                 Err(DecodeError::Parse(e)) => self.reject(Reason::Parse, e, raw, block, it),
                 Err(DecodeError::Schema(e)) => self.reject(Reason::Schema, e, raw, block, it),
@@ -723,4 +728,21 @@ impl PartitionStats {
         s(&self.gaps, c.gaps);
         self.watermark.store(wm, Ordering::Relaxed);
     }
+}
+
+/// Asks the CPU to start loading `bytes` (the next event, decoded after this one) into
+/// the cache: the block was written by the source's thread, so its lines are not here.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64).take(16) {
+        // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }

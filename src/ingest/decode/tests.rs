@@ -173,3 +173,157 @@ proptest! {
         }
     }
 }
+
+/// The fast path's answer for `b`, checked against the scalar decoder: whatever it
+/// accepts, the scalar decoder accepts with the same fields. Returns whether it took `b`.
+fn fast_agrees(b: &[u8]) -> bool {
+    let mut index = index::Index::default();
+    let Some(fast) = index.decode(b) else {
+        return false;
+    };
+    let slow = decode_scalar(b).unwrap_or_else(|e| {
+        panic!(
+            "fast path accepted what the scalar decoder rejects ({e}): {}",
+            String::from_utf8_lossy(b)
+        )
+    });
+    let fields = |e: &Event<'_>| {
+        (
+            e.event_id.to_string(),
+            e.device_id.to_string(),
+            e.seq,
+            e.kind.to_string(),
+            e.value.to_bits(),
+            e.ts,
+        )
+    };
+    assert_eq!(
+        fields(&fast),
+        fields(&slow),
+        "{}",
+        String::from_utf8_lossy(b)
+    );
+    assert!(matches!(fast.device_id, Cow::Borrowed(_)));
+    true
+}
+
+fn simulated(n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut g = eventide_simulator::Generator::new(eventide_simulator::SimConfig {
+        devices: 50,
+        seed,
+        complex_fields: 20,
+        ..eventide_simulator::SimConfig::default()
+    });
+    (0..n)
+        .map(|_| {
+            let mut v = Vec::new();
+            g.next_message(&mut v, 1);
+            v.pop();
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn the_fast_path_takes_ordinary_events() {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        return; // no fast path on this CPU: the scalar decoder does everything
+    }
+    for ev in simulated(2_000, 5) {
+        assert!(fast_agrees(&ev), "{}", String::from_utf8_lossy(&ev));
+    }
+    // Shapes the fast path takes besides the simulator's: spaces, any key order,
+    // unknown keys, nested values, integers, negative numbers, non-ASCII, long strings
+    // and messages whose strings and numbers cross 64-byte blocks.
+    let long = "x".repeat(150);
+    let cases = [
+        EV.replace(r#""b":-0.5e-3,"#, ""),
+        r#" { "createdAt" : "2026-01-01T00:00:00Z" , "value" : -12 , "type":"t", "deviceSequenceNumber" : 0, "deviceId":"d","eventId":"e", "x": [ ] , "y" : { } , "z" : [ 1 , [ 2 , { "a" : null } ] , "s" , false ] } "#.to_string(),
+        EV.replace("dev-1", "dév-1 ✓").replace(r#""b":-0.5e-3,"#, ""),
+        EV.replace("dev-1", &long).replace(r#""b":-0.5e-3,"#, r#""b":0.000001,"#),
+        r#"{"eventId":"e","deviceId":"d","deviceSequenceNumber":18446744073709551,"type":"t","value":0.0,"createdAt":"2026-01-01T00:00:00.001Z","complexData":null}"#.to_string(),
+    ];
+    for c in &cases {
+        assert!(fast_agrees(c.as_bytes()), "{c}");
+        // Shifted by 1..64 leading spaces, every token meets every block boundary.
+        for pad in 1..64 {
+            let shifted = format!("{}{c}", " ".repeat(pad));
+            assert!(fast_agrees(shifted.as_bytes()), "{shifted}");
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
+    let takes = |s: &str| fast_agrees(s.as_bytes());
+    let base = EV.replace(r#""b":-0.5e-3,"#, "");
+    assert!(!takes(&base.replace("dev-1", r#"dev\"1"#)), "escape");
+    assert!(
+        !takes(&base.replace("dev-1", "dev\t1")),
+        "control character"
+    );
+    assert!(!takes(&base.replace(":3,", ":\t3,")), "tab as whitespace");
+    assert!(!takes(&base.replace("1001.5", "1e3")), "exponent");
+    assert!(
+        !takes(&base.replace(":3,", ":3.0,")),
+        "non-integer sequence"
+    );
+    assert!(!takes(&base.replace(":3,", ":-3,")), "negative sequence");
+    assert!(
+        !takes(&base.replace(":3,", ":99999999999999999999,")),
+        "20 digits"
+    );
+    assert!(!takes(&base.replace("1001.5", "01")), "leading zero");
+    assert!(!takes(&base.replace("1001.5", "1.")), "no fraction digits");
+    assert!(!takes(&base.replace("true", "tru")), "bad literal");
+    assert!(!takes(&base.replace("\"e1\"", "\"\"")), "empty eventId");
+    assert!(!takes(&format!("{base}x")), "trailing characters");
+    assert!(
+        !takes(&base.replace("\"type\":\"CO2\",", "")),
+        "missing field"
+    );
+    assert!(
+        !takes(&base.replace(r#""type":"CO2""#, r#""type":"CO2","type":"x""#)),
+        "duplicate"
+    );
+    assert!(
+        !takes(
+            &base
+                .replace("{\"a\"", "[{\"a\"")
+                .replace("null}}", "null}]}")
+        ),
+        "complexData array"
+    );
+    let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    assert!(!takes(&base.replace("true", &deep)), "deep nesting");
+    let mut invalid = base.clone().into_bytes();
+    let at = invalid.iter().position(|&c| c == b'v').unwrap();
+    invalid[at] = 0xff;
+    assert!(
+        index::Index::default().decode(&invalid).is_none(),
+        "invalid UTF-8"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Up to four byte edits of a simulated event: whatever the fast path accepts, the
+    /// scalar decoder accepts with the same fields.
+    #[test]
+    fn the_fast_path_agrees_with_the_scalar_decoder_on_edited_events(
+        seed in 0u64..1000,
+        edits in prop::collection::vec((0usize..1000, 0u8..3, prop::sample::select(b"{}[]\",:0123456789.eE+- tfnul\\aZ\x01\xc3\xa9".to_vec())), 1..5),
+    ) {
+        let mut b = simulated(1, seed).pop().unwrap();
+        for (pos, op, byte) in edits {
+            let pos = pos % b.len();
+            match op {
+                0 => { b.remove(pos); }
+                1 => b.insert(pos, byte),
+                _ => b[pos] = byte,
+            }
+        }
+        fast_agrees(&b);
+    }
+}

@@ -1,0 +1,399 @@
+//! The fast path of [`decode`](super::decode): a structural index, then a walk over it.
+//!
+//! Stage 1 (simdjson's idea, AVX2, 64 bytes per round) classifies every byte of the
+//! message at once into three bitmaps: quotes, *token* bytes (outside strings and not
+//! `{}[]:,"` or a space: the bytes of numbers and literals) and digits. Stage 2 walks
+//! the message with them: a string ends at the next quote bit, a number at the end of
+//! its run of token bits, and a number is validated by the positions of the non-digits
+//! in that run. No byte-at-a-time loops, so the ~20 members of a typical `complexData`
+//! cost a few bit operations each.
+//!
+//! The fast path only ever *accepts*: anything unusual (escapes, control characters,
+//! tabs, exponents, nesting deeper than [`MAX_DEPTH`], a missing or ill-typed field,
+//! any syntax error) makes it return `None`, and the scalar decoder then decides and
+//! explains. So the two agree by construction on every rejection, and the tests check
+//! that they agree on every acceptance.
+
+use std::borrow::Cow;
+
+use super::Event;
+use crate::event::parse_rfc3339_ms;
+
+/// Deeper nesting than this goes to the scalar decoder (which allows up to 128).
+const MAX_DEPTH: usize = 64;
+
+/// Reusable bitmaps: per 64-byte block, `[token, quote, digit]`, plus one zero block.
+#[derive(Default)]
+pub struct Index {
+    masks: Vec<u64>,
+}
+
+const TOKEN: usize = 0;
+const QUOTE: usize = 1;
+const DIGIT: usize = 2;
+
+impl Index {
+    /// The event in `b`, if the fast path can take it; `None` means "ask the scalar
+    /// decoder" (which may well accept it).
+    pub fn decode<'a>(&mut self, b: &'a [u8]) -> Option<Event<'a>> {
+        if !self.build(b) {
+            return None;
+        }
+        Walk { b, m: &self.masks }.event()
+    }
+
+    /// Stage 1. False when the message needs the scalar path: it has a backslash or a
+    /// control character, invalid UTF-8, an unterminated string, or no AVX2 here.
+    fn build(&mut self, b: &[u8]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
+            {
+                let blocks = b.len().div_ceil(64);
+                self.masks.clear();
+                self.masks.resize(3 * (blocks + 1), 0);
+                // SAFETY: the features were detected just above.
+                return unsafe { avx2::build(b, &mut self.masks) };
+            }
+        }
+        let _ = b;
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Fills `masks` (zeroed, 3 words per block + 3 spare) for `b`. Returns false if
+    /// `b` needs the scalar path.
+    #[target_feature(enable = "avx2,pclmulqdq")]
+    pub unsafe fn build(b: &[u8], masks: &mut [u64]) -> bool {
+        let quote = _mm256_set1_epi8(b'"' as i8);
+        let backslash = _mm256_set1_epi8(b'\\' as i8);
+        let space = _mm256_set1_epi8(b' ' as i8);
+        let ctrl_max = _mm256_set1_epi8(0x1f);
+        let lower = _mm256_set1_epi8(0x20);
+        let open = _mm256_set1_epi8(b'{' as i8); // '[' | 0x20
+        let close = _mm256_set1_epi8(b'}' as i8); // ']' | 0x20
+        let colon = _mm256_set1_epi8(b':' as i8);
+        let comma = _mm256_set1_epi8(b',' as i8);
+        let zero_char = _mm256_set1_epi8(b'0' as i8);
+        let nine = _mm256_set1_epi8(9);
+        let ones = _mm_set1_epi8(-1);
+
+        let mut bad = _mm256_setzero_si256();
+        let mut high = _mm256_setzero_si256();
+        let mut in_string_carry = 0u64;
+        let mut tail = [b' '; 64];
+        let n = b.len();
+        let mut at = 0;
+        let mut block = 0;
+        while at < n {
+            let chunk: &[u8] = if at + 64 <= n {
+                &b[at..at + 64]
+            } else {
+                tail[..n - at].copy_from_slice(&b[at..]);
+                &tail
+            };
+            // SAFETY: `chunk` holds 64 bytes; unaligned loads.
+            let (v0, v1) = unsafe {
+                (
+                    _mm256_loadu_si256(chunk.as_ptr().cast()),
+                    _mm256_loadu_si256(chunk.as_ptr().add(32).cast()),
+                )
+            };
+            let mut classify = |v: __m256i| -> (u32, u32, u32) {
+                let q = _mm256_cmpeq_epi8(v, quote);
+                let ctrl = _mm256_cmpeq_epi8(_mm256_min_epu8(v, ctrl_max), v);
+                bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi8(v, backslash), ctrl));
+                high = _mm256_or_si256(high, v);
+                let l = _mm256_or_si256(v, lower);
+                let structural = _mm256_or_si256(
+                    _mm256_or_si256(_mm256_cmpeq_epi8(l, open), _mm256_cmpeq_epi8(l, close)),
+                    _mm256_or_si256(_mm256_cmpeq_epi8(v, colon), _mm256_cmpeq_epi8(v, comma)),
+                );
+                let not_token =
+                    _mm256_or_si256(_mm256_or_si256(q, structural), _mm256_cmpeq_epi8(v, space));
+                let d = _mm256_sub_epi8(v, zero_char);
+                let digit = _mm256_cmpeq_epi8(_mm256_min_epu8(d, nine), d);
+                (
+                    _mm256_movemask_epi8(not_token) as u32,
+                    _mm256_movemask_epi8(q) as u32,
+                    _mm256_movemask_epi8(digit) as u32,
+                )
+            };
+            let (nt0, q0, d0) = classify(v0);
+            let (nt1, q1, d1) = classify(v1);
+            let q = q0 as u64 | (q1 as u64) << 32;
+            let not_token = nt0 as u64 | (nt1 as u64) << 32;
+            // Inside a string: from an opening quote (included) to its closing quote
+            // (excluded): the prefix XOR of the quote bits (no escapes here).
+            let prefix =
+                _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, q as i64), ones, 0))
+                    as u64;
+            let in_string = prefix ^ in_string_carry;
+            in_string_carry = ((in_string as i64) >> 63) as u64;
+            let m = &mut masks[3 * block..3 * block + 3];
+            m[super::TOKEN] = !(not_token | in_string);
+            m[super::QUOTE] = q;
+            m[super::DIGIT] = d0 as u64 | (d1 as u64) << 32;
+            at += 64;
+            block += 1;
+        }
+        if block > 0 && !n.is_multiple_of(64) {
+            // The padding after the message is not part of any token.
+            masks[3 * (block - 1) + super::TOKEN] &= (1u64 << (n % 64)) - 1;
+        }
+        if _mm256_testz_si256(bad, bad) == 0 || in_string_carry != 0 {
+            return false;
+        }
+        _mm256_movemask_epi8(high) == 0 || std::str::from_utf8(b).is_ok()
+    }
+}
+
+/// Stage 2: the message and its bitmaps.
+struct Walk<'a, 'm> {
+    b: &'a [u8],
+    m: &'m [u64],
+}
+
+impl<'a> Walk<'a, '_> {
+    /// 64 bits of bitmap `k` from byte `s` on (`s` < the message length).
+    #[inline(always)]
+    fn bits(&self, k: usize, s: usize) -> u64 {
+        let (w, o) = (s >> 6, s & 63);
+        let lo = self.m[3 * w + k] >> o;
+        if o == 0 {
+            lo
+        } else {
+            lo | self.m[3 * (w + 1) + k] << (64 - o)
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, p: usize) -> u8 {
+        self.b.get(p).copied().unwrap_or(0)
+    }
+
+    /// The first non-space at or after `p` (tabs and newlines never get here).
+    #[inline(always)]
+    fn ws(&self, mut p: usize) -> usize {
+        while self.at(p) == b' ' {
+            p += 1;
+        }
+        p
+    }
+
+    /// The closing quote of the string that opens at `s`.
+    #[inline(always)]
+    fn string_end(&self, s: usize) -> Option<usize> {
+        let mut p = s + 1;
+        while p < self.b.len() {
+            let x = self.bits(QUOTE, p);
+            if x != 0 {
+                return Some(p + x.trailing_zeros() as usize);
+            }
+            p += 64;
+        }
+        None
+    }
+
+    /// The string that opens at `s` (checked by stage 1: no escapes or control
+    /// characters, valid UTF-8), and the position after it.
+    #[inline(always)]
+    fn string(&self, s: usize) -> Option<(&'a str, usize)> {
+        let e = self.string_end(s)?;
+        let bytes = &self.b[s + 1..e];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: stage 1 checked the whole message is UTF-8; a range between two
+        // ASCII quotes of valid UTF-8 is valid UTF-8 too.
+        Some((unsafe { std::str::from_utf8_unchecked(bytes) }, e + 1))
+    }
+
+    /// The token (number or literal) that starts at `s`: its end.
+    #[inline(always)]
+    fn token_end(&self, s: usize) -> Option<usize> {
+        let len = (!self.bits(TOKEN, s)).trailing_zeros() as usize;
+        (len > 0 && len < 64).then_some(s + len)
+    }
+
+    /// The number that starts at `s`: its end, and whether it is an integer. Only
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` up to 63 bytes; exponents go the scalar way.
+    #[inline(always)]
+    fn number(&self, s: usize) -> Option<(usize, bool)> {
+        let e = self.token_end(s)?;
+        let len = e - s;
+        let mut other = !self.bits(DIGIT, s) & ((1u64 << len) - 1);
+        let mut first = 0;
+        if self.b[s] == b'-' {
+            other &= !1;
+            first = 1;
+        }
+        if first == len {
+            return None;
+        }
+        let leading_zero = self.b[s + first] == b'0';
+        if other == 0 {
+            return (!leading_zero || len == first + 1).then_some((e, true));
+        }
+        if other & (other - 1) != 0 {
+            return None;
+        }
+        let dot = other.trailing_zeros() as usize;
+        let ok = self.b[s + dot] == b'.'
+            && dot > first
+            && dot + 1 < len
+            && (!leading_zero || dot == first + 1);
+        ok.then_some((e, false))
+    }
+
+    /// Skips the value at `p` (after any space): the position after it.
+    fn skip(&self, p: usize, depth: usize) -> Option<usize> {
+        match self.at(p) {
+            b'"' => Some(self.string_end(p)? + 1),
+            b'-' | b'0'..=b'9' => Some(self.number(p)?.0),
+            b't' | b'f' | b'n' => {
+                let e = self.token_end(p)?;
+                matches!(&self.b[p..e], b"true" | b"false" | b"null").then_some(e)
+            }
+            b'{' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                let mut p = self.ws(p + 1);
+                if self.at(p) == b'}' {
+                    return Some(p + 1);
+                }
+                loop {
+                    if self.at(p) != b'"' {
+                        return None;
+                    }
+                    p = self.ws(self.string_end(p)? + 1);
+                    if self.at(p) != b':' {
+                        return None;
+                    }
+                    p = self.ws(self.skip(self.ws(p + 1), depth + 1)?);
+                    match self.at(p) {
+                        b',' => p = self.ws(p + 1),
+                        b'}' => return Some(p + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                let mut p = self.ws(p + 1);
+                if self.at(p) == b']' {
+                    return Some(p + 1);
+                }
+                loop {
+                    p = self.ws(self.skip(p, depth + 1)?);
+                    match self.at(p) {
+                        b',' => p = self.ws(p + 1),
+                        b']' => return Some(p + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A string field's value at `p`: `None` unless it is a string not seen before.
+    #[inline(always)]
+    fn text_field(&self, p: usize, slot: &mut Option<&'a str>) -> Option<usize> {
+        if slot.is_some() || self.at(p) != b'"' {
+            return None;
+        }
+        let (s, e) = self.string(p)?;
+        *slot = Some(s);
+        Some(e)
+    }
+
+    /// The whole message as an event.
+    fn event(&self) -> Option<Event<'a>> {
+        let b = self.b;
+        let mut p = self.ws(0);
+        if self.at(p) != b'{' {
+            return None;
+        }
+        let (mut event_id, mut device_id, mut kind, mut created_at) = (None, None, None, None);
+        let (mut seq, mut value) = (None, None);
+        let mut complex = false;
+        p = self.ws(p + 1);
+        if self.at(p) != b'}' {
+            loop {
+                if self.at(p) != b'"' {
+                    return None;
+                }
+                let (key, e) = self.string(p)?;
+                p = self.ws(e);
+                if self.at(p) != b':' {
+                    return None;
+                }
+                p = self.ws(p + 1);
+                p = match key.as_bytes() {
+                    b"eventId" => self.text_field(p, &mut event_id)?,
+                    b"deviceId" => self.text_field(p, &mut device_id)?,
+                    b"type" => self.text_field(p, &mut kind)?,
+                    b"createdAt" => self.text_field(p, &mut created_at)?,
+                    b"deviceSequenceNumber" => {
+                        if seq.is_some() || !self.at(p).is_ascii_digit() {
+                            return None;
+                        }
+                        let (e, int) = self.number(p)?;
+                        let digits = &b[p..e];
+                        if !int || digits.len() > 19 {
+                            return None; // not a u64, or perhaps too big: scalar
+                        }
+                        seq = Some(digits.iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64));
+                        e
+                    }
+                    b"value" => {
+                        if value.is_some() {
+                            return None;
+                        }
+                        let (e, _) = self.number(p)?;
+                        // SAFETY: a number's bytes are ASCII.
+                        let text = unsafe { std::str::from_utf8_unchecked(&b[p..e]) };
+                        value = Some(text.parse::<f64>().ok()?);
+                        e
+                    }
+                    b"complexData" => {
+                        if complex || !matches!(self.at(p), b'{' | b'n') {
+                            return None;
+                        }
+                        complex = true;
+                        self.skip(p, 1)?
+                    }
+                    _ => self.skip(p, 1)?,
+                };
+                p = self.ws(p);
+                match self.at(p) {
+                    b',' => p = self.ws(p + 1),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        if self.ws(p + 1) != b.len() {
+            return None;
+        }
+        let (event_id, device_id) = (event_id?, device_id?);
+        if event_id.is_empty() || device_id.is_empty() {
+            return None;
+        }
+        Some(Event {
+            event_id: Cow::Borrowed(event_id),
+            device_id: Cow::Borrowed(device_id),
+            seq: seq?,
+            kind: Cow::Borrowed(kind?),
+            value: value?,
+            ts: parse_rfc3339_ms(created_at?)?,
+        })
+    }
+}
