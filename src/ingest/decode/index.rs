@@ -50,9 +50,11 @@ impl Index {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("pclmulqdq")
             {
-                let blocks = b.len().div_ceil(64);
-                self.masks.clear();
-                self.masks.resize(3 * (blocks + 1), 0);
+                // Every word is written by `build` (no clearing per message).
+                let words = 3 * (b.len().div_ceil(64) + 1);
+                if self.masks.len() < words {
+                    self.masks.resize(words, 0);
+                }
                 // SAFETY: the features were detected just above.
                 return unsafe { avx2::build(b, &mut self.masks) };
             }
@@ -66,8 +68,8 @@ impl Index {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Fills `masks` (zeroed, 3 words per block + 3 spare) for `b`. Returns false if
-    /// `b` needs the scalar path.
+    /// Fills `masks` (3 words per block + 3 zero words; at least that long) for `b`.
+    /// Returns false if `b` needs the scalar path.
     #[target_feature(enable = "avx2,pclmulqdq")]
     pub unsafe fn build(b: &[u8], masks: &mut [u64]) -> bool {
         let quote = _mm256_set1_epi8(b'"' as i8);
@@ -146,6 +148,8 @@ mod avx2 {
             // The padding after the message is not part of any token.
             masks[3 * (block - 1) + super::TOKEN] &= (1u64 << (n % 64)) - 1;
         }
+        // One zero block after the last, for reads of 64 bits that straddle it.
+        masks[3 * block..3 * block + 3].fill(0);
         if _mm256_testz_si256(bad, bad) == 0 || in_string_carry != 0 {
             return false;
         }
@@ -274,7 +278,14 @@ impl<'a> Walk<'a, '_> {
                     if self.at(p) != b':' {
                         return None;
                     }
-                    p = self.ws(self.skip(self.ws(p + 1), depth + 1)?);
+                    p = self.ws(p + 1);
+                    // Numbers inline: the usual member of a `complexData`.
+                    p = if matches!(self.at(p), b'0'..=b'9' | b'-') {
+                        self.number(p)?.0
+                    } else {
+                        self.skip(p, depth + 1)?
+                    };
+                    p = self.ws(p);
                     match self.at(p) {
                         b',' => p = self.ws(p + 1),
                         b'}' => return Some(p + 1),
