@@ -11,21 +11,14 @@ use eventide::rules::{RuleEngine, SeriesNames};
 use eventide::windows::{WindowEngine, WindowOutput};
 use eventide_simulator::{Generator, SimConfig};
 
-fn events(n: u64) -> Vec<Vec<u8>> {
-    let mut g = Generator::new(SimConfig {
+fn events(n: usize) -> Vec<Vec<u8>> {
+    Generator::new(SimConfig {
         devices: 2000,
         complex_fields: 20,
         duplicate_fraction: 0.0,
         ..SimConfig::default()
-    });
-    (0..n)
-        .map(|_| {
-            let mut v = Vec::new();
-            g.next_message(&mut v, 1);
-            v.pop();
-            v
-        })
-        .collect()
+    })
+    .single_events(n)
 }
 
 fn windows() -> Vec<WindowConfig> {

@@ -165,6 +165,19 @@ impl Generator {
             && d / self.hot_stride < self.cfg.hot_devices
     }
 
+    /// The next `n` messages of one event each, without their newlines (for tests
+    /// and benches that decode events one by one).
+    pub fn single_events(&mut self, n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| {
+                let mut v = Vec::new();
+                self.next_message(&mut v, 1);
+                v.pop();
+                v
+            })
+            .collect()
+    }
+
     /// Appends one message (a line ending in `\n`) holding at most `max_events`
     /// events, and returns how many events it holds.
     pub fn next_message(&mut self, out: &mut Vec<u8>, max_events: u64) -> u64 {

@@ -208,20 +208,13 @@ fn fast_agrees(b: &[u8]) -> bool {
 }
 
 fn simulated(n: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut g = eventide_simulator::Generator::new(eventide_simulator::SimConfig {
+    eventide_simulator::Generator::new(eventide_simulator::SimConfig {
         devices: 50,
         seed,
         complex_fields: 20,
         ..eventide_simulator::SimConfig::default()
-    });
-    (0..n)
-        .map(|_| {
-            let mut v = Vec::new();
-            g.next_message(&mut v, 1);
-            v.pop();
-            v
-        })
-        .collect()
+    })
+    .single_events(n)
 }
 
 #[test]
