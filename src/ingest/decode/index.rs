@@ -23,9 +23,24 @@ use crate::event::parse_rfc3339_ms;
 const MAX_DEPTH: usize = 64;
 
 /// Reusable bitmaps: per 64-byte block, `[token, quote, digit]`, plus one zero block.
-#[derive(Default)]
 pub struct Index {
     masks: Vec<u64>,
+    /// The CPU has AVX2 and PCLMULQDQ (asked once, not per message).
+    simd: bool,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let simd = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("pclmulqdq");
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = false;
+        Index {
+            masks: Vec::new(),
+            simd,
+        }
+    }
 }
 
 const TOKEN: usize = 0;
@@ -47,15 +62,13 @@ impl Index {
     fn build(&mut self, b: &[u8]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("pclmulqdq")
-            {
+            if self.simd {
                 // Every word is written by `build` (no clearing per message).
                 let words = 3 * (b.len().div_ceil(64) + 1);
                 if self.masks.len() < words {
                     self.masks.resize(words, 0);
                 }
-                // SAFETY: the features were detected just above.
+                // SAFETY: `simd` says the CPU has both features.
                 return unsafe { avx2::build(b, &mut self.masks) };
             }
         }
