@@ -20,8 +20,12 @@ pub enum ReadError {
 }
 
 /// Reads `r` to its end (or until a shutdown is requested), routing whole lines.
-/// Returns whether the input was read to its end.
+/// Returns whether the input was read to its end. A regular file is mapped rather than
+/// read, as far as it goes (see [`super::mapped`]); `read(2)` takes the rest.
 pub fn read_lines(r: impl AsFd, origin: Arc<str>, router: &mut Router) -> Result<bool, ReadError> {
+    if !super::mapped::route_file(r.as_fd(), &origin, router)? {
+        return Ok(false);
+    }
     let io_err = |source| ReadError::Io {
         origin: origin.clone(),
         source,

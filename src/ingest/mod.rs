@@ -18,6 +18,7 @@ pub mod checkpoint_log;
 pub mod decode;
 pub mod file;
 pub mod kafka;
+pub mod mapped;
 pub mod simulator;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ pub const BLOCK_SIZE: usize = 512 << 10;
 /// long run reuses a few buffers instead of faulting in fresh pages for every block.
 #[derive(Debug)]
 pub struct Block {
-    pub data: Vec<u8>,
+    pub data: Bytes,
     recycle: Option<Sender<Vec<u8>>>,
     /// Where the bytes came from (a path, `stdin`, `simulator`), for dead-letter `source`.
     pub origin: Arc<str>,
@@ -55,11 +56,40 @@ pub struct Block {
     pub read_us: i64,
 }
 
+/// A block's bytes: a buffer of its own, or a range of a file mapped into memory
+/// (see [`mapped`]), which spares copying the file out of the page cache.
+#[derive(Debug)]
+pub enum Bytes {
+    Owned(Vec<u8>),
+    Mapped {
+        map: Arc<mapped::Mapping>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped { map, start, end } => &map[*start..*end],
+        }
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes::Owned(v)
+    }
+}
+
 impl Block {
     /// A block that is not recycled, for sources that build their own.
     pub fn new(data: Vec<u8>, origin: Arc<str>, arrived_ns: u64) -> Self {
         Block {
-            data,
+            data: Bytes::Owned(data),
             recycle: None,
             origin,
             first_line: 1,
@@ -100,8 +130,8 @@ impl Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        if let Some(pool) = &self.recycle {
-            let mut data = std::mem::take(&mut self.data);
+        if let (Some(pool), Bytes::Owned(data)) = (&self.recycle, &mut self.data) {
+            let mut data = std::mem::take(data);
             data.clear();
             let _ = pool.try_send(data); // pool full: let it go
         }
@@ -184,7 +214,8 @@ impl Router {
 
     /// Routes a block of whole lines (the last may lack its `\n`).
     /// Blocks while a partition's queue is full: backpressure reaches the source.
-    pub fn route(&mut self, data: Vec<u8>, origin: &Arc<str>) -> Result<(), Disconnected> {
+    pub fn route(&mut self, data: impl Into<Bytes>, origin: &Arc<str>) -> Result<(), Disconnected> {
+        let data: Bytes = data.into();
         let n = self.senders.len();
         let estimate = data.len() / 700 / n + 8;
         let mut items: Vec<Vec<Item>> = (0..n).map(|_| Vec::with_capacity(estimate)).collect();
@@ -230,7 +261,7 @@ impl Router {
             flags: Item::OVERSIZE,
         });
         let block = Arc::new(Block {
-            data: prefix,
+            data: Bytes::Owned(prefix),
             recycle: None,
             origin: origin.clone(),
             first_line: self.next_line,
