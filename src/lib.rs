@@ -29,6 +29,7 @@
 pub mod config;
 pub mod dedupe;
 pub mod event;
+pub(crate) mod hint;
 pub mod ingest;
 pub mod pipeline;
 pub mod rules;

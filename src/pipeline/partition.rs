@@ -21,8 +21,9 @@ use hdrhistogram::Histogram;
 
 use super::{Counts, PartitionStats, Settings};
 use crate::config::DedupeMode;
-use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker};
+use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker, id_hash};
 use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
+use crate::hint::prefetch;
 use crate::ingest::decode::{DecodeError, Decoder, Event};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
@@ -164,6 +165,13 @@ impl EmitLatency {
         let _ = self.windows.add(&other.windows);
         let _ = self.alerts.add(&other.alerts);
     }
+}
+
+/// An item decoded ahead of its turn (see [`Partition::on_block`]).
+enum Ahead<'a> {
+    /// The event and its id's hash (0 when ids are not deduplicated).
+    Event(Event<'a>, u64),
+    Rejected(Reason, String),
 }
 
 /// One partition's state. See the module docs.
@@ -393,27 +401,26 @@ impl Partition {
     }
 
     /// Processes one block's events for this partition, then hands the outputs on.
+    ///
+    /// Each event is decoded one step ahead of its turn, so that the cache line its
+    /// id's dedupe check needs is on its way while the event before it is processed.
     pub fn on_block(&mut self, block: &Block, items: &[Item]) {
+        let mut current = items.first().map(|it| self.decode_ahead(block, it));
         for (i, it) in items.iter().enumerate() {
+            let Some(this) = current.take() else { break };
             self.counts.received += 1;
-            if let Some(next) = items.get(i + 1) {
-                prefetch(&block.data[next.start as usize..next.end as usize]);
-            }
+            current = items.get(i + 1).map(|next| {
+                if let Some(after) = items.get(i + 2) {
+                    prefetch(&block.data[after.start as usize..after.end as usize]);
+                }
+                self.decode_ahead(block, next)
+            });
             let raw = &block.data[it.start as usize..it.end as usize];
-            if it.flags & Item::OVERSIZE != 0 {
-                self.reject(
-                    Reason::Parse,
-                    format!("message exceeds {} bytes", crate::ingest::MAX_MESSAGE),
-                    raw,
-                    block,
-                    it,
-                );
-                continue;
-            }
-            match self.decoder.decode(raw) {
-                Ok(ev) => self.on_event(ev, raw, block, it, block.offset(it)),
-                Err(DecodeError::Parse(e)) => self.reject(Reason::Parse, e, raw, block, it),
-                Err(DecodeError::Schema(e)) => self.reject(Reason::Schema, e, raw, block, it),
+            match this {
+                Ahead::Event(ev, id_hash) => {
+                    self.on_event(ev, id_hash, raw, block, it, block.offset(it))
+                }
+                Ahead::Rejected(reason, e) => self.reject(reason, e, raw, block, it),
             }
         }
         self.event_ids.advance(self.wm);
@@ -422,8 +429,43 @@ impl Partition {
         self.maybe_snapshot();
     }
 
+    /// Decodes an item (see [`Self::on_block`]); for an event, hashes its id and
+    /// prefetches where the dedupe check will look, when ids are deduplicated.
     #[inline]
-    fn on_event(&mut self, ev: Event<'_>, raw: &[u8], block: &Block, it: &Item, offset: i64) {
+    fn decode_ahead<'b>(&mut self, block: &'b Block, it: &Item) -> Ahead<'b> {
+        if it.flags & Item::OVERSIZE != 0 {
+            let e = format!("message exceeds {} bytes", crate::ingest::MAX_MESSAGE);
+            return Ahead::Rejected(Reason::Parse, e);
+        }
+        match self
+            .decoder
+            .decode(&block.data[it.start as usize..it.end as usize])
+        {
+            Ok(ev) => {
+                let mut hash = 0;
+                if matches!(self.settings.dedupe, DedupeMode::EventId | DedupeMode::Both) {
+                    hash = id_hash(&ev.event_id);
+                    self.event_ids.prefetch(hash);
+                }
+                Ahead::Event(ev, hash)
+            }
+            Err(DecodeError::Parse(e)) => Ahead::Rejected(Reason::Parse, e),
+            Err(DecodeError::Schema(e)) => Ahead::Rejected(Reason::Schema, e),
+        }
+    }
+
+    /// One accepted-so-far event; `id_hash` is its id's [`id_hash`] when ids are
+    /// deduplicated.
+    #[inline]
+    fn on_event(
+        &mut self,
+        ev: Event<'_>,
+        id_hash: u64,
+        raw: &[u8],
+        block: &Block,
+        it: &Item,
+        offset: i64,
+    ) {
         if ev.ts > self.max_ts {
             self.max_ts = ev.ts;
             let candidate = ev.ts.saturating_sub(self.settings.ooo_ms);
@@ -453,7 +495,7 @@ impl Partition {
         }
         let mode = self.settings.dedupe;
         if matches!(mode, DedupeMode::EventId | DedupeMode::Both)
-            && self.event_ids.check_and_insert(&ev.event_id, self.wm)
+            && self.event_ids.check_and_insert_hash(id_hash, self.wm)
         {
             self.counts.duplicate += 1;
             self.device_state[device as usize].duplicates += 1;
@@ -728,21 +770,4 @@ impl PartitionStats {
         s(&self.gaps, c.gaps);
         self.watermark.store(wm, Ordering::Relaxed);
     }
-}
-
-/// Asks the CPU to start loading `bytes` (the next event, decoded after this one) into
-/// the cache: the block was written by the source's thread, so its lines are not here.
-#[inline(always)]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64).take(16) {
-        // SAFETY: a prefetch is a hint; it reads nothing and cannot fault.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
