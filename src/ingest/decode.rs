@@ -648,6 +648,14 @@ fn field_value<'a>(
 /// `None` if the message is not an object or has no string `deviceId`; the actor's
 /// full parse then says why.
 pub fn device_key(b: &[u8]) -> Option<Cow<'_, str>> {
+    match usual_device_key(b) {
+        Some(d) => Some(Cow::Borrowed(d)),
+        None => any_device_key(b),
+    }
+}
+
+/// [`device_key`] for any layout: member by member.
+fn any_device_key(b: &[u8]) -> Option<Cow<'_, str>> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -679,6 +687,33 @@ pub fn device_key(b: &[u8]) -> Option<Cow<'_, str>> {
             _ => return None,
         }
     }
+}
+
+/// The device id of a message in the layout devices send, `{"eventId":"…","deviceId":"…"`
+/// with no space and plain strings (no escapes or control characters): two word-wise
+/// scans. `None` for any other layout; [`device_key`] then reads it the general way,
+/// which gives the same answer wherever both apply.
+#[inline]
+fn usual_device_key(b: &[u8]) -> Option<&str> {
+    const HEAD: &[u8] = b"{\"eventId\":\"";
+    const NEXT: &[u8] = b",\"deviceId\":\"";
+    if !b.starts_with(HEAD) {
+        return None;
+    }
+    let (e, _) = string_stop(b, HEAD.len())?;
+    if b[e] != b'"' || !b[e + 1..].starts_with(NEXT) {
+        return None;
+    }
+    let s = e + 1 + NEXT.len();
+    let (d, non_ascii) = string_stop(b, s)?;
+    if b[d] != b'"' {
+        return None;
+    }
+    if non_ascii {
+        return std::str::from_utf8(&b[s..d]).ok();
+    }
+    // SAFETY: every byte of `b[s..d]` is ASCII (`string_stop` saw none ≥ 0x80).
+    Some(unsafe { std::str::from_utf8_unchecked(&b[s..d]) })
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {

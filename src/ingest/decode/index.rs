@@ -382,9 +382,7 @@ impl<'a> Walk<'a, '_> {
                             return None;
                         }
                         let (e, _) = self.number(p)?;
-                        // SAFETY: a number's bytes are ASCII.
-                        let text = unsafe { std::str::from_utf8_unchecked(&b[p..e]) };
-                        value = Some(text.parse::<f64>().ok()?);
+                        value = Some(number_value(&b[p..e])?);
                         e
                     }
                     b"complexData" => {
@@ -419,5 +417,94 @@ impl<'a> Walk<'a, '_> {
             value: value?,
             ts: parse_rfc3339_ms(created_at?)?,
         })
+    }
+}
+
+/// Powers of ten a double holds exactly.
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The value of a number [`Walk::number`] accepted (`-?digits(.digits)?`). When its
+/// digits, read as an integer, stay below 2^53 (up to 15 digits always: the usual
+/// reading) it is `digits / 10^fraction` in doubles: both exact, so one correctly
+/// rounded division gives the correctly rounded value, the one `str::parse` gives
+/// (Clinger's fast path). Longer numbers go to `str::parse`.
+#[inline]
+fn number_value(text: &[u8]) -> Option<f64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.len() <= 16 {
+        let mut mantissa = 0u64;
+        let mut fraction = 0;
+        for (i, &d) in digits.iter().enumerate() {
+            if d == b'.' {
+                fraction = digits.len() - i - 1;
+            } else {
+                mantissa = mantissa * 10 + (d - b'0') as u64;
+            }
+        }
+        // 16 bytes hold at most 16 digits (< 2^54); keep to 2^53, exact in a double.
+        if mantissa < 1 << 53 {
+            let v = mantissa as f64 / EXACT_POW10[fraction];
+            return Some(if negative { -v } else { v });
+        }
+    }
+    // SAFETY: a number's bytes are ASCII.
+    unsafe { std::str::from_utf8_unchecked(text) }.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::number_value;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// Bit for bit what `str::parse` says, on both sides of the fast path's limits.
+        #[test]
+        fn number_values_are_those_str_parse_gives(
+            negative: bool,
+            int in "(0|[1-9][0-9]{0,17})",
+            frac in proptest::option::of("[0-9]{1,17}"),
+        ) {
+            let text = format!(
+                "{}{int}{}",
+                if negative { "-" } else { "" },
+                frac.map(|f| format!(".{f}")).unwrap_or_default()
+            );
+            let want: f64 = text.parse().unwrap();
+            let got = number_value(text.as_bytes()).unwrap();
+            prop_assert_eq!(got.to_bits(), want.to_bits(), "{}", text);
+        }
+    }
+
+    #[test]
+    fn number_values_at_the_edges() {
+        for text in [
+            "0",
+            "-0",
+            "0.0",
+            "9007199254740991",
+            "9007199254740992",
+            "0.1",
+            "22.2",
+            "999999999999999.9",
+            "1234567.890123456",
+            "0.0000000000000001",
+            "-73.0000000000001",
+        ] {
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(
+                number_value(text.as_bytes()).unwrap().to_bits(),
+                want.to_bits(),
+                "{text}"
+            );
+        }
     }
 }

@@ -107,6 +107,32 @@ fn the_router_finds_the_top_level_device_id_only() {
     assert_eq!(device_key(b"[1]"), None);
     assert_eq!(device_key(br#"{"x":"unterminated"#), None);
     assert_eq!(device_key(br#"{"x":"esc\"#), None);
+    // The shortcut for the usual layout, and what it leaves to the general reader.
+    let usual = r#"{"eventId":"e1","deviceId":"dév-1","type":"x"}"#;
+    assert_eq!(usual_device_key(usual.as_bytes()), Some("dév-1"));
+    for other in [
+        &br#"{"eventId":"e\"1","deviceId":"d"}"#[..],
+        br#"{"eventId":"e1","deviceId":"d\u0031"}"#,
+        br#"{"eventId":"e1", "deviceId":"d"}"#,
+        br#"{"eventId":7,"deviceId":"d"}"#,
+        b"{\"eventId\":\"e1\",\"deviceId\":\"d\xff\"}",
+        b"{\"eventId\":\"e\x011\",\"deviceId\":\"d\"}",
+    ] {
+        assert_eq!(
+            usual_device_key(other),
+            None,
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
+    assert_eq!(
+        device_key(br#"{"eventId":"e1","deviceId":"d\u0031"}"#).as_deref(),
+        Some("d1")
+    );
+    assert_eq!(
+        device_key(br#"{"eventId":"e\"1","deviceId":"d"}"#).as_deref(),
+        Some("d")
+    );
 }
 
 /// What serde_json says about a message: not JSON, JSON but not an event, or an event.
@@ -163,8 +189,14 @@ proptest! {
             _ => b[pos] = byte,
         }
         let ours = decode(&b);
+        if let Some(d) = usual_device_key(&b) {
+            let general = any_device_key(&b);
+            prop_assert_eq!(Some(d), general.as_deref(), "router shortcut");
+        }
         match reference(&b) {
             Ok((id, dev, seq, kind, value, ts)) => {
+                let key = device_key(&b);
+                prop_assert_eq!(key.as_deref(), Some(&*dev));
                 let e = ours.unwrap_or_else(|e| panic!("{e} for {}", String::from_utf8_lossy(&b)));
                 prop_assert_eq!((&*e.event_id, &*e.device_id, e.seq, &*e.kind, e.value, e.ts), (&*id, &*dev, seq, &*kind, value, ts));
             }
@@ -287,6 +319,42 @@ fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
         ),
         "complexData array"
     );
+    // Grammar the structural walk must refuse (the scalar decoder says why).
+    for (bad, what) in [
+        (r#""c":true,"#, r#""c"x:true,"#),
+        (r#""c":true,"#, r#""c" "x":true,"#),
+        (r#""c":true,"#, r#""c"true,"#),
+        (r#""c":true,"#, r#""c"::true,"#),
+        (r#""c":true,"#, r#""c":true,,"#),
+        (r#""c":true,"#, r#""c":true 1,"#),
+        (r#""c":true,"#, r#""c":"x" "y","#),
+        (r#""c":true,"#, r#""c":"x"1,"#),
+        (r#""c":true,"#, r#""c":,"#),
+        (r#""c":true,"#, r#"1:true,"#),
+        (r#""c":true,"#, r#""c":[1 2],"#),
+        (r#""c":true,"#, r#""c":[1,],"#),
+        (r#""c":true,"#, r#""c":[,1],"#),
+        (r#""c":true,"#, r#""c":{,},"#),
+        (r#""c":true,"#, r#""c":{"x"},"#),
+        (r#""c":true,"#, r#""c":{"x":1,},"#),
+        (r#""c":true,"#, r#""c":[1},"#),
+        (r#""c":true,"#, r#""c":{"x":1],"#),
+        (r#""c":true,"#, r#""c":truex,"#),
+        (r#""c":true,"#, r#""c":@,"#),
+        (r#""type":"CO2","#, r#""type":"CO2"x,"#),
+        (r#""type":"CO2","#, r#""type" "CO2","#),
+        (r#""value":1001.5,"#, r#""value":1001.5 2,"#),
+        (r#""value":1001.5,"#, r#""value":"1001.5","#),
+    ] {
+        let edited = base.replace(bad, what);
+        assert_ne!(edited, base, "{what}");
+        assert!(!takes(&edited), "{what}");
+        assert!(decode(edited.as_bytes()).is_err(), "{what}");
+    }
+    assert!(!takes(&format!("{base}}}")), "a second closing brace");
+    assert!(!takes(&format!("{base} 1")), "a token after the object");
+    assert!(!takes(&format!("{base}\"\"")), "a string after the object");
+    assert!(!takes(&base[..base.len() - 1]), "unclosed object");
     let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
     assert!(!takes(&base.replace("true", &deep)), "deep nesting");
     let mut invalid = base.clone().into_bytes();
