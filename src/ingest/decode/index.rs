@@ -181,11 +181,13 @@ impl<'a> Walk<'a, '_> {
     #[inline(always)]
     fn bits(&self, k: usize, s: usize) -> u64 {
         let (w, o) = (s >> 6, s & 63);
-        let lo = self.m[3 * w + k] >> o;
+        // This block's words and the next one's: one bounds check.
+        let m = &self.m[3 * w..3 * w + 6];
+        let lo = m[k] >> o;
         if o == 0 {
             lo
         } else {
-            lo | self.m[3 * (w + 1) + k] << (64 - o)
+            lo | m[3 + k] << (64 - o)
         }
     }
 
@@ -237,33 +239,27 @@ impl<'a> Walk<'a, '_> {
     }
 
     /// The number that starts at `s`: its end, and whether it is an integer. Only
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` up to 63 bytes; exponents go the scalar way.
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` of up to 62 bytes, followed by `,` `}` `]`, a space
+    /// or the end; anything else (an exponent, say) goes the scalar way. The digit runs
+    /// come from one read of the digit bitmap.
     #[inline(always)]
     fn number(&self, s: usize) -> Option<(usize, bool)> {
-        let e = self.token_end(s)?;
-        let len = e - s;
-        let mut other = !self.bits(DIGIT, s) & ((1u64 << len) - 1);
-        let mut first = 0;
-        if self.b[s] == b'-' {
-            other &= !1;
-            first = 1;
-        }
-        if first == len {
+        let d = s + (self.at(s) == b'-') as usize;
+        let x = self.bits(DIGIT, d.min(self.b.len() - 1));
+        let int_len = (!x).trailing_zeros() as usize;
+        if int_len == 0 || int_len > 60 || (self.b[d] == b'0' && int_len > 1) {
             return None;
         }
-        let leading_zero = self.b[s + first] == b'0';
-        if other == 0 {
-            return (!leading_zero || len == first + 1).then_some((e, true));
+        let mut e = d + int_len;
+        let int = self.at(e) != b'.';
+        if !int {
+            let frac = (!(x >> (int_len + 1))).trailing_zeros() as usize;
+            if frac == 0 || int_len + 1 + frac > 62 {
+                return None;
+            }
+            e += 1 + frac;
         }
-        if other & (other - 1) != 0 {
-            return None;
-        }
-        let dot = other.trailing_zeros() as usize;
-        let ok = self.b[s + dot] == b'.'
-            && dot > first
-            && dot + 1 < len
-            && (!leading_zero || dot == first + 1);
-        ok.then_some((e, false))
+        NUMBER_END[self.at(e) as usize].then_some((e, int))
     }
 
     /// Skips the value at `p` (after any space): the position after it.
@@ -287,22 +283,34 @@ impl<'a> Walk<'a, '_> {
                     if self.at(p) != b'"' {
                         return None;
                     }
-                    p = self.ws(self.string_end(p)? + 1);
+                    p = self.string_end(p)? + 1;
+                    // Spaces are rare: look for them only where the byte is not the
+                    // expected one.
                     if self.at(p) != b':' {
-                        return None;
+                        p = self.ws(p);
+                        if self.at(p) != b':' {
+                            return None;
+                        }
                     }
-                    p = self.ws(p + 1);
+                    p += 1;
                     // Numbers inline: the usual member of a `complexData`.
-                    p = if matches!(self.at(p), b'0'..=b'9' | b'-') {
-                        self.number(p)?.0
-                    } else {
-                        self.skip(p, depth + 1)?
+                    p = match self.at(p) {
+                        b'0'..=b'9' | b'-' => self.number(p)?.0,
+                        b' ' => self.skip(self.ws(p), depth + 1)?,
+                        _ => self.skip(p, depth + 1)?,
                     };
-                    p = self.ws(p);
                     match self.at(p) {
-                        b',' => p = self.ws(p + 1),
+                        b',' => p += 1,
                         b'}' => return Some(p + 1),
+                        b' ' => match self.at(self.ws(p)) {
+                            b',' => p = self.ws(p) + 1,
+                            b'}' => return Some(self.ws(p) + 1),
+                            _ => return None,
+                        },
                         _ => return None,
+                    }
+                    if self.at(p) == b' ' {
+                        p = self.ws(p);
                     }
                 }
             }
@@ -419,6 +427,17 @@ impl<'a> Walk<'a, '_> {
         })
     }
 }
+
+/// Bytes that may follow a number (0 stands for the end of the message).
+const NUMBER_END: [bool; 256] = {
+    let mut t = [false; 256];
+    t[0] = true;
+    t[b',' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b']' as usize] = true;
+    t[b' ' as usize] = true;
+    t
+};
 
 /// Powers of ten a double holds exactly.
 const EXACT_POW10: [f64; 23] = [
