@@ -244,8 +244,17 @@ impl<'a> Walk<'a, '_> {
     /// come from one read of the digit bitmap.
     #[inline(always)]
     fn number(&self, s: usize) -> Option<(usize, bool)> {
-        let d = s + (self.at(s) == b'-') as usize;
-        let x = self.bits(DIGIT, d.min(self.b.len() - 1));
+        // A branch, not arithmetic: the next member's position then does not wait for
+        // this byte to load (the walk is a chain of such dependencies).
+        let d = if self.at(s) == b'-' {
+            if s + 1 >= self.b.len() {
+                return None;
+            }
+            s + 1
+        } else {
+            s
+        };
+        let x = self.bits(DIGIT, d);
         let int_len = (!x).trailing_zeros() as usize;
         if int_len == 0 || int_len > 60 || (self.b[d] == b'0' && int_len > 1) {
             return None;
