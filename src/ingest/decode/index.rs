@@ -3,10 +3,10 @@
 //! Stage 1 (simdjson's idea, AVX2, 64 bytes per round) classifies every byte of the
 //! message at once into three bitmaps: quotes, *token* bytes (outside strings and not
 //! `{}[]:,"` or a space: the bytes of numbers and literals) and digits. Stage 2 walks
-//! the message with them: a string ends at the next quote bit, a number at the end of
-//! its run of token bits, and a number is validated by the positions of the non-digits
-//! in that run. No byte-at-a-time loops, so the ~20 members of a typical `complexData`
-//! cost a few bit operations each.
+//! the message with them: a string ends at the next quote bit, a number is its runs of
+//! digit bits (before and after a dot), a literal is its run of token bits. No
+//! byte-at-a-time loops, so the ~20 members of a typical `complexData` cost a few bit
+//! operations each.
 //!
 //! The fast path only ever *accepts*: anything unusual (escapes, control characters,
 //! tabs, exponents, nesting deeper than [`MAX_DEPTH`], a missing or ill-typed field,
