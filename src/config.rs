@@ -187,6 +187,18 @@ pub enum DedupeMode {
     None,
 }
 
+impl DedupeMode {
+    /// Whether events are deduplicated by `eventId`.
+    pub fn by_event_id(self) -> bool {
+        matches!(self, DedupeMode::EventId | DedupeMode::Both)
+    }
+
+    /// Whether events are deduplicated by (`deviceId`, `deviceSequenceNumber`).
+    pub fn by_sequence(self) -> bool {
+        matches!(self, DedupeMode::DeviceSequence | DedupeMode::Both)
+    }
+}
+
 /// `[pipeline]`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

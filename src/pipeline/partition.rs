@@ -20,7 +20,6 @@ use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 
 use super::{Counts, PartitionStats, Settings};
-use crate::config::DedupeMode;
 use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker, id_hash};
 use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
 use crate::hint::prefetch;
@@ -443,7 +442,7 @@ impl Partition {
         {
             Ok(ev) => {
                 let mut hash = 0;
-                if matches!(self.settings.dedupe, DedupeMode::EventId | DedupeMode::Both) {
+                if self.settings.dedupe.by_event_id() {
                     hash = id_hash(&ev.event_id);
                     self.event_ids.prefetch(hash);
                 }
@@ -494,18 +493,14 @@ impl Partition {
                 .resize(device as usize + 1, DeviceState::default());
         }
         let mode = self.settings.dedupe;
-        if matches!(mode, DedupeMode::EventId | DedupeMode::Both)
-            && self.event_ids.check_and_insert_hash(id_hash, self.wm)
-        {
+        if mode.by_event_id() && self.event_ids.check_and_insert_hash(id_hash, self.wm) {
             self.counts.duplicate += 1;
             self.device_state[device as usize].duplicates += 1;
             return;
         }
         // Sequence numbers are tracked in every mode (gaps are worth knowing); they
         // reject only in the modes that dedupe by them.
-        if self.seqs.check(device, ev.seq) == SeqCheck::Duplicate
-            && matches!(mode, DedupeMode::DeviceSequence | DedupeMode::Both)
-        {
+        if self.seqs.check(device, ev.seq) == SeqCheck::Duplicate && mode.by_sequence() {
             self.counts.duplicate += 1;
             self.device_state[device as usize].duplicates += 1;
             return;
