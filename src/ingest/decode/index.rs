@@ -311,11 +311,14 @@ impl<'a> Walk<'a, '_> {
                     match self.at(p) {
                         b',' => p += 1,
                         b'}' => return Some(p + 1),
-                        b' ' => match self.at(self.ws(p)) {
-                            b',' => p = self.ws(p) + 1,
-                            b'}' => return Some(self.ws(p) + 1),
-                            _ => return None,
-                        },
+                        b' ' => {
+                            p = self.ws(p);
+                            match self.at(p) {
+                                b',' => p += 1,
+                                b'}' => return Some(p + 1),
+                                _ => return None,
+                            }
+                        }
                         _ => return None,
                     }
                     if self.at(p) == b' ' {
