@@ -78,6 +78,9 @@ impl Index {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod flat;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
@@ -283,6 +286,16 @@ impl<'a> Walk<'a, '_> {
             b'{' => {
                 if depth >= MAX_DEPTH {
                     return None;
+                }
+                // A member's object value (a `complexData`) is usually flat: checked
+                // all at once. Deeper objects are walked (they are rarely flat).
+                #[cfg(target_arch = "x86_64")]
+                if depth == 1 {
+                    // SAFETY: a walk exists only after stage 1 accepted the message,
+                    // which it does only on a CPU with AVX2 and PCLMULQDQ.
+                    if let Some(len) = unsafe { flat::object_len(&self.b[p..]) } {
+                        return Some(p + len);
+                    }
                 }
                 let mut p = self.ws(p + 1);
                 if self.at(p) == b'}' {

@@ -1,0 +1,328 @@
+//! A flat object checked in one pass of bitwise equations, for the walk.
+//!
+//! A `complexData` is usually a flat object of numbers and strings
+//! (`{"moreData0":42.07,"unit":"ppm",…}`). The walk reads it member by member, and each
+//! member's position waits on the one before: a chain of dependent loads, ~20 links
+//! long. Here the object's bytes are classified 64 at a time and its grammar is checked
+//! as equations between shifted bitmaps, which hold at every position at once, so the
+//! work on a block waits on the block before only for a few carried bits:
+//!
+//! - outside strings there are only `:` `,` and number bytes (digits, `.`, `-`);
+//! - a byte is a colon, a comma or the closing brace exactly when the byte before it
+//!   ends an *atom* (a string or a run of number bytes), and the object starts with a
+//!   string. So the object is `{` atom (separator atom)* `}`;
+//! - the separators alternate `:` `,` `:` … `:`, which the running parity of their
+//!   count shows (a colon makes it odd, a comma even, and it is odd at the end); an
+//!   atom after `{` or `,` is a string (a key);
+//! - every run of number bytes is `-?(0|[1-9][0-9]*)(\.[0-9]+)?`.
+//!
+//! Like the rest of the fast path it only accepts: spaces, literals, exponents, nesting
+//! or anything else give `None`, and the walk then decides.
+
+use std::arch::x86_64::*;
+
+/// What the next block needs from the one before: running states, and bit 63 of the
+/// bitmaps it shifts (as bit 0 of their shifted forms).
+#[derive(Default)]
+struct Carry {
+    in_string: u64,
+    parity: u64,
+    fraction: bool,
+    close_quote: u64,
+    comma: u64,
+    token: u64,
+    minus: u64,
+    dot: u64,
+    digit: u64,
+    lead_zero: u64,
+}
+
+/// The prefix XOR of `x`'s bits (bit i = parity of bits 0..=i).
+#[inline]
+#[target_feature(enable = "pclmulqdq")]
+fn prefix_xor(x: u64) -> u64 {
+    let all = _mm_set1_epi8(-1);
+    _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), all, 0)) as u64
+}
+
+/// The length of the object that opens at `b[0]` (up to and including its closing
+/// brace), if it is flat, has no spaces, and its values are numbers (as above) or
+/// strings. `None` for anything else, valid JSON or not.
+///
+/// # Safety
+/// The CPU must have AVX2 and PCLMULQDQ. `b` must be part of a message stage 1
+/// accepted (no backslash or control character), and `b[0]` a `{` outside any string.
+#[target_feature(enable = "avx2,pclmulqdq")]
+pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
+    debug_assert_eq!(b.first(), Some(&b'{'));
+    match b.get(1) {
+        Some(b'}') => return Some(2),
+        Some(b'"') => {}
+        _ => return None,
+    }
+    // The bytes classified, in the order of the bitmaps below (digits come last).
+    let splat = [b'"', b':', b',', b'}', b'.', b'-', b'0'].map(|c| _mm256_set1_epi8(c as i8));
+    let nine = _mm256_set1_epi8(9);
+    let mut tail = [b' '; 64];
+    let mut c = Carry::default();
+    let n = b.len();
+    let mut at = 0;
+    while at < n {
+        let chunk: &[u8] = if at + 64 <= n {
+            &b[at..at + 64]
+        } else {
+            tail[..n - at].copy_from_slice(&b[at..]);
+            &tail
+        };
+        let bits = |offset: usize| {
+            // SAFETY: `chunk` holds 64 bytes; unaligned loads.
+            let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().add(offset).cast()) };
+            let d = _mm256_sub_epi8(v, splat[6]);
+            let digit = _mm256_cmpeq_epi8(_mm256_min_epu8(d, nine), d);
+            let mask = |x: __m256i| _mm256_movemask_epi8(x) as u32 as u64;
+            let mut out = [mask(digit); 8];
+            for (o, x) in out.iter_mut().zip(splat) {
+                *o = mask(_mm256_cmpeq_epi8(v, x));
+            }
+            out
+        };
+        let (lo, hi) = (bits(0), bits(32));
+        let [q, colon, comma, close, dot, minus, zero, digit] =
+            std::array::from_fn(|i| lo[i] | hi[i] << 32);
+
+        // Strings: from an opening quote (included) to its closing quote (excluded).
+        let s = prefix_xor(q) ^ c.in_string;
+        c.in_string = ((s as i64) >> 63) as u64;
+        let (open_quote, close_quote, outside) = (q & s, q & !s, !(s | q));
+
+        // The positions checked: after the opening brace, up to the first closing brace
+        // outside strings (the object's end, since nothing may nest).
+        let mut w = if at == 0 { !1 } else { !0 };
+        let end = close & outside & w;
+        let end = end & end.wrapping_neg();
+        if end != 0 {
+            w &= end | (end - 1);
+        }
+        let (colon, comma) = (colon & outside, comma & outside);
+        let (digit, dot, minus) = (digit & outside, dot & outside, minus & outside);
+        let token = digit | dot | minus;
+        let separator = colon | comma;
+        let mut bad = outside & !(separator | token) & !end;
+
+        // Each bitmap shifted one byte later: bit i says what byte i - 1 is.
+        let after = |x: u64, carry: u64| x << 1 | carry;
+        let after_token = after(token, c.token);
+        let token_start = token & !after_token;
+        // (That an atom follows each separator then holds too: after a separator
+        // comes neither a separator nor the end, and bytes of no kind are refused.)
+        bad |= (after(close_quote, c.close_quote) | after_token & !token) ^ (separator | end);
+        let parity = prefix_xor(separator) ^ c.parity;
+        c.parity = ((parity as i64) >> 63) as u64;
+        bad |= colon & !parity | comma & parity | end & !parity;
+        bad |= after(comma, c.comma) & !open_quote;
+
+        // Numbers: a minus only first and before a digit; a dot between digits; no
+        // leading zero; at most one dot (a carry added at the start of the digits
+        // after a dot stops just after them, where no second dot may be).
+        let after_minus = after(minus, c.minus);
+        let after_dot = after(dot, c.dot);
+        bad |= minus & !token_start | after_minus & !digit;
+        bad |= dot & !after(digit, c.digit) | after_dot & !digit;
+        let lead_zero = zero & (token_start | after_minus);
+        bad |= after(lead_zero, c.lead_zero) & digit;
+        let (sum, o1) = digit.overflowing_add(digit & after_dot);
+        let (sum, o2) = sum.overflowing_add(c.fraction as u64);
+        c.fraction = o1 | o2;
+        bad |= sum & !digit & dot;
+
+        if bad & w != 0 {
+            return None;
+        }
+        if end != 0 {
+            return Some(at + end.trailing_zeros() as usize + 1);
+        }
+        c.close_quote = close_quote >> 63;
+        c.comma = comma >> 63;
+        c.token = token >> 63;
+        c.minus = minus >> 63;
+        c.dot = dot >> 63;
+        c.digit = digit >> 63;
+        c.lead_zero = lead_zero >> 63;
+        at += 64;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::super::{Index, Walk};
+    use super::object_len;
+
+    fn check(b: &[u8]) -> Option<usize> {
+        if !std::arch::is_x86_feature_detected!("avx2")
+            || !std::arch::is_x86_feature_detected!("pclmulqdq")
+        {
+            return None;
+        }
+        // SAFETY: the features were just checked; the inputs have no backslash or
+        // control character, and start with `{`.
+        unsafe { object_len(b) }
+    }
+
+    /// What the walk alone (no flat check below depth 1) says about the value at 0.
+    fn walked(b: &[u8]) -> Option<usize> {
+        let mut index = Index::default();
+        if !index.build(b) {
+            return None;
+        }
+        Walk { b, m: &index.masks }.skip(0, 2)
+    }
+
+    /// Whether `b` is a JSON object whose values are all numbers or strings.
+    fn flat_json(b: &[u8]) -> bool {
+        match serde_json::from_slice::<Value>(b) {
+            Ok(Value::Object(o)) => o.values().all(|v| v.is_number() || v.is_string()),
+            _ => false,
+        }
+    }
+
+    fn member() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            4 => "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,20})?",
+            1 => "\"[a-z0-9 :,{}\\[\\]é✓-]{0,10}\"",
+        ];
+        ("[a-zA-Z0-9 :,{}\\[\\]é.-]{0,12}", value).prop_map(|(k, v)| format!("\"{k}\":{v}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        /// Valid flat objects of any length (crossing 64-byte blocks anywhere) are taken
+        /// whole, with what follows them left alone.
+        #[test]
+        fn flat_objects_are_taken(
+            pad in 0usize..64,
+            members in prop::collection::vec(member(), 0..30),
+            rest in prop::sample::select(vec!["", "}", ",\"x\":1}", " ", "\"}\""]),
+        ) {
+            let object = format!("{{{}}}", members.join(","));
+            let text = format!("{}{object}{rest}", " ".repeat(pad));
+            prop_assert_eq!(check(&text.as_bytes()[pad..]), Some(object.len()), "{}", text);
+        }
+
+        /// Up to three edits of a flat object: whatever the check takes is a flat JSON
+        /// object, and the walk ends it at the same place.
+        #[test]
+        fn what_the_check_takes_is_a_flat_object(
+            members in prop::collection::vec(member(), 1..12),
+            edits in prop::collection::vec((0usize..1000, 0u8..3, prop::sample::select(b"{}[]\",:0123456789.eE+- tfnul".to_vec())), 1..4),
+        ) {
+            let mut b = format!("{{{}}},\"x\":[1]}}", members.join(",")).into_bytes();
+            for (pos, op, byte) in edits {
+                let pos = 1 + pos % (b.len() - 1);
+                match op {
+                    0 => { b.remove(pos); }
+                    1 => b.insert(pos, byte),
+                    _ => b[pos] = byte,
+                }
+            }
+            // Stage 1 sends invalid UTF-8 the scalar way before any check.
+            if std::str::from_utf8(&b).is_err() {
+                return Ok(());
+            }
+            if let Some(len) = check(&b) {
+                prop_assert!(flat_json(&b[..len]), "took {}", String::from_utf8_lossy(&b[..len]));
+                if index_accepts(&b) {
+                    prop_assert_eq!(walked(&b), Some(len), "{}", String::from_utf8_lossy(&b));
+                }
+            }
+        }
+    }
+
+    /// Pieces of objects, good and bad, for [`shuffled_pieces_are_judged_as_serde_json_does`].
+    const PIECES: [&str; 16] = [
+        "\"k\"", "\"\"", "\"}:,\"", "1", "-0.5", "10", "0", "1.2.3", "-", "01", ":", ",", ":", ",",
+        "true", "{}",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// Objects made of pieces in any order: what the check takes is a flat JSON
+        /// object, and well-formed ones of its shape are taken.
+        #[test]
+        fn shuffled_pieces_are_judged_as_serde_json_does(
+            pieces in prop::collection::vec(0..PIECES.len(), 0..14),
+            pad in 0usize..64,
+        ) {
+            let body: String = pieces.iter().map(|&i| PIECES[i]).collect();
+            let text = format!("{}{{{body}}}", " ".repeat(pad));
+            let object = &text.as_bytes()[pad..];
+            let valid = flat_json(object) && !body.contains("true") && !body.contains('{');
+            prop_assert_eq!(check(object), valid.then_some(object.len()), "{}", text);
+        }
+    }
+
+    fn index_accepts(b: &[u8]) -> bool {
+        Index::default().build(b)
+    }
+
+    #[test]
+    fn the_unusual_is_left_to_the_walk() {
+        for (text, why) in [
+            (r#"{"a":1 }"#, "space"),
+            (r#"{ "a":1}"#, "space"),
+            (r#"{"a": 1}"#, "space"),
+            (r#"{"a":true}"#, "literal"),
+            (r#"{"a":null}"#, "literal"),
+            (r#"{"a":1e5}"#, "exponent"),
+            (r#"{"a":{}}"#, "nesting"),
+            (r#"{"a":[1]}"#, "nesting"),
+            (r#"{"a":01}"#, "leading zero"),
+            (r#"{"a":-01}"#, "leading zero"),
+            (r#"{"a":00}"#, "leading zero"),
+            (r#"{"a":1.}"#, "no fraction digits"),
+            (r#"{"a":.5}"#, "no integer digits"),
+            (r#"{"a":-.5}"#, "no integer digits"),
+            (r#"{"a":-}"#, "lone minus"),
+            (r#"{"a":1-2}"#, "inner minus"),
+            (r#"{"a":--1}"#, "two minus"),
+            (r#"{"a":1.2.3}"#, "two dots"),
+            (r#"{"a":1..2}"#, "two dots"),
+            (r#"{"a":1,}"#, "trailing comma"),
+            (r#"{,"a":1}"#, "leading comma"),
+            (r#"{"a":1,,"b":2}"#, "double comma"),
+            (r#"{"a"::1}"#, "double colon"),
+            (r#"{"a":}"#, "no value"),
+            (r#"{"a"}"#, "no colon"),
+            (r#"{"a""b":1}"#, "two keys"),
+            (r#"{"a":1"b":2}"#, "no comma"),
+            (r#"{"a":"x""y"}"#, "two values"),
+            (r#"{"a":"x":1}"#, "value then colon"),
+            (r#"{"a":1:2}"#, "number then colon"),
+            (r#"{1:2}"#, "number key"),
+            (r#"{"a":1,2:3}"#, "number key"),
+            (r#"{"a":"x",-1.5:"y"}"#, "number key"),
+            (r#"{"a":1,"b"}"#, "key without value"),
+            (r#"{"a":1:"b"}"#, "colon for comma"),
+            (r#"{"a","b":1}"#, "comma for colon"),
+            (r#"{"a":1"#, "unclosed"),
+            (r#"{"a":"}"#, "unclosed string"),
+            (r#"{"a":é}"#, "bare non-ASCII"),
+        ] {
+            assert_eq!(check(text.as_bytes()), None, "{why}: {text}");
+        }
+        for (text, len) in [
+            ("{}", 2),
+            ("{},1", 2),
+            (r#"{"":0}"#, 6),
+            (r#"{"a":-0.0,"}":"{,:"}"#, 20),
+            (r#"{"a":"}"}}"#, 9),
+        ] {
+            assert_eq!(check(text.as_bytes()), Some(len), "{text}");
+        }
+    }
+}
