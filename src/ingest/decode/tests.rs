@@ -388,3 +388,33 @@ proptest! {
         fast_agrees(&b);
     }
 }
+
+#[test]
+fn field_names_inside_complex_data_are_not_the_events_fields() {
+    let inner = r#"{"eventId":"in","deviceId":"in","deviceSequenceNumber":9,"type":"in","value":9.5,"createdAt":"2026-01-01T00:00:09Z"}"#;
+    let with_inner = EV.replace(
+        r#"{"a":[1,{"deviceId":"no"}],"b":-0.5e-3,"c":true,"d":null}"#,
+        inner,
+    );
+    assert_ne!(with_inner, EV);
+    let e = decode(with_inner.as_bytes()).unwrap();
+    assert_eq!(
+        (&*e.event_id, &*e.device_id, e.seq, &*e.kind, e.value),
+        ("e1", "dev-1", 3, "CO2", 1001.5)
+    );
+    for field in [
+        r#""value":1001.5,"#,
+        r#""deviceId":"dev-1","#,
+        r#""deviceSequenceNumber":3,"#,
+    ] {
+        let missing = with_inner.replace(field, "");
+        assert_ne!(missing, with_inner);
+        assert!(schema(&missing), "{missing}");
+    }
+    // Only the inner object has it.
+    let value_inside = EV.replace(r#""value":1001.5,"#, "").replace(
+        r#"{"a":[1,{"deviceId":"no"}],"b":-0.5e-3,"c":true,"d":null}"#,
+        r#"{"x":1,"value":9.5}"#,
+    );
+    assert!(schema(&value_inside), "{value_inside}");
+}
