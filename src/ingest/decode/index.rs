@@ -80,6 +80,29 @@ impl Index {
 #[cfg(target_arch = "x86_64")]
 mod flat;
 
+/// The 64 bytes of `b` from `at`, or what is left of them padded with spaces (in
+/// `tail`): one round of the 64-byte classifiers.
+#[inline(always)]
+fn chunk64<'t>(b: &'t [u8], at: usize, tail: &'t mut [u8; 64]) -> &'t [u8] {
+    if at + 64 <= b.len() {
+        &b[at..at + 64]
+    } else {
+        tail[..b.len() - at].copy_from_slice(&b[at..]);
+        &tail[..]
+    }
+}
+
+/// The prefix XOR of `x`'s bits (bit i = parity of bits 0..=i): with quote bits, the
+/// in-string mask.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "pclmulqdq")]
+fn prefix_xor(x: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let all = _mm_set1_epi8(-1);
+    _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), all, 0)) as u64
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -99,7 +122,6 @@ mod avx2 {
         let comma = _mm256_set1_epi8(b',' as i8);
         let zero_char = _mm256_set1_epi8(b'0' as i8);
         let nine = _mm256_set1_epi8(9);
-        let ones = _mm_set1_epi8(-1);
 
         let mut bad = _mm256_setzero_si256();
         let mut high = _mm256_setzero_si256();
@@ -109,12 +131,7 @@ mod avx2 {
         let mut at = 0;
         let mut block = 0;
         while at < n {
-            let chunk: &[u8] = if at + 64 <= n {
-                &b[at..at + 64]
-            } else {
-                tail[..n - at].copy_from_slice(&b[at..]);
-                &tail
-            };
+            let chunk = super::chunk64(b, at, &mut tail);
             // SAFETY: `chunk` holds 64 bytes; unaligned loads.
             let (v0, v1) = unsafe {
                 (
@@ -148,10 +165,7 @@ mod avx2 {
             let not_token = nt0 as u64 | (nt1 as u64) << 32;
             // Inside a string: from an opening quote (included) to its closing quote
             // (excluded): the prefix XOR of the quote bits (no escapes here).
-            let prefix =
-                _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, q as i64), ones, 0))
-                    as u64;
-            let in_string = prefix ^ in_string_carry;
+            let in_string = super::prefix_xor(q) ^ in_string_carry;
             in_string_carry = ((in_string as i64) >> 63) as u64;
             let m = &mut masks[3 * block..3 * block + 3];
             m[super::TOKEN] = !(not_token | in_string);

@@ -21,6 +21,8 @@
 
 use std::arch::x86_64::*;
 
+use super::{chunk64, prefix_xor};
+
 /// What the next block needs from the one before: running states, and bit 63 of the
 /// bitmaps it shifts (as bit 0 of their shifted forms).
 #[derive(Default)]
@@ -35,14 +37,6 @@ struct Carry {
     dot: u64,
     digit: u64,
     lead_zero: u64,
-}
-
-/// The prefix XOR of `x`'s bits (bit i = parity of bits 0..=i).
-#[inline]
-#[target_feature(enable = "pclmulqdq")]
-fn prefix_xor(x: u64) -> u64 {
-    let all = _mm_set1_epi8(-1);
-    _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), all, 0)) as u64
 }
 
 /// The length of the object that opens at `b[0]` (up to and including its closing
@@ -68,12 +62,7 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     let n = b.len();
     let mut at = 0;
     while at < n {
-        let chunk: &[u8] = if at + 64 <= n {
-            &b[at..at + 64]
-        } else {
-            tail[..n - at].copy_from_slice(&b[at..]);
-            &tail
-        };
+        let chunk = chunk64(b, at, &mut tail);
         let bits = |offset: usize| {
             // SAFETY: `chunk` holds 64 bytes; unaligned loads.
             let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().add(offset).cast()) };
