@@ -76,6 +76,16 @@ struct Slot {
     seen_at: i64,
 }
 
+/// Puts `s` (not in `slots`) in the first empty slot from its home.
+fn place(slots: &mut [Slot], s: Slot) {
+    let mask = slots.len() - 1;
+    let mut i = s.hash as usize & mask;
+    while slots[i].hash != 0 {
+        i = (i + 1) & mask;
+    }
+    slots[i] = s;
+}
+
 /// Fewest slots a table has.
 const MIN_SLOTS: usize = 1024;
 
@@ -166,11 +176,7 @@ impl EventIdSet {
             if s.seen_at <= cutoff {
                 continue;
             }
-            let mut j = s.hash as usize & mask;
-            while self.slots[j].hash != 0 {
-                j = (j + 1) & mask;
-            }
-            self.slots[j] = s;
+            place(&mut self.slots, s);
             len += 1;
         }
         self.len = len;
@@ -179,13 +185,8 @@ impl EventIdSet {
     /// Moves every id into a table of `size` slots (a power of two, > 2 × len).
     fn resize(&mut self, size: usize) {
         let mut next = vec![Slot::default(); size];
-        let mask = size - 1;
         for s in self.slots.iter().filter(|s| s.hash != 0) {
-            let mut i = s.hash as usize & mask;
-            while next[i].hash != 0 {
-                i = (i + 1) & mask;
-            }
-            next[i] = *s;
+            place(&mut next, *s);
         }
         self.slots = next;
     }

@@ -177,7 +177,7 @@ mod tests {
             };
             mapped += matches!(block.data, Bytes::Mapped { .. }) as usize;
             for it in its {
-                let bytes = block.data[it.start as usize..it.end as usize].to_vec();
+                let bytes = block.bytes(&it).to_vec();
                 items.push((block.first_line + it.line as u64, bytes));
             }
         }

@@ -100,6 +100,12 @@ impl Block {
         }
     }
 
+    /// An item's message.
+    #[inline]
+    pub fn bytes(&self, it: &Item) -> &[u8] {
+        &self.data[it.start as usize..it.end as usize]
+    }
+
     /// When an item's message entered the system, µs since the Unix epoch: its Kafka
     /// timestamp if it has one, else when the block was read.
     pub fn entered_us(&self, it: &Item) -> i64 {
@@ -411,8 +417,7 @@ mod tests {
         for (p, rx) in [r0, r1].iter().enumerate() {
             while let Ok(Msg::Work { block, items }) = rx.try_recv() {
                 for it in items {
-                    let s = std::str::from_utf8(&block.data[it.start as usize..it.end as usize])
-                        .unwrap();
+                    let s = std::str::from_utf8(block.bytes(&it)).unwrap();
                     seen.push((p, it.line, s.to_owned()));
                 }
             }

@@ -410,11 +410,11 @@ impl Partition {
             self.counts.received += 1;
             current = items.get(i + 1).map(|next| {
                 if let Some(after) = items.get(i + 2) {
-                    prefetch(&block.data[after.start as usize..after.end as usize]);
+                    prefetch(block.bytes(after));
                 }
                 self.decode_ahead(block, next)
             });
-            let raw = &block.data[it.start as usize..it.end as usize];
+            let raw = block.bytes(it);
             match this {
                 Ahead::Event(ev, id_hash) => {
                     self.on_event(ev, id_hash, raw, block, it, block.offset(it))
@@ -436,10 +436,7 @@ impl Partition {
             let e = format!("message exceeds {} bytes", crate::ingest::MAX_MESSAGE);
             return Ahead::Rejected(Reason::Parse, e);
         }
-        match self
-            .decoder
-            .decode(&block.data[it.start as usize..it.end as usize])
-        {
+        match self.decoder.decode(block.bytes(it)) {
             Ok(ev) => {
                 let mut hash = 0;
                 if self.settings.dedupe.by_event_id() {
