@@ -1,12 +1,17 @@
 //! The fast path of [`decode`](super::decode): a structural index, then a walk over it.
 //!
-//! Stage 1 (simdjson's idea, AVX2, 64 bytes per round) classifies every byte of the
-//! message at once into three bitmaps: quotes, *token* bytes (outside strings and not
+//! Stage 1 (simdjson's idea, AVX2, 64 bytes per round) classifies every byte of a
+//! block at once into three bitmaps: quotes, *token* bytes (outside strings and not
 //! `{}[]:,"` or a space: the bytes of numbers and literals) and digits. Stage 2 walks
 //! the message with them: a string ends at the next quote bit, a number is its runs of
 //! digit bits (before and after a dot), a literal is its run of token bits. No
 //! byte-at-a-time loops, so the ~20 members of a typical `complexData` cost a few bit
 //! operations each.
+//!
+//! Stage 1 runs just ahead of the walk, a block at a time as the walk reaches it. A
+//! flat object member (the usual `complexData`, most of the message) is checked by
+//! [`flat::object_len`], which classifies its bytes itself; stage 1 then resumes after
+//! it, so those bytes are classified once, not twice.
 //!
 //! The fast path only ever *accepts*: anything unusual (escapes, control characters,
 //! tabs, exponents, nesting deeper than [`MAX_DEPTH`], a missing or ill-typed field,
@@ -51,29 +56,31 @@ impl Index {
     /// The event in `b`, if the fast path can take it; `None` means "ask the scalar
     /// decoder" (which may well accept it).
     pub fn decode<'a>(&mut self, b: &'a [u8]) -> Option<Event<'a>> {
-        if !self.build(b) {
-            return None;
-        }
-        Walk { b, m: &self.masks }.event()
+        let mut walk = self.walk(b)?;
+        let event = walk.event()?;
+        (!walk.failed).then_some(event)
     }
 
-    /// Stage 1. False when the message needs the scalar path: it has a backslash or a
-    /// control character, invalid UTF-8, an unterminated string, or no AVX2 here.
-    fn build(&mut self, b: &[u8]) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if self.simd {
-                // Every word is written by `build` (no clearing per message).
-                let words = 3 * (b.len().div_ceil(64) + 1);
-                if self.masks.len() < words {
-                    self.masks.resize(words, 0);
-                }
-                // SAFETY: `simd` says the CPU has both features.
-                return unsafe { avx2::build(b, &mut self.masks) };
-            }
+    /// A walk over `b` (no bitmaps built yet), if this CPU has the instructions for it.
+    fn walk<'a, 'm>(&'m mut self, b: &'a [u8]) -> Option<Walk<'a, 'm>> {
+        if !self.simd {
+            return None;
         }
-        let _ = b;
-        false
+        // Every word is written by stage 1 before the walk reads it (no clearing).
+        let blocks = b.len().div_ceil(64);
+        let words = 3 * (blocks + 1);
+        if self.masks.len() < words {
+            self.masks.resize(words, 0);
+        }
+        Some(Walk {
+            b,
+            m: &mut self.masks,
+            blocks,
+            built: 0,
+            stage1: Stage1::default(),
+            utf8_checked: false,
+            failed: false,
+        })
     }
 }
 
@@ -103,14 +110,48 @@ fn prefix_xor(x: u64) -> u64 {
     _mm_cvtsi128_si64(_mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), all, 0)) as u64
 }
 
+/// What stage 1 carries from one block to the next.
+struct Stage1 {
+    /// All ones when the next block starts inside a string.
+    in_string: u64,
+    /// Quote bits of the next block to count (all but those before a resume point).
+    quotes_from: u64,
+}
+
+impl Default for Stage1 {
+    fn default() -> Self {
+        Stage1 {
+            in_string: 0,
+            quotes_from: !0,
+        }
+    }
+}
+
+/// What stage 1 found in the blocks it built, besides their bitmaps.
+#[derive(Default)]
+struct Found {
+    /// A backslash or a control character (the scalar path's business).
+    escape_or_control: bool,
+    /// A byte ≥ 0x80.
+    non_ascii: bool,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Fills `masks` (3 words per block + 3 zero words; at least that long) for `b`.
-    /// Returns false if `b` needs the scalar path.
+    use super::{Found, Stage1};
+
+    /// Fills the bitmaps of `b`'s 64-byte blocks `from..to` (3 words each, in `masks`)
+    /// and carries `state` across them.
     #[target_feature(enable = "avx2,pclmulqdq")]
-    pub unsafe fn build(b: &[u8], masks: &mut [u64]) -> bool {
+    pub unsafe fn build(
+        b: &[u8],
+        masks: &mut [u64],
+        from: usize,
+        to: usize,
+        state: &mut Stage1,
+    ) -> Found {
         let quote = _mm256_set1_epi8(b'"' as i8);
         let backslash = _mm256_set1_epi8(b'\\' as i8);
         let space = _mm256_set1_epi8(b' ' as i8);
@@ -125,12 +166,10 @@ mod avx2 {
 
         let mut bad = _mm256_setzero_si256();
         let mut high = _mm256_setzero_si256();
-        let mut in_string_carry = 0u64;
         let mut tail = [b' '; 64];
         let n = b.len();
-        let mut at = 0;
-        let mut block = 0;
-        while at < n {
+        for block in from..to {
+            let at = 64 * block;
             let chunk = super::chunk64(b, at, &mut tail);
             // SAFETY: `chunk` holds 64 bytes; unaligned loads.
             let (v0, v1) = unsafe {
@@ -161,43 +200,54 @@ mod avx2 {
             };
             let (nt0, q0, d0) = classify(v0);
             let (nt1, q1, d1) = classify(v1);
-            let q = q0 as u64 | (q1 as u64) << 32;
-            let not_token = nt0 as u64 | (nt1 as u64) << 32;
+            let q = (q0 as u64 | (q1 as u64) << 32) & state.quotes_from;
+            state.quotes_from = !0;
+            let mut not_token = nt0 as u64 | (nt1 as u64) << 32;
+            if at + 64 > n {
+                // The padding after the message is not part of any token.
+                not_token |= !0 << (n - at);
+            }
             // Inside a string: from an opening quote (included) to its closing quote
             // (excluded): the prefix XOR of the quote bits (no escapes here).
-            let in_string = super::prefix_xor(q) ^ in_string_carry;
-            in_string_carry = ((in_string as i64) >> 63) as u64;
+            let in_string = super::prefix_xor(q) ^ state.in_string;
+            state.in_string = ((in_string as i64) >> 63) as u64;
             let m = &mut masks[3 * block..3 * block + 3];
             m[super::TOKEN] = !(not_token | in_string);
             m[super::QUOTE] = q;
             m[super::DIGIT] = d0 as u64 | (d1 as u64) << 32;
-            at += 64;
-            block += 1;
         }
-        if block > 0 && !n.is_multiple_of(64) {
-            // The padding after the message is not part of any token.
-            masks[3 * (block - 1) + super::TOKEN] &= (1u64 << (n % 64)) - 1;
+        Found {
+            escape_or_control: _mm256_testz_si256(bad, bad) == 0,
+            non_ascii: _mm256_movemask_epi8(high) != 0,
         }
-        // One zero block after the last, for reads of 64 bits that straddle it.
-        masks[3 * block..3 * block + 3].fill(0);
-        if _mm256_testz_si256(bad, bad) == 0 || in_string_carry != 0 {
-            return false;
-        }
-        _mm256_movemask_epi8(high) == 0 || std::str::from_utf8(b).is_ok()
     }
 }
 
-/// Stage 2: the message and its bitmaps.
+/// Stage 2: the message and its bitmaps, built by stage 1 as the walk reaches them.
 struct Walk<'a, 'm> {
     b: &'a [u8],
-    m: &'m [u64],
+    m: &'m mut [u64],
+    /// Blocks of the message (the zero block after them is block `blocks`).
+    blocks: usize,
+    /// Blocks `..built` have their bitmaps (as have some before a resume point, see
+    /// [`Self::resume_at`]), counting the zero block once it is written.
+    built: usize,
+    stage1: Stage1,
+    /// The whole message was found to be valid UTF-8.
+    utf8_checked: bool,
+    /// Stage 1 found what only the scalar path takes: the bitmaps from there on are
+    /// zero, so the walk soon stops, and its answer is not used.
+    failed: bool,
 }
 
 impl<'a> Walk<'a, '_> {
     /// 64 bits of bitmap `k` from byte `s` on (`s` < the message length).
     #[inline(always)]
-    fn bits(&self, k: usize, s: usize) -> u64 {
+    fn bits(&mut self, k: usize, s: usize) -> u64 {
         let (w, o) = (s >> 6, s & 63);
+        if w + 2 > self.built {
+            self.build(w + 2);
+        }
         // This block's words and the next one's: one bounds check.
         let m = &self.m[3 * w..3 * w + 6];
         let lo = m[k] >> o;
@@ -205,6 +255,68 @@ impl<'a> Walk<'a, '_> {
             lo
         } else {
             lo | m[3 + k] << (64 - o)
+        }
+    }
+
+    /// Bitmap `k` of block `w` (< the number of blocks).
+    #[inline(always)]
+    fn block(&mut self, k: usize, w: usize) -> u64 {
+        if w + 1 > self.built {
+            self.build(w + 1);
+        }
+        self.m[3 * w + k]
+    }
+
+    /// Stage 1 up to block `to` (at most `blocks + 1`: the zero block).
+    #[inline(never)]
+    fn build(&mut self, to: usize) {
+        let end = to.min(self.blocks);
+        if self.built < end {
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: a walk exists only on a CPU with AVX2 and PCLMULQDQ (see
+                // `Index::walk`); `masks` holds 3 words per block and the zero block.
+                let found =
+                    unsafe { avx2::build(self.b, self.m, self.built, end, &mut self.stage1) };
+                let valid = !found.escape_or_control
+                    && (!found.non_ascii
+                        || self.utf8_checked
+                        || std::str::from_utf8(self.b).is_ok());
+                if !valid {
+                    self.fail(self.built);
+                    return;
+                }
+                self.utf8_checked |= found.non_ascii;
+            }
+            self.built = end;
+        }
+        if to > self.blocks && self.built == self.blocks {
+            // One zero block after the last, for reads of 64 bits that straddle it.
+            self.m[3 * self.blocks..3 * self.blocks + 3].fill(0);
+            self.built = self.blocks + 1;
+        }
+    }
+
+    /// Stage 1 found something the fast path does not take, in block `from` or later.
+    #[cold]
+    fn fail(&mut self, from: usize) {
+        self.m[3 * from..3 * (self.blocks + 1)].fill(0);
+        self.built = self.blocks + 1;
+        self.failed = true;
+    }
+
+    /// The walk goes on at `p`, outside any string, after an object [`flat::object_len`]
+    /// checked: stage 1 need not classify its bytes, and resumes at `p` (the quote bits
+    /// before it in its block do not count).
+    #[inline]
+    fn resume_at(&mut self, p: usize) {
+        let w = p >> 6;
+        if w > self.built {
+            self.built = w;
+            self.stage1 = Stage1 {
+                in_string: 0,
+                quotes_from: !0 << (p & 63),
+            };
         }
     }
 
@@ -224,22 +336,26 @@ impl<'a> Walk<'a, '_> {
 
     /// The closing quote of the string that opens at `s`.
     #[inline(always)]
-    fn string_end(&self, s: usize) -> Option<usize> {
-        let mut p = s + 1;
-        while p < self.b.len() {
-            let x = self.bits(QUOTE, p);
-            if x != 0 {
-                return Some(p + x.trailing_zeros() as usize);
+    fn string_end(&mut self, s: usize) -> Option<usize> {
+        // Block by block, so that stage 1 has built no block past the quote (the one
+        // after a key may be a flat object's, which stage 1 need not classify).
+        let p = s + 1;
+        let mut w = p >> 6;
+        let mut x = self.block(QUOTE, w) & (!0 << (p & 63));
+        while x == 0 {
+            w += 1;
+            if w >= self.blocks {
+                return None;
             }
-            p += 64;
+            x = self.block(QUOTE, w);
         }
-        None
+        Some(64 * w + x.trailing_zeros() as usize)
     }
 
     /// The string that opens at `s` (checked by stage 1: no escapes or control
     /// characters, valid UTF-8), and the position after it.
     #[inline(always)]
-    fn string(&self, s: usize) -> Option<(&'a str, usize)> {
+    fn string(&mut self, s: usize) -> Option<(&'a str, usize)> {
         let e = self.string_end(s)?;
         let bytes = &self.b[s + 1..e];
         debug_assert!(std::str::from_utf8(bytes).is_ok());
@@ -250,7 +366,7 @@ impl<'a> Walk<'a, '_> {
 
     /// The token (number or literal) that starts at `s`: its end.
     #[inline(always)]
-    fn token_end(&self, s: usize) -> Option<usize> {
+    fn token_end(&mut self, s: usize) -> Option<usize> {
         let len = (!self.bits(TOKEN, s)).trailing_zeros() as usize;
         (len > 0 && len < 64).then_some(s + len)
     }
@@ -260,7 +376,7 @@ impl<'a> Walk<'a, '_> {
     /// or the end; anything else (an exponent, say) goes the scalar way. The digit runs
     /// come from one read of the digit bitmap.
     #[inline(always)]
-    fn number(&self, s: usize) -> Option<(usize, bool)> {
+    fn number(&mut self, s: usize) -> Option<(usize, bool)> {
         // A branch, not arithmetic: the next member's position then does not wait for
         // this byte to load (the walk is a chain of such dependencies).
         let d = if self.at(s) == b'-' {
@@ -289,7 +405,7 @@ impl<'a> Walk<'a, '_> {
     }
 
     /// Skips the value at `p` (after any space): the position after it.
-    fn skip(&self, p: usize, depth: usize) -> Option<usize> {
+    fn skip(&mut self, p: usize, depth: usize) -> Option<usize> {
         match self.at(p) {
             b'"' => Some(self.string_end(p)? + 1),
             b'-' | b'0'..=b'9' => Some(self.number(p)?.0),
@@ -308,6 +424,7 @@ impl<'a> Walk<'a, '_> {
                     // SAFETY: a walk exists only after stage 1 accepted the message,
                     // which it does only on a CPU with AVX2 and PCLMULQDQ.
                     if let Some(len) = unsafe { flat::object_len(&self.b[p..]) } {
+                        self.resume_at(p + len);
                         return Some(p + len);
                     }
                 }
@@ -362,7 +479,8 @@ impl<'a> Walk<'a, '_> {
                     return Some(p + 1);
                 }
                 loop {
-                    p = self.ws(self.skip(p, depth + 1)?);
+                    p = self.skip(p, depth + 1)?;
+                    p = self.ws(p);
                     match self.at(p) {
                         b',' => p = self.ws(p + 1),
                         b']' => return Some(p + 1),
@@ -376,7 +494,7 @@ impl<'a> Walk<'a, '_> {
 
     /// A string field's value at `p`: `None` unless it is a string not seen before.
     #[inline(always)]
-    fn text_field(&self, p: usize, slot: &mut Option<&'a str>) -> Option<usize> {
+    fn text_field(&mut self, p: usize, slot: &mut Option<&'a str>) -> Option<usize> {
         if slot.is_some() || self.at(p) != b'"' {
             return None;
         }
@@ -386,7 +504,7 @@ impl<'a> Walk<'a, '_> {
     }
 
     /// The whole message as an event.
-    fn event(&self) -> Option<Event<'a>> {
+    fn event(&mut self) -> Option<Event<'a>> {
         let b = self.b;
         let mut p = self.ws(0);
         if self.at(p) != b'{' {

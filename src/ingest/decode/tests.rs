@@ -268,6 +268,24 @@ fn the_fast_path_takes_ordinary_events() {
         EV.replace("dev-1", &long).replace(r#""b":-0.5e-3,"#, r#""b":0.000001,"#),
         r#"{"eventId":"e","deviceId":"d","deviceSequenceNumber":18446744073709551,"type":"t","value":0.0,"createdAt":"2026-01-01T00:00:00.001Z","complexData":null}"#.to_string(),
     ];
+    // A flat complexData before the other fields: stage 1 resumes after it, within a
+    // block, with quotes (and braces, colons, commas in strings) on both sides, and
+    // literals (read from the token bits, which depend on what is inside strings).
+    let flat = r#"{"k":"a:b,c","n":-1.25,"s":"}{","t":"é✓","z":0}"#;
+    let mut cases = cases.to_vec();
+    for (i, ev) in simulated(8, 11).iter().enumerate() {
+        let ev = std::str::from_utf8(ev).unwrap();
+        let at = ev.find(r#","complexData":"#).unwrap();
+        let (fields, complex) = (&ev[1..at], &ev[at + 1..ev.len() - 1]);
+        let complex = if i % 2 == 0 {
+            complex.to_string()
+        } else {
+            format!(r#""complexData":{flat}"#)
+        };
+        cases.push(format!(
+            r#"{{{complex},"on":true,"off":null,{fields},"after":"x}}:,y"}}"#
+        ));
+    }
     for c in &cases {
         assert!(fast_agrees(c.as_bytes()), "{c}");
         // Shifted by 1..64 leading spaces, every token meets every block boundary.
@@ -364,6 +382,36 @@ fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
         index::Index::default().decode(&invalid).is_none(),
         "invalid UTF-8"
     );
+    // The same inside a flat complexData, which stage 1 leaves to the flat check.
+    let flat = EV.replace(
+        r#"{"a":[1,{"deviceId":"no"}],"b":-0.5e-3,"c":true,"d":null}"#,
+        r#"{"a":1,"b":"xyz","c":2}"#,
+    );
+    assert!(takes(&flat));
+    assert!(
+        !takes(&flat.replace("xyz", r#"x\"z"#)),
+        "escape in complexData"
+    );
+    assert!(
+        !takes(&flat.replace("xyz", r#"x\\z"#)),
+        "escape in complexData"
+    );
+    assert!(
+        !takes(&flat.replace("xyz", r#"x\u0041z"#)),
+        "escape in complexData"
+    );
+    let control = flat.replace("xyz", "x\u{1}z");
+    assert!(!takes(&control), "control character in complexData");
+    assert!(parse(&control));
+    let mut invalid = flat.clone().into_bytes();
+    let at = invalid.windows(3).position(|w| w == b"xyz").unwrap();
+    invalid[at + 1] = 0xc3;
+    assert!(
+        index::Index::default().decode(&invalid).is_none(),
+        "invalid UTF-8 in complexData"
+    );
+    invalid[at + 2] = 0xa9;
+    assert!(fast_agrees(&invalid), "valid UTF-8 in complexData");
 }
 
 proptest! {

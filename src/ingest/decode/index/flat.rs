@@ -16,8 +16,9 @@
 //!   atom after `{` or `,` is a string (a key);
 //! - every run of number bytes is `-?(0|[1-9][0-9]*)(\.[0-9]+)?`.
 //!
-//! Like the rest of the fast path it only accepts: spaces, literals, exponents, nesting
-//! or anything else give `None`, and the walk then decides.
+//! Like the rest of the fast path it only accepts: spaces, literals, exponents, nesting,
+//! escapes, control characters, invalid UTF-8 or anything else give `None`, and the walk
+//! then decides. Stage 1 does not classify the bytes of an object taken here.
 
 use std::arch::x86_64::*;
 
@@ -41,11 +42,11 @@ struct Carry {
 
 /// The length of the object that opens at `b[0]` (up to and including its closing
 /// brace), if it is flat, has no spaces, and its values are numbers (as above) or
-/// strings. `None` for anything else, valid JSON or not.
+/// strings without escapes or control characters; and it is valid UTF-8. `None` for
+/// anything else, valid JSON or not.
 ///
 /// # Safety
-/// The CPU must have AVX2 and PCLMULQDQ. `b` must be part of a message stage 1
-/// accepted (no backslash or control character), and `b[0]` a `{` outside any string.
+/// The CPU must have AVX2 and PCLMULQDQ. `b[0]` must be a `{` outside any string.
 #[target_feature(enable = "avx2,pclmulqdq")]
 pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     debug_assert_eq!(b.first(), Some(&b'{'));
@@ -57,15 +58,31 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     // The bytes classified, in the order of the bitmaps below (digits come last).
     let splat = [b'"', b':', b',', b'}', b'.', b'-', b'0'].map(|c| _mm256_set1_epi8(c as i8));
     let nine = _mm256_set1_epi8(9);
+    // Backslashes, control characters and non-ASCII bytes (the unusual: checked byte
+    // by byte when there are any), gathered in a vector; the bitmap is made only for
+    // the last block, where bytes after the end don't count.
+    let unusual = |v: __m256i| {
+        let below_space_or_high = _mm256_cmpgt_epi8(_mm256_set1_epi8(0x20), v);
+        _mm256_or_si256(
+            _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8)),
+            below_space_or_high,
+        )
+    };
+    let mut unusual_seen = _mm256_setzero_si256();
     let mut tail = [b' '; 64];
     let mut c = Carry::default();
     let n = b.len();
     let mut at = 0;
     while at < n {
         let chunk = chunk64(b, at, &mut tail);
-        let bits = |offset: usize| {
-            // SAFETY: `chunk` holds 64 bytes; unaligned loads.
-            let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().add(offset).cast()) };
+        // SAFETY: `chunk` holds 64 bytes; unaligned loads.
+        let (v0, v1) = unsafe {
+            (
+                _mm256_loadu_si256(chunk.as_ptr().cast()),
+                _mm256_loadu_si256(chunk.as_ptr().add(32).cast()),
+            )
+        };
+        let bits = |v: __m256i| {
             let d = _mm256_sub_epi8(v, splat[6]);
             let digit = _mm256_cmpeq_epi8(_mm256_min_epu8(d, nine), d);
             let mask = |x: __m256i| _mm256_movemask_epi8(x) as u32 as u64;
@@ -75,9 +92,10 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
             }
             out
         };
-        let (lo, hi) = (bits(0), bits(32));
+        let (lo, hi) = (bits(v0), bits(v1));
         let [q, colon, comma, close, dot, minus, zero, digit] =
             std::array::from_fn(|i| lo[i] | hi[i] << 32);
+        let (u0, u1) = (unusual(v0), unusual(v1));
 
         // Strings: from an opening quote (included) to its closing quote (excluded).
         let s = prefix_xor(q) ^ c.in_string;
@@ -128,8 +146,13 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
             return None;
         }
         if end != 0 {
-            return Some(at + end.trailing_zeros() as usize + 1);
+            let len = at + end.trailing_zeros() as usize + 1;
+            let u =
+                _mm256_movemask_epi8(u0) as u32 as u64 | (_mm256_movemask_epi8(u1) as u64) << 32;
+            let plain = _mm256_testz_si256(unusual_seen, unusual_seen) != 0 && u & w == 0;
+            return (plain || plain_utf8(&b[..len])).then_some(len);
         }
+        unusual_seen = _mm256_or_si256(unusual_seen, _mm256_or_si256(u0, u1));
         c.close_quote = close_quote >> 63;
         c.comma = comma >> 63;
         c.token = token >> 63;
@@ -142,12 +165,18 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether `b` is valid UTF-8 without backslashes or control characters.
+#[cold]
+fn plain_utf8(b: &[u8]) -> bool {
+    !b.iter().any(|&c| c == b'\\' || c < 0x20) && std::str::from_utf8(b).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use super::super::{Index, Walk};
+    use super::super::Index;
     use super::object_len;
 
     fn check(b: &[u8]) -> Option<usize> {
@@ -164,10 +193,9 @@ mod tests {
     /// What the walk alone (no flat check below depth 1) says about the value at 0.
     fn walked(b: &[u8]) -> Option<usize> {
         let mut index = Index::default();
-        if !index.build(b) {
-            return None;
-        }
-        Walk { b, m: &index.masks }.skip(0, 2)
+        let mut walk = index.walk(b)?;
+        let end = walk.skip(0, 2)?;
+        (!walk.failed).then_some(end)
     }
 
     /// Whether `b` is a JSON object whose values are all numbers or strings.
@@ -207,7 +235,7 @@ mod tests {
         #[test]
         fn what_the_check_takes_is_a_flat_object(
             members in prop::collection::vec(member(), 1..12),
-            edits in prop::collection::vec((0usize..1000, 0u8..3, prop::sample::select(b"{}[]\",:0123456789.eE+- tfnul".to_vec())), 1..4),
+            edits in prop::collection::vec((0usize..1000, 0u8..3, prop::sample::select(b"{}[]\",:0123456789.eE+- tfnul\\\t\x01\xc3\xa9\xff".to_vec())), 1..4),
         ) {
             let mut b = format!("{{{}}},\"x\":[1]}}", members.join(",")).into_bytes();
             for (pos, op, byte) in edits {
@@ -217,10 +245,6 @@ mod tests {
                     1 => b.insert(pos, byte),
                     _ => b[pos] = byte,
                 }
-            }
-            // Stage 1 sends invalid UTF-8 the scalar way before any check.
-            if std::str::from_utf8(&b).is_err() {
-                return Ok(());
             }
             if let Some(len) = check(&b) {
                 prop_assert!(flat_json(&b[..len]), "took {}", String::from_utf8_lossy(&b[..len]));
@@ -255,8 +279,9 @@ mod tests {
         }
     }
 
+    /// Whether stage 1 takes every block of `b`.
     fn index_accepts(b: &[u8]) -> bool {
-        Index::default().build(b)
+        !b.iter().any(|&c| c == b'\\' || c < 0x20) && std::str::from_utf8(b).is_ok()
     }
 
     #[test]
@@ -301,9 +326,22 @@ mod tests {
             (r#"{"a":1"#, "unclosed"),
             (r#"{"a":"}"#, "unclosed string"),
             (r#"{"a":é}"#, "bare non-ASCII"),
+            (r#"{"a":"\"}"#, "escaped quote"),
+            (r#"{"a":"\\"}"#, "escaped backslash"),
+            (r#"{"a\n":1}"#, "escape in a key"),
+            ("{\"a\":\"\t\"}", "tab in a string"),
+            ("{\"a\":\"\u{1f}\"}", "control character"),
+            ("{\"a\":1,\n\"b\":2}", "newline"),
         ] {
             assert_eq!(check(text.as_bytes()), None, "{why}: {text}");
         }
+        let mut invalid = r#"{"a":"xé"}"#.as_bytes().to_vec();
+        assert_eq!(check(&invalid), Some(invalid.len()));
+        invalid[8] = 0xff;
+        assert_eq!(check(&invalid), None, "invalid UTF-8");
+        invalid.truncate(9);
+        invalid.extend_from_slice(b"\"}");
+        assert_eq!(check(&invalid), None, "a cut UTF-8 sequence");
         for (text, len) in [
             ("{}", 2),
             ("{},1", 2),
