@@ -30,20 +30,28 @@ use crate::sinks::{Checkpoint, Output};
 use crate::sql::state::{Hub, PartitionSnapshot, devices_schema};
 use crate::windows::{END_OF_TIME, WindowDef, WindowEngine, WindowOutput};
 
+/// Types whose series a device keeps at hand (see [`DeviceState::series`]).
+const TYPES_AT_HAND: usize = 4;
+
 /// What the `devices` table shows of one device (updated per accepted event: a few
-/// stores into a dense vector, no allocation).
+/// stores into a dense vector, no allocation), and its series of the first few types.
+/// One cache line.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 struct DeviceState {
     /// Latest `createdAt` seen; `i64::MIN` before the first accepted event.
     last_ts: i64,
     last_value: f64,
-    /// Series of the latest reading (gives its type).
-    last_series: u32,
     last_seq: u64,
     events: u64,
     duplicates: u64,
+    /// Series of the latest reading (gives its type).
+    last_series: u32,
     /// Listed in `Partition::changed` (its latest reading is not sent yet).
     changed: bool,
+    /// The device's series of type number t < [`TYPES_AT_HAND`] (`u32::MAX` until
+    /// its first reading): found without a lookup in the series map.
+    series: [u32; TYPES_AT_HAND],
 }
 
 impl Default for DeviceState {
@@ -56,6 +64,7 @@ impl Default for DeviceState {
             events: 0,
             duplicates: 0,
             changed: false,
+            series: [u32::MAX; TYPES_AT_HAND],
         }
     }
 }
@@ -85,8 +94,8 @@ impl Interner {
     }
 
     #[inline]
-    pub fn intern_series(&mut self, device: u32, kind: &str) -> u32 {
-        let t = match self.types.get(kind) {
+    pub fn intern_type(&mut self, kind: &str) -> u32 {
+        match self.types.get(kind) {
             Some(&t) => t,
             None => {
                 let t = self.type_names.len() as u32;
@@ -94,7 +103,12 @@ impl Interner {
                 self.type_names.push(kind.into());
                 t
             }
-        };
+        }
+    }
+
+    /// The series of `device` and type number `t` (from [`Self::intern_type`]).
+    #[inline]
+    pub fn intern_series(&mut self, device: u32, t: u32) -> u32 {
         let key = (device as u64) << 32 | t as u64;
         let next = self.series_keys.len() as u32;
         let s = *self.series.entry(key).or_insert(next);
@@ -502,8 +516,18 @@ impl Partition {
             self.device_state[device as usize].duplicates += 1;
             return;
         }
-        let series = self.names.intern_series(device, &ev.kind);
+        let t = self.names.intern_type(&ev.kind);
         let d = &mut self.device_state[device as usize];
+        let series = match d.series.get(t as usize) {
+            Some(&s) if s != u32::MAX => s,
+            _ => {
+                let s = self.names.intern_series(device, t);
+                if let Some(at_hand) = d.series.get_mut(t as usize) {
+                    *at_hand = s;
+                }
+                s
+            }
+        };
         d.events += 1;
         // The latest reading: by event time, then sequence number (as the device
         // documents order them).
