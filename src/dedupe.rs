@@ -61,7 +61,7 @@ pub type PreHashedMap<K, V> = HashMap<K, V, BuildHasherDefault<PreHashed>>;
 /// Two different ids share a 64-bit hash with probability ~n/2⁶⁴ per check (n live
 /// ids: about 10⁻¹⁴ at 300,000): such an event would be counted a duplicate.
 pub struct EventIdSet {
-    slots: Vec<Slot>,
+    slots: Slots,
     /// Ids held.
     len: usize,
     horizon: i64,
@@ -74,6 +74,95 @@ struct Slot {
     /// The id's hash; 0 marks an empty slot (no id hashes to 0, see [`id_hash`]).
     hash: u64,
     seen_at: i64,
+}
+
+/// Zeroed (empty) slots for the id table. Past [`HUGE_PAGE`] bytes they are mapped on
+/// their own and the kernel asked for 2 MiB pages: the table is probed at random, and
+/// with 4 KiB pages most probes of a table of some MiB also miss the TLB (the CPU then
+/// walks the page tables even for a prefetch, and waits).
+struct Slots {
+    ptr: std::ptr::NonNull<Slot>,
+    len: usize,
+    /// The mapping (start, length) holding the slots, or `None` if they are on the heap.
+    mapping: Option<(*mut libc::c_void, usize)>,
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+// SAFETY: `Slots` owns its memory (heap or mapping) exclusively, like a `Vec`.
+unsafe impl Send for Slots {}
+
+impl Slots {
+    fn zeroed(len: usize) -> Slots {
+        let bytes = len * std::mem::size_of::<Slot>();
+        if bytes >= HUGE_PAGE {
+            let map_len = bytes + HUGE_PAGE;
+            // SAFETY: a fresh private anonymous mapping (zero-filled by the kernel);
+            // nothing else refers to it.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if base != libc::MAP_FAILED {
+                let aligned = (base as usize).next_multiple_of(HUGE_PAGE);
+                // SAFETY: `aligned..aligned + bytes` lies within the mapping. A refused
+                // hint leaves 4 KiB pages, which work the same.
+                unsafe { libc::madvise(aligned as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE) };
+                return Slots {
+                    ptr: std::ptr::NonNull::new(aligned as *mut Slot).expect("mapped"),
+                    len,
+                    mapping: Some((base, map_len)),
+                };
+            }
+        }
+        let mut heap = std::mem::ManuallyDrop::new(vec![Slot::default(); len].into_boxed_slice());
+        Slots {
+            ptr: std::ptr::NonNull::new(heap.as_mut_ptr()).expect("a box is never null"),
+            len,
+            mapping: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [Slot];
+    #[inline]
+    fn deref(&self) -> &[Slot] {
+        // SAFETY: `ptr` points to `len` initialised slots owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Slots {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [Slot] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        match self.mapping {
+            // SAFETY: unmaps exactly the mapping `zeroed` made; no slice outlives `self`.
+            Some((base, map_len)) => unsafe {
+                libc::munmap(base, map_len);
+            },
+            // SAFETY: the boxed slice `zeroed` leaked, rebuilt with its length.
+            None => unsafe {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                )));
+            },
+        }
+    }
 }
 
 /// Puts `s` (not in `slots`) in the first empty slot from its home.
@@ -98,7 +187,7 @@ pub fn id_hash(id: &str) -> u64 {
 impl EventIdSet {
     pub fn new(horizon_ms: i64) -> Self {
         EventIdSet {
-            slots: vec![Slot::default(); MIN_SLOTS],
+            slots: Slots::zeroed(MIN_SLOTS),
             len: 0,
             horizon: horizon_ms.max(1),
             next_sweep: i64::MIN,
@@ -184,7 +273,7 @@ impl EventIdSet {
 
     /// Moves every id into a table of `size` slots (a power of two, > 2 × len).
     fn resize(&mut self, size: usize) {
-        let mut next = vec![Slot::default(); size];
+        let mut next = Slots::zeroed(size);
         for s in self.slots.iter().filter(|s| s.hash != 0) {
             place(&mut next, *s);
         }
