@@ -503,6 +503,29 @@ impl<'a> Walk<'a, '_> {
         Some(e)
     }
 
+    /// Whether the key of field `field` (one of [`EVENT_ID`]…[`COMPLEX_DATA`]) and
+    /// its colon are at `p`, exactly (`"eventId":`): where after them. Messages from
+    /// one producer have one layout, so the expected key is usually the next one, and
+    /// a compare of a few bytes of known length replaces finding the key's end and
+    /// matching it against every field name.
+    #[inline(always)]
+    fn usual_key(&self, p: usize, field: usize) -> Option<usize> {
+        fn at<const N: usize>(b: &[u8], p: usize, key: &[u8; N]) -> Option<usize> {
+            b.get(p..p + N).is_some_and(|s| s == key).then_some(p + N)
+        }
+        let b = self.b;
+        match field {
+            EVENT_ID => at(b, p, b"\"eventId\":"),
+            DEVICE_ID => at(b, p, b"\"deviceId\":"),
+            SEQUENCE => at(b, p, b"\"deviceSequenceNumber\":"),
+            TYPE => at(b, p, b"\"type\":"),
+            VALUE => at(b, p, b"\"value\":"),
+            CREATED_AT => at(b, p, b"\"createdAt\":"),
+            COMPLEX_DATA => at(b, p, b"\"complexData\":"),
+            _ => None,
+        }
+    }
+
     /// The whole message as an event.
     fn event(&mut self) -> Option<Event<'a>> {
         let b = self.b;
@@ -513,24 +536,48 @@ impl<'a> Walk<'a, '_> {
         let (mut event_id, mut device_id, mut kind, mut created_at) = (None, None, None, None);
         let (mut seq, mut value) = (None, None);
         let mut complex = false;
+        // The field expected next, in the usual order (see [`Self::usual_key`]).
+        let mut next = EVENT_ID;
         p = self.ws(p + 1);
         if self.at(p) != b'}' {
             loop {
                 if self.at(p) != b'"' {
                     return None;
                 }
-                let (key, e) = self.string(p)?;
-                p = self.ws(e);
-                if self.at(p) != b':' {
-                    return None;
+                let field = match self.usual_key(p, next) {
+                    Some(after) => {
+                        p = after;
+                        next
+                    }
+                    None => {
+                        let (key, e) = self.string(p)?;
+                        p = self.ws(e);
+                        if self.at(p) != b':' {
+                            return None;
+                        }
+                        p += 1;
+                        match key.as_bytes() {
+                            b"eventId" => EVENT_ID,
+                            b"deviceId" => DEVICE_ID,
+                            b"deviceSequenceNumber" => SEQUENCE,
+                            b"type" => TYPE,
+                            b"value" => VALUE,
+                            b"createdAt" => CREATED_AT,
+                            b"complexData" => COMPLEX_DATA,
+                            _ => OTHER,
+                        }
+                    }
+                };
+                if field != OTHER {
+                    next = field + 1;
                 }
-                p = self.ws(p + 1);
-                p = match key.as_bytes() {
-                    b"eventId" => self.text_field(p, &mut event_id)?,
-                    b"deviceId" => self.text_field(p, &mut device_id)?,
-                    b"type" => self.text_field(p, &mut kind)?,
-                    b"createdAt" => self.text_field(p, &mut created_at)?,
-                    b"deviceSequenceNumber" => {
+                p = self.ws(p);
+                p = match field {
+                    EVENT_ID => self.text_field(p, &mut event_id)?,
+                    DEVICE_ID => self.text_field(p, &mut device_id)?,
+                    TYPE => self.text_field(p, &mut kind)?,
+                    CREATED_AT => self.text_field(p, &mut created_at)?,
+                    SEQUENCE => {
                         if seq.is_some() || !self.at(p).is_ascii_digit() {
                             return None;
                         }
@@ -542,7 +589,7 @@ impl<'a> Walk<'a, '_> {
                         seq = Some(digits.iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64));
                         e
                     }
-                    b"value" => {
+                    VALUE => {
                         if value.is_some() {
                             return None;
                         }
@@ -550,7 +597,7 @@ impl<'a> Walk<'a, '_> {
                         value = Some(number_value(&b[p..e])?);
                         e
                     }
-                    b"complexData" => {
+                    COMPLEX_DATA => {
                         if complex || !matches!(self.at(p), b'{' | b'n') {
                             return None;
                         }
@@ -584,6 +631,17 @@ impl<'a> Walk<'a, '_> {
         })
     }
 }
+
+// The fields of an event, in their usual order (see [`Walk::usual_key`]).
+const EVENT_ID: usize = 0;
+const DEVICE_ID: usize = 1;
+const SEQUENCE: usize = 2;
+const TYPE: usize = 3;
+const VALUE: usize = 4;
+const CREATED_AT: usize = 5;
+const COMPLEX_DATA: usize = 6;
+/// Any other member.
+const OTHER: usize = 7;
 
 /// Bytes that may follow a number (0 stands for the end of the message).
 const NUMBER_END: [bool; 256] = {
@@ -637,7 +695,7 @@ fn number_value(text: &[u8]) -> Option<f64> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::number_value;
+    use super::{Index, OTHER, number_value};
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
@@ -657,6 +715,36 @@ mod tests {
             let want: f64 = text.parse().unwrap();
             let got = number_value(text.as_bytes()).unwrap();
             prop_assert_eq!(got.to_bits(), want.to_bits(), "{}", text);
+        }
+    }
+
+    #[test]
+    fn each_usual_key_is_its_fields_key_and_colon() {
+        let names = [
+            "eventId",
+            "deviceId",
+            "deviceSequenceNumber",
+            "type",
+            "value",
+            "createdAt",
+            "complexData",
+        ];
+        for (f, name) in names.iter().enumerate() {
+            for (text, taken) in [
+                (format!(r#"{{"{name}":1}}"#), true),
+                (format!(r#"{{"{name}" :1}}"#), false),
+                (format!(r#"{{"{name}x":1}}"#), false),
+                (format!(r#"{{"{name}""#), false),
+            ] {
+                let mut index = Index::default();
+                let Some(walk) = index.walk(text.as_bytes()) else {
+                    return; // no AVX2 here: no walk
+                };
+                for g in 0..=OTHER {
+                    let want = (taken && g == f).then_some(name.len() + 4);
+                    assert_eq!(walk.usual_key(1, g), want, "{text} as field {g}");
+                }
+            }
         }
     }
 
