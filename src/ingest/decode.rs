@@ -111,7 +111,7 @@ fn digits(b: &[u8], mut i: usize) -> usize {
 /// Index of the first `"`, `\\` or control character at or after `i`, if any, and
 /// whether a non-ASCII byte came before it.
 #[inline]
-fn string_stop(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+pub(crate) fn string_stop(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut high = 0u64;
     while i + 8 <= b.len() {
         let x = word(b, i);

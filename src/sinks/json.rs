@@ -5,6 +5,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
 
 use crate::event::{col, push_rfc3339_ms};
+use crate::ingest::decode::string_stop;
 
 /// Appends row `row` of a closed-window batch as the contract's window record:
 /// `id`, `window`, `deviceId`, `type`, `windowStart`, `windowEnd`, `count`, `sum`,
@@ -28,7 +29,9 @@ pub fn window_record(batch: &RecordBatch, row: usize, out: &mut Vec<u8>) {
     out.push(b'|');
     escape_into(kind, out);
     out.push(b'|');
+    let start_at = out.len();
     push_rfc3339_ms(out, start);
+    let start_text = start_at..out.len();
     out.extend_from_slice(b"\",\"window\":\"");
     escape_into(window, out);
     out.extend_from_slice(b"\",\"deviceId\":\"");
@@ -36,7 +39,7 @@ pub fn window_record(batch: &RecordBatch, row: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"type\":\"");
     escape_into(kind, out);
     out.extend_from_slice(b"\",\"windowStart\":\"");
-    push_rfc3339_ms(out, start);
+    out.extend_from_within(start_text);
     out.extend_from_slice(b"\",\"windowEnd\":\"");
     push_rfc3339_ms(out, end);
     out.extend_from_slice(b"\",\"count\":");
@@ -68,26 +71,28 @@ pub fn number_into(v: f64, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends `s` as the inside of a JSON string.
+/// Appends `s` as the inside of a JSON string. Runs with nothing to escape (usually
+/// all of it) are found eight bytes at a time and copied whole.
 pub fn escape_into(s: &str, out: &mut Vec<u8>) {
     let b = s.as_bytes();
     let mut from = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
+    while let Some((i, _)) = string_stop(b, from) {
+        out.extend_from_slice(&b[from..i]);
+        let esc: &[u8] = match b[i] {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&b[from..i]);
-                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(c >> 4) as usize]);
+                out.push(HEX[(c & 15) as usize]);
                 from = i + 1;
                 continue;
             }
-            _ => continue,
         };
-        out.extend_from_slice(&b[from..i]);
         out.extend_from_slice(esc);
         from = i + 1;
     }
@@ -100,6 +105,7 @@ mod tests {
 
     #[test]
     fn escaping_round_trips_through_a_json_parser() {
+        let every_byte: String = (0u8..0x80).map(char::from).collect();
         for s in [
             "plain",
             "quo\"te",
@@ -107,6 +113,12 @@ mod tests {
             "new\nline",
             "\u{1}ctl",
             "ünï",
+            "a longer plain name, past eight bytes",
+            "\"\\\n\r\t\u{0}\u{1f}",
+            "ends in a quote after eight bytes\"",
+            "mixed: é \" ✓ \\ \u{7f} \u{1b}[0m",
+            "",
+            &every_byte,
         ] {
             let mut out = b"\"".to_vec();
             escape_into(s, &mut out);
