@@ -91,13 +91,7 @@ fn parse_usual(b: &[u8]) -> Option<i64> {
     let (month, day) = (two(0, 5), two(1, 0));
     let (hour, minute, second) = (two(1, 3), two(1, 6), two(2, 1));
     let millis = 10 * two(2, 4) + at(2, 6);
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !valid(year, month, day, hour, minute, second) {
         return None;
     }
     let secs =
@@ -119,13 +113,7 @@ fn parse_any(b: &[u8]) -> Option<i64> {
     let hour = digits(&b[11..13])?;
     let minute = digits(&b[14..16])?;
     let second = digits(&b[17..19])?;
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !valid(year, month, day, hour, minute, second) {
         return None;
     }
     let mut i = 19;
@@ -174,6 +162,16 @@ fn digits(b: &[u8]) -> Option<u32> {
         v = v * 10 + (c - b'0') as u32;
     }
     Some(v)
+}
+
+/// Whether the fields make a date and time (a leap second, :60, allowed).
+fn valid(year: i64, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> bool {
+    (1..=12).contains(&month)
+        && day != 0
+        && day <= days_in_month(year, month)
+        && hour <= 23
+        && minute <= 59
+        && second <= 60
 }
 
 fn days_in_month(y: i64, m: u32) -> u32 {
