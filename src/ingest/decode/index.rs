@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use super::Event;
+use super::{Event, FIELDS};
 use crate::event::parse_rfc3339_ms;
 
 /// Deeper nesting than this goes to the scalar decoder (which allows up to 128).
@@ -128,7 +128,6 @@ impl Default for Stage1 {
 }
 
 /// What stage 1 found in the blocks it built, besides their bitmaps.
-#[derive(Default)]
 struct Found {
     /// A backslash or a control character (the scalar path's business).
     escape_or_control: bool,
@@ -421,8 +420,8 @@ impl<'a> Walk<'a, '_> {
                 // all at once. Deeper objects are walked (they are rarely flat).
                 #[cfg(target_arch = "x86_64")]
                 if depth == 1 {
-                    // SAFETY: a walk exists only after stage 1 accepted the message,
-                    // which it does only on a CPU with AVX2 and PCLMULQDQ.
+                    // SAFETY: a walk exists only on a CPU with AVX2 and PCLMULQDQ
+                    // (see `Index::walk`), and `p` is a `{` outside any string.
                     if let Some(len) = unsafe { flat::object_len(&self.b[p..]) } {
                         self.resume_at(p + len);
                         return Some(p + len);
@@ -556,16 +555,7 @@ impl<'a> Walk<'a, '_> {
                             return None;
                         }
                         p += 1;
-                        match key.as_bytes() {
-                            b"eventId" => EVENT_ID,
-                            b"deviceId" => DEVICE_ID,
-                            b"deviceSequenceNumber" => SEQUENCE,
-                            b"type" => TYPE,
-                            b"value" => VALUE,
-                            b"createdAt" => CREATED_AT,
-                            b"complexData" => COMPLEX_DATA,
-                            _ => OTHER,
-                        }
+                        KEYS.iter().position(|&k| k == key).unwrap_or(OTHER)
                     }
                 };
                 if field != OTHER {
@@ -632,6 +622,18 @@ impl<'a> Walk<'a, '_> {
     }
 }
 
+/// The members the walk reads, by field number (the decoder's fields, then
+/// `complexData`).
+const KEYS: [&str; 7] = [
+    FIELDS[0],
+    FIELDS[1],
+    FIELDS[2],
+    FIELDS[3],
+    FIELDS[4],
+    FIELDS[5],
+    "complexData",
+];
+
 // The fields of an event, in their usual order (see [`Walk::usual_key`]).
 const EVENT_ID: usize = 0;
 const DEVICE_ID: usize = 1;
@@ -695,7 +697,7 @@ fn number_value(text: &[u8]) -> Option<f64> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Index, OTHER, number_value};
+    use super::{Index, KEYS, OTHER, number_value};
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
@@ -720,9 +722,7 @@ mod tests {
 
     #[test]
     fn each_usual_key_is_its_fields_key_and_colon() {
-        // The decoder's field names are in the order of the field numbers.
-        let names = super::super::FIELDS.iter().chain(&["complexData"]);
-        for (f, name) in names.enumerate() {
+        for (f, name) in KEYS.iter().enumerate() {
             for (text, taken) in [
                 (format!(r#"{{"{name}":1}}"#), true),
                 (format!(r#"{{"{name}" :1}}"#), false),
