@@ -24,26 +24,17 @@ use std::arch::x86_64::*;
 
 use super::{chunk64, prefix_xor};
 
-/// What the next block needs from the one before: running states, and bit 63 of the
-/// bitmaps it shifts (as bit 0 of their shifted forms).
-#[derive(Default)]
-struct Carry {
-    in_string: u64,
-    parity: u64,
-    fraction: bool,
-    close_quote: u64,
-    comma: u64,
-    token: u64,
-    minus: u64,
-    dot: u64,
-    digit: u64,
-    lead_zero: u64,
-}
-
 /// The length of the object that opens at `b[0]` (up to and including its closing
 /// brace), if it is flat, has no spaces, and its values are numbers (as above) or
 /// strings without escapes or control characters; and it is valid UTF-8. `None` for
 /// anything else, valid JSON or not.
+///
+/// The blocks overlap by one byte: bit 0 of a block is the byte before its first new
+/// one (the opening brace, in the first block). So a bitmap shifted one byte later is
+/// just shifted, with no bit carried from the block before; only the running states
+/// (in a string, separator parity, in a fraction) and whether bit 0 is a leading zero
+/// cross blocks. Bit 0 is never counted
+/// or checked twice.
 ///
 /// # Safety
 /// The CPU must have AVX2 and PCLMULQDQ. `b[0]` must be a `{` outside any string.
@@ -70,10 +61,16 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     };
     let mut unusual_seen = _mm256_setzero_si256();
     let mut tail = [b' '; 64];
-    let mut c = Carry::default();
+    // The running states: all ones when the block's bit 0 is in a string (from its
+    // opening quote to before its closing one), or after an odd number of separators;
+    // 1 when a fraction's digits run through bit 0, or bit 0 is a number's leading zero.
+    let (mut in_string, mut parity) = (0u64, 0u64);
+    let (mut fraction, mut lead_zero_at_0) = (0u64, 0u64);
+    // Bit 0 is never checked: the brace, or a byte the block before checked.
+    let new = !1u64;
     let n = b.len();
     let mut at = 0;
-    while at < n {
+    while at + 1 < n {
         let chunk = chunk64(b, at, &mut tail);
         // SAFETY: `chunk` holds 64 bytes; unaligned loads.
         let (v0, v1) = unsafe {
@@ -98,13 +95,13 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
         let (u0, u1) = (unusual(v0), unusual(v1));
 
         // Strings: from an opening quote (included) to its closing quote (excluded).
-        let s = prefix_xor(q) ^ c.in_string;
-        c.in_string = ((s as i64) >> 63) as u64;
+        let s = prefix_xor(q & new) ^ in_string;
+        in_string = ((s as i64) >> 63) as u64;
         let (open_quote, close_quote, outside) = (q & s, q & !s, !(s | q));
 
-        // The positions checked: after the opening brace, up to the first closing brace
-        // outside strings (the object's end, since nothing may nest).
-        let mut w = if at == 0 { !1 } else { !0 };
+        // The positions checked: the new ones, up to the first closing brace outside
+        // strings (the object's end, since nothing may nest).
+        let mut w = new;
         let end = close & outside & w;
         let end = end & end.wrapping_neg();
         if end != 0 {
@@ -117,29 +114,31 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
         let mut bad = outside & !(separator | token) & !end;
 
         // Each bitmap shifted one byte later: bit i says what byte i - 1 is.
-        let after = |x: u64, carry: u64| x << 1 | carry;
-        let after_token = after(token, c.token);
+        let after_token = token << 1;
         let token_start = token & !after_token;
         // (That an atom follows each separator then holds too: after a separator
         // comes neither a separator nor the end, and bytes of no kind are refused.)
-        bad |= (after(close_quote, c.close_quote) | after_token & !token) ^ (separator | end);
-        let parity = prefix_xor(separator) ^ c.parity;
-        c.parity = ((parity as i64) >> 63) as u64;
-        bad |= colon & !parity | comma & parity | end & !parity;
-        bad |= after(comma, c.comma) & !open_quote;
+        bad |= (close_quote << 1 | after_token & !token) ^ (separator | end);
+        let odd = prefix_xor(separator & new) ^ parity;
+        parity = ((odd as i64) >> 63) as u64;
+        bad |= colon & !odd | comma & odd | end & !odd;
+        bad |= comma << 1 & !open_quote;
 
         // Numbers: a minus only first and before a digit; a dot between digits; no
         // leading zero; at most one dot (a carry added at the start of the digits
         // after a dot stops just after them, where no second dot may be).
-        let after_minus = after(minus, c.minus);
-        let after_dot = after(dot, c.dot);
-        bad |= minus & !token_start | after_minus & !digit;
-        bad |= dot & !after(digit, c.digit) | after_dot & !digit;
-        let lead_zero = zero & (token_start | after_minus);
-        bad |= after(lead_zero, c.lead_zero) & digit;
-        let (sum, o1) = digit.overflowing_add(digit & after_dot);
-        let (sum, o2) = sum.overflowing_add(c.fraction as u64);
-        c.fraction = o1 | o2;
+        let (after_minus, after_dot) = (minus << 1, dot << 1);
+        bad |= minus & after_token | after_minus & !digit;
+        bad |= dot & !(digit << 1) | after_dot & !digit;
+        // (Whether bit 0 starts a number looks two bytes back: it comes from the block
+        // before.)
+        let lead_zero = zero & (token_start | after_minus) & new | lead_zero_at_0;
+        lead_zero_at_0 = lead_zero >> 63;
+        bad |= lead_zero << 1 & digit;
+        let digit_new = digit & new;
+        let (sum, o1) = digit_new.overflowing_add(digit_new & after_dot);
+        let (sum, o2) = sum.overflowing_add(fraction << 1);
+        fraction = (o1 | o2) as u64;
         bad |= sum & !digit & dot;
 
         if bad & w != 0 {
@@ -153,14 +152,7 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
             return (plain || plain_utf8(&b[..len])).then_some(len);
         }
         unusual_seen = _mm256_or_si256(unusual_seen, _mm256_or_si256(u0, u1));
-        c.close_quote = close_quote >> 63;
-        c.comma = comma >> 63;
-        c.token = token >> 63;
-        c.minus = minus >> 63;
-        c.dot = dot >> 63;
-        c.digit = digit >> 63;
-        c.lead_zero = lead_zero >> 63;
-        at += 64;
+        at += 63;
     }
     None
 }
@@ -284,55 +276,66 @@ mod tests {
         !b.iter().any(|&c| c == b'\\' || c < 0x20) && std::str::from_utf8(b).is_ok()
     }
 
+    /// Objects the check leaves to the walk, and why.
+    const REFUSED: [(&str, &str); 45] = [
+        (r#"{"a":1 }"#, "space"),
+        (r#"{ "a":1}"#, "space"),
+        (r#"{"a": 1}"#, "space"),
+        (r#"{"a":true}"#, "literal"),
+        (r#"{"a":null}"#, "literal"),
+        (r#"{"a":1e5}"#, "exponent"),
+        (r#"{"a":{}}"#, "nesting"),
+        (r#"{"a":[1]}"#, "nesting"),
+        (r#"{"a":01}"#, "leading zero"),
+        (r#"{"a":-01}"#, "leading zero"),
+        (r#"{"a":00}"#, "leading zero"),
+        (r#"{"a":1.}"#, "no fraction digits"),
+        (r#"{"a":.5}"#, "no integer digits"),
+        (r#"{"a":-.5}"#, "no integer digits"),
+        (r#"{"a":-}"#, "lone minus"),
+        (r#"{"a":1-2}"#, "inner minus"),
+        (r#"{"a":--1}"#, "two minus"),
+        (r#"{"a":1.2.3}"#, "two dots"),
+        (r#"{"a":1..2}"#, "two dots"),
+        (r#"{"a":1,}"#, "trailing comma"),
+        (r#"{,"a":1}"#, "leading comma"),
+        (r#"{"a":1,,"b":2}"#, "double comma"),
+        (r#"{"a"::1}"#, "double colon"),
+        (r#"{"a":}"#, "no value"),
+        (r#"{"a"}"#, "no colon"),
+        (r#"{"a""b":1}"#, "two keys"),
+        (r#"{"a":1"b":2}"#, "no comma"),
+        (r#"{"a":"x""y"}"#, "two values"),
+        (r#"{"a":"x":1}"#, "value then colon"),
+        (r#"{"a":1:2}"#, "number then colon"),
+        (r#"{1:2}"#, "number key"),
+        (r#"{"a":1,2:3}"#, "number key"),
+        (r#"{"a":"x",-1.5:"y"}"#, "number key"),
+        (r#"{"a":1,"b"}"#, "key without value"),
+        (r#"{"a":1:"b"}"#, "colon for comma"),
+        (r#"{"a","b":1}"#, "comma for colon"),
+        (r#"{"a":1"#, "unclosed"),
+        (r#"{"a":"}"#, "unclosed string"),
+        (r#"{"a":é}"#, "bare non-ASCII"),
+        (r#"{"a":"\"}"#, "escaped quote"),
+        (r#"{"a":"\\"}"#, "escaped backslash"),
+        (r#"{"a\n":1}"#, "escape in a key"),
+        ("{\"a\":\"\t\"}", "tab in a string"),
+        ("{\"a\":\"\u{1f}\"}", "control character"),
+        ("{\"a\":1,\n\"b\":2}", "newline"),
+    ];
+
+    /// Flat objects the check takes.
+    const TAKEN: [&str; 4] = [
+        r#"{"":0}"#,
+        r#"{"a":-0.0,"}":"{,:"}"#,
+        r#"{"a":"}"}"#,
+        r#"{"b":10.000,"c":0,"d":-100,"e":"","f":0.05,"g":-0.001}"#,
+    ];
+
     #[test]
     fn the_unusual_is_left_to_the_walk() {
-        for (text, why) in [
-            (r#"{"a":1 }"#, "space"),
-            (r#"{ "a":1}"#, "space"),
-            (r#"{"a": 1}"#, "space"),
-            (r#"{"a":true}"#, "literal"),
-            (r#"{"a":null}"#, "literal"),
-            (r#"{"a":1e5}"#, "exponent"),
-            (r#"{"a":{}}"#, "nesting"),
-            (r#"{"a":[1]}"#, "nesting"),
-            (r#"{"a":01}"#, "leading zero"),
-            (r#"{"a":-01}"#, "leading zero"),
-            (r#"{"a":00}"#, "leading zero"),
-            (r#"{"a":1.}"#, "no fraction digits"),
-            (r#"{"a":.5}"#, "no integer digits"),
-            (r#"{"a":-.5}"#, "no integer digits"),
-            (r#"{"a":-}"#, "lone minus"),
-            (r#"{"a":1-2}"#, "inner minus"),
-            (r#"{"a":--1}"#, "two minus"),
-            (r#"{"a":1.2.3}"#, "two dots"),
-            (r#"{"a":1..2}"#, "two dots"),
-            (r#"{"a":1,}"#, "trailing comma"),
-            (r#"{,"a":1}"#, "leading comma"),
-            (r#"{"a":1,,"b":2}"#, "double comma"),
-            (r#"{"a"::1}"#, "double colon"),
-            (r#"{"a":}"#, "no value"),
-            (r#"{"a"}"#, "no colon"),
-            (r#"{"a""b":1}"#, "two keys"),
-            (r#"{"a":1"b":2}"#, "no comma"),
-            (r#"{"a":"x""y"}"#, "two values"),
-            (r#"{"a":"x":1}"#, "value then colon"),
-            (r#"{"a":1:2}"#, "number then colon"),
-            (r#"{1:2}"#, "number key"),
-            (r#"{"a":1,2:3}"#, "number key"),
-            (r#"{"a":"x",-1.5:"y"}"#, "number key"),
-            (r#"{"a":1,"b"}"#, "key without value"),
-            (r#"{"a":1:"b"}"#, "colon for comma"),
-            (r#"{"a","b":1}"#, "comma for colon"),
-            (r#"{"a":1"#, "unclosed"),
-            (r#"{"a":"}"#, "unclosed string"),
-            (r#"{"a":é}"#, "bare non-ASCII"),
-            (r#"{"a":"\"}"#, "escaped quote"),
-            (r#"{"a":"\\"}"#, "escaped backslash"),
-            (r#"{"a\n":1}"#, "escape in a key"),
-            ("{\"a\":\"\t\"}", "tab in a string"),
-            ("{\"a\":\"\u{1f}\"}", "control character"),
-            ("{\"a\":1,\n\"b\":2}", "newline"),
-        ] {
+        for (text, why) in REFUSED {
             assert_eq!(check(text.as_bytes()), None, "{why}: {text}");
         }
         let mut invalid = r#"{"a":"xé"}"#.as_bytes().to_vec();
@@ -350,6 +353,23 @@ mod tests {
             (r#"{"a":"}"}}"#, 9),
         ] {
             assert_eq!(check(text.as_bytes()), Some(len), "{text}");
+        }
+    }
+
+    /// Each object above after a first member of every length up to two blocks, so that
+    /// each of its bytes falls on each side of a block boundary: judged the same.
+    #[test]
+    fn every_rule_holds_across_block_boundaries() {
+        for filler in 0..130 {
+            let first = format!("{{\"k\":\"{}\",", "x".repeat(filler));
+            for (text, why) in REFUSED {
+                let text = format!("{first}{}", &text[1..]);
+                assert_eq!(check(text.as_bytes()), None, "{why}: {text}");
+            }
+            for text in TAKEN {
+                let text = format!("{first}{}", &text[1..]);
+                assert_eq!(check(text.as_bytes()), Some(text.len()), "{text}");
+            }
         }
     }
 }
