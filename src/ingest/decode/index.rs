@@ -30,7 +30,7 @@ const MAX_DEPTH: usize = 64;
 /// Reusable bitmaps: per 64-byte block, `[token, quote, digit]`, plus one zero block.
 pub struct Index {
     masks: Vec<u64>,
-    /// The CPU has AVX2 and PCLMULQDQ (asked once, not per message).
+    /// The CPU has AVX2, PCLMULQDQ, BMI1 and BMI2 (asked once, not per message).
     simd: bool,
 }
 
@@ -38,7 +38,9 @@ impl Default for Index {
     fn default() -> Self {
         #[cfg(target_arch = "x86_64")]
         let simd = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("pclmulqdq");
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2");
         #[cfg(not(target_arch = "x86_64"))]
         let simd = false;
         Index {
@@ -143,7 +145,7 @@ mod avx2 {
 
     /// Fills the bitmaps of `b`'s 64-byte blocks `from..to` (3 words each, in `masks`)
     /// and carries `state` across them.
-    #[target_feature(enable = "avx2,pclmulqdq")]
+    #[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
     pub unsafe fn build(
         b: &[u8],
         masks: &mut [u64],
@@ -273,7 +275,7 @@ impl<'a> Walk<'a, '_> {
         if self.built < end {
             #[cfg(target_arch = "x86_64")]
             {
-                // SAFETY: a walk exists only on a CPU with AVX2 and PCLMULQDQ (see
+                // SAFETY: a walk exists only on a CPU with AVX2, PCLMULQDQ and BMI (see
                 // `Index::walk`); `masks` holds 3 words per block and the zero block.
                 let found =
                     unsafe { avx2::build(self.b, self.m, self.built, end, &mut self.stage1) };
@@ -420,7 +422,7 @@ impl<'a> Walk<'a, '_> {
                 // all at once. Deeper objects are walked (they are rarely flat).
                 #[cfg(target_arch = "x86_64")]
                 if depth == 1 {
-                    // SAFETY: a walk exists only on a CPU with AVX2 and PCLMULQDQ
+                    // SAFETY: a walk exists only on a CPU with AVX2, PCLMULQDQ and BMI
                     // (see `Index::walk`), and `p` is a `{` outside any string.
                     if let Some(len) = unsafe { flat::object_len(&self.b[p..]) } {
                         self.resume_at(p + len);

@@ -37,8 +37,8 @@ use super::{chunk64, prefix_xor};
 /// or checked twice.
 ///
 /// # Safety
-/// The CPU must have AVX2 and PCLMULQDQ. `b[0]` must be a `{` outside any string.
-#[target_feature(enable = "avx2,pclmulqdq")]
+/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2. `b[0]` must be a `{` outside any string.
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
 pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     debug_assert_eq!(b.first(), Some(&b'{'));
     match b.get(1) {
@@ -172,8 +172,10 @@ mod tests {
     use super::object_len;
 
     fn check(b: &[u8]) -> Option<usize> {
-        if !std::arch::is_x86_feature_detected!("avx2")
-            || !std::arch::is_x86_feature_detected!("pclmulqdq")
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2"))
         {
             return None;
         }
