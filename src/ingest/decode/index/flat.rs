@@ -22,19 +22,20 @@
 
 use std::arch::x86_64::*;
 
-use super::{chunk64, prefix_xor};
+use super::prefix_xor;
 
 /// The length of the object that opens at `b[0]` (up to and including its closing
 /// brace), if it is flat, has no spaces, and its values are numbers (as above) or
 /// strings without escapes or control characters; and it is valid UTF-8. `None` for
 /// anything else, valid JSON or not.
 ///
-/// The blocks overlap by one byte: bit 0 of a block is the byte before its first new
-/// one (the opening brace, in the first block). So a bitmap shifted one byte later is
-/// just shifted, with no bit carried from the block before; only the running states
-/// (in a string, separator parity, in a fraction) and whether bit 0 is a leading zero
-/// cross blocks. Bit 0 is never counted
-/// or checked twice.
+/// The blocks overlap: bit 0 of a block is the last byte checked, the byte before its
+/// first new one (the opening brace, in the first block); a last block that would run
+/// past the end of `b` ends where `b` does instead, so more of its bits were checked
+/// before. So a bitmap shifted one byte later is just shifted, with no bit
+/// carried from the block before; only the running states (in a string, separator
+/// parity, in a fraction) and whether the last byte checked is a leading zero cross
+/// blocks. No byte is counted or checked twice.
 ///
 /// # Safety
 /// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2. `b[0]` must be a `{` outside any string.
@@ -46,6 +47,69 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
         Some(b'"') => {}
         _ => return None,
     }
+    let mut state = State {
+        in_string: 0,
+        parity: 0,
+        fraction: 0,
+        lead_zero: 0,
+        unusual_seen: _mm256_setzero_si256(),
+    };
+    let n = b.len();
+    // The last byte checked: bit 0 of the next block, as the blocks overlap.
+    let mut at = 0;
+    while let Some(chunk) = b[at..].first_chunk() {
+        if let Some(outcome) = block::<true>(&mut state, b, chunk, at, 1) {
+            return outcome;
+        }
+        at += 63;
+    }
+    if at + 1 < n {
+        // The last new bytes: the block that ends where `b` does (no copy), or, for an
+        // object shorter than a block, a copy padded with spaces.
+        let mut tail = [b' '; 64];
+        let (chunk, start) = match b.last_chunk() {
+            Some(chunk) => (chunk, n - 64),
+            None => {
+                tail[..n].copy_from_slice(b);
+                (&tail, 0)
+            }
+        };
+        if let Some(outcome) = block::<false>(&mut state, b, chunk, start, at - start + 1) {
+            return outcome;
+        }
+    }
+    None
+}
+
+/// What a block passes to the next: all ones when the last byte checked is in a string
+/// (from its opening quote to before its closing one), or after an odd number of
+/// separators; 1 when a fraction's digits run through it, or it is a number's leading
+/// zero; and the unusual bytes seen.
+struct State {
+    in_string: u64,
+    parity: u64,
+    fraction: u64,
+    lead_zero: u64,
+    unusual_seen: __m256i,
+}
+
+/// One block of [`object_len`]'s object `b`: the 64 bytes from `b[start]` at `chunk`,
+/// of which those from bit `first` on are new (1 but in a last block read back from
+/// the end of `b`; bit `first - 1` is the last byte checked, the brace in the first
+/// block). The outcome, if the object ends or fails here.
+///
+/// `WHOLE` only makes two copies: one for the blocks read whole, one for the last, so
+/// that each is inlined where it is called, with `first` known in the first.
+#[inline]
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
+fn block<const WHOLE: bool>(
+    st: &mut State,
+    b: &[u8],
+    chunk: &[u8; 64],
+    start: usize,
+    first: usize,
+) -> Option<Option<usize>> {
+    let new = !0u64 << first;
     // The bytes classified, in the order of the bitmaps below (digits come last).
     let splat = [b'"', b':', b',', b'}', b'.', b'-', b'0'].map(|c| _mm256_set1_epi8(c as i8));
     let nine = _mm256_set1_epi8(9);
@@ -59,101 +123,85 @@ pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
             below_space_or_high,
         )
     };
-    let mut unusual_seen = _mm256_setzero_si256();
-    let mut tail = [b' '; 64];
-    // The running states: all ones when the block's bit 0 is in a string (from its
-    // opening quote to before its closing one), or after an odd number of separators;
-    // 1 when a fraction's digits run through bit 0, or bit 0 is a number's leading zero.
-    let (mut in_string, mut parity) = (0u64, 0u64);
-    let (mut fraction, mut lead_zero_at_0) = (0u64, 0u64);
-    // Bit 0 is never checked: the brace, or a byte the block before checked.
-    let new = !1u64;
-    let n = b.len();
-    let mut at = 0;
-    while at + 1 < n {
-        let chunk = chunk64(b, at, &mut tail);
-        // SAFETY: `chunk` holds 64 bytes; unaligned loads.
-        let (v0, v1) = unsafe {
-            (
-                _mm256_loadu_si256(chunk.as_ptr().cast()),
-                _mm256_loadu_si256(chunk.as_ptr().add(32).cast()),
-            )
-        };
-        let bits = |v: __m256i| {
-            let d = _mm256_sub_epi8(v, splat[6]);
-            let digit = _mm256_cmpeq_epi8(_mm256_min_epu8(d, nine), d);
-            let mask = |x: __m256i| _mm256_movemask_epi8(x) as u32 as u64;
-            let mut out = [mask(digit); 8];
-            for (o, x) in out.iter_mut().zip(splat) {
-                *o = mask(_mm256_cmpeq_epi8(v, x));
-            }
-            out
-        };
-        let (lo, hi) = (bits(v0), bits(v1));
-        let [q, colon, comma, close, dot, minus, zero, digit] =
-            std::array::from_fn(|i| lo[i] | hi[i] << 32);
-        let (u0, u1) = (unusual(v0), unusual(v1));
-
-        // Strings: from an opening quote (included) to its closing quote (excluded).
-        let s = prefix_xor(q & new) ^ in_string;
-        in_string = ((s as i64) >> 63) as u64;
-        let (open_quote, close_quote, outside) = (q & s, q & !s, !(s | q));
-
-        // The positions checked: the new ones, up to the first closing brace outside
-        // strings (the object's end, since nothing may nest).
-        let mut w = new;
-        let end = close & outside & w;
-        let end = end & end.wrapping_neg();
-        if end != 0 {
-            w &= end | (end - 1);
+    // SAFETY: `chunk` holds 64 bytes; unaligned loads.
+    let (v0, v1) = unsafe {
+        (
+            _mm256_loadu_si256(chunk.as_ptr().cast()),
+            _mm256_loadu_si256(chunk.as_ptr().add(32).cast()),
+        )
+    };
+    let bits = |v: __m256i| {
+        let d = _mm256_sub_epi8(v, splat[6]);
+        let digit = _mm256_cmpeq_epi8(_mm256_min_epu8(d, nine), d);
+        let mask = |x: __m256i| _mm256_movemask_epi8(x) as u32 as u64;
+        let mut out = [mask(digit); 8];
+        for (o, x) in out.iter_mut().zip(splat) {
+            *o = mask(_mm256_cmpeq_epi8(v, x));
         }
-        let (colon, comma) = (colon & outside, comma & outside);
-        let (digit, dot, minus) = (digit & outside, dot & outside, minus & outside);
-        let token = digit | dot | minus;
-        let separator = colon | comma;
-        let mut bad = outside & !(separator | token) & !end;
+        out
+    };
+    let (lo, hi) = (bits(v0), bits(v1));
+    let [q, colon, comma, close, dot, minus, zero, digit] =
+        std::array::from_fn(|i| lo[i] | hi[i] << 32);
+    let (u0, u1) = (unusual(v0), unusual(v1));
 
-        // Each bitmap shifted one byte later: bit i says what byte i - 1 is.
-        let after_token = token << 1;
-        let token_start = token & !after_token;
-        // (That an atom follows each separator then holds too: after a separator
-        // comes neither a separator nor the end, and bytes of no kind are refused.)
-        bad |= (close_quote << 1 | after_token & !token) ^ (separator | end);
-        let odd = prefix_xor(separator & new) ^ parity;
-        parity = ((odd as i64) >> 63) as u64;
-        bad |= colon & !odd | comma & odd | end & !odd;
-        bad |= comma << 1 & !open_quote;
+    // Strings: from an opening quote (included) to its closing quote (excluded).
+    let s = prefix_xor(q & new) ^ st.in_string;
+    st.in_string = ((s as i64) >> 63) as u64;
+    let (open_quote, close_quote, outside) = (q & s, q & !s, !(s | q));
 
-        // Numbers: a minus only first and before a digit; a dot between digits; no
-        // leading zero; at most one dot (a carry added at the start of the digits
-        // after a dot stops just after them, where no second dot may be).
-        let (after_minus, after_dot) = (minus << 1, dot << 1);
-        bad |= minus & after_token | after_minus & !digit;
-        bad |= dot & !(digit << 1) | after_dot & !digit;
-        // (Whether bit 0 starts a number looks two bytes back: it comes from the block
-        // before.)
-        let lead_zero = zero & (token_start | after_minus) & new | lead_zero_at_0;
-        lead_zero_at_0 = lead_zero >> 63;
-        bad |= lead_zero << 1 & digit;
-        let digit_new = digit & new;
-        let (sum, o1) = digit_new.overflowing_add(digit_new & after_dot);
-        let (sum, o2) = sum.overflowing_add(fraction << 1);
-        fraction = (o1 | o2) as u64;
-        bad |= sum & !digit & dot;
-
-        if bad & w != 0 {
-            return None;
-        }
-        if end != 0 {
-            let len = at + end.trailing_zeros() as usize + 1;
-            let u =
-                _mm256_movemask_epi8(u0) as u32 as u64 | (_mm256_movemask_epi8(u1) as u64) << 32;
-            let plain = _mm256_testz_si256(unusual_seen, unusual_seen) != 0 && u & w == 0;
-            return (plain || plain_utf8(&b[..len])).then_some(len);
-        }
-        unusual_seen = _mm256_or_si256(unusual_seen, _mm256_or_si256(u0, u1));
-        at += 63;
+    // The positions checked: the new ones, up to the first closing brace outside
+    // strings (the object's end, since nothing may nest).
+    let mut w = new;
+    let end = close & outside & w;
+    let end = end & end.wrapping_neg();
+    if end != 0 {
+        w &= end | (end - 1);
     }
+    let (colon, comma) = (colon & outside, comma & outside);
+    let (digit, dot, minus) = (digit & outside, dot & outside, minus & outside);
+    let token = digit | dot | minus;
+    let separator = colon | comma;
+    let mut bad = outside & !(separator | token) & !end;
+
+    // Each bitmap shifted one byte later: bit i says what byte i - 1 is.
+    let after_token = token << 1;
+    let token_start = token & !after_token;
+    // (That an atom follows each separator then holds too: after a separator
+    // comes neither a separator nor the end, and bytes of no kind are refused.)
+    bad |= (close_quote << 1 | after_token & !token) ^ (separator | end);
+    let odd = prefix_xor(separator & new) ^ st.parity;
+    st.parity = ((odd as i64) >> 63) as u64;
+    bad |= colon & !odd | comma & odd | end & !odd;
+    bad |= comma << 1 & !open_quote;
+
+    // Numbers: a minus only first and before a digit; a dot between digits; no
+    // leading zero; at most one dot (a carry added at the start of the digits
+    // after a dot stops just after them, where no second dot may be).
+    let (after_minus, after_dot) = (minus << 1, dot << 1);
+    bad |= minus & after_token | after_minus & !digit;
+    bad |= dot & !(digit << 1) | after_dot & !digit;
+    // (Whether the last byte checked starts a number looks two bytes back: it comes
+    // from the block before.)
+    let lead_zero = zero & (token_start | after_minus) & new | st.lead_zero << (first - 1);
+    st.lead_zero = lead_zero >> 63;
+    bad |= lead_zero << 1 & digit;
+    let digit_new = digit & new;
+    let (sum, o1) = digit_new.overflowing_add(digit_new & after_dot);
+    let (sum, o2) = sum.overflowing_add(st.fraction << first);
+    st.fraction = (o1 | o2) as u64;
+    bad |= sum & !digit & dot;
+
+    if bad & w != 0 {
+        return Some(None);
+    }
+    if end != 0 {
+        let len = start + end.trailing_zeros() as usize + 1;
+        let u = _mm256_movemask_epi8(u0) as u32 as u64 | (_mm256_movemask_epi8(u1) as u64) << 32;
+        let plain = _mm256_testz_si256(st.unusual_seen, st.unusual_seen) != 0 && u & w == 0;
+        return Some((plain || plain_utf8(&b[..len])).then_some(len));
+    }
+    st.unusual_seen = _mm256_or_si256(st.unusual_seen, _mm256_or_si256(u0, u1));
     None
 }
 
