@@ -67,6 +67,9 @@ pub struct EventIdSet {
     slots: Slots,
     /// Ids held.
     len: usize,
+    /// No id held was seen before this watermark (so a sweep up to an earlier cutoff
+    /// would drop nothing, and is skipped).
+    oldest: i64,
     horizon: i64,
     next_sweep: i64,
 }
@@ -192,6 +195,7 @@ impl EventIdSet {
         EventIdSet {
             slots: Slots::zeroed(MIN_SLOTS),
             len: 0,
+            oldest: i64::MAX,
             horizon: horizon_ms.max(1),
             next_sweep: i64::MIN,
         }
@@ -219,6 +223,7 @@ impl EventIdSet {
             if slot.hash == 0 {
                 *slot = Slot { hash, seen_at: wm };
                 self.len += 1;
+                self.oldest = self.oldest.min(wm);
                 return false;
             }
             i = (i + 1) & mask;
@@ -262,13 +267,16 @@ impl EventIdSet {
     /// taken out and put back from its home slot, which lands it at or before where it
     /// was, so every id stays reachable from its home without gaps.
     fn sweep(&mut self, cutoff: i64) {
+        if self.oldest > cutoff {
+            return; // nothing to drop
+        }
         let n = self.slots.len();
         let mask = n - 1;
         // At most half full: there is an empty slot.
         let Some(start) = self.slots.iter().position(|s| s.hash == 0) else {
             return;
         };
-        let mut len = 0;
+        let (mut len, mut oldest) = (0, i64::MAX);
         for k in 1..n {
             let i = (start + k) & mask;
             let s = self.slots[i];
@@ -281,8 +289,10 @@ impl EventIdSet {
             }
             place(&mut self.slots, s);
             len += 1;
+            oldest = oldest.min(s.seen_at);
         }
         self.len = len;
+        self.oldest = oldest;
     }
 
     /// Moves every id into a table of `size` slots (a power of two, > 2 × len).
@@ -519,6 +529,8 @@ mod tests {
                     }
                     proptest::prop_assert_eq!(set.len(), model.len());
                     proptest::prop_assert_eq!(set.slots.len(), slots);
+                    let oldest = model.values().min().copied().unwrap_or(i64::MAX);
+                    proptest::prop_assert_eq!(set.oldest, oldest);
                     continue;
                 }
                 if 2 * (model.len() + 1) > slots {
