@@ -65,7 +65,7 @@ pub fn window_record(batch: &RecordBatch, row: usize, out: &mut Vec<u8>) {
 /// A JSON number; non-finite values (a sum that overflowed) become `null`.
 pub fn number_into(v: f64, out: &mut Vec<u8>) {
     if v.is_finite() {
-        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+        out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
     } else {
         out.extend_from_slice(b"null");
     }
@@ -124,6 +124,43 @@ mod tests {
             escape_into(s, &mut out);
             out.push(b'"');
             assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
+    }
+
+    /// Numbers are written as serde_json writes them (the other sinks' serializer):
+    /// sums, averages and the values around them, random bit patterns, and the edges.
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        let mut rng = eventide_simulator::Rng::new(11);
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            1e15,
+            1e16,
+            1e21,
+            1e22,
+            1.5e-7,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+        ];
+        for _ in 0..50_000 {
+            values.push(f64::from_bits(rng.next_u64()));
+            let readings = (rng.below(50) + 1) as f64;
+            values.push((rng.below(1_000_000) as f64 / 100.0) * readings / 7.0);
+        }
+        for v in values {
+            let mut out = Vec::new();
+            number_into(v, &mut out);
+            let expected = if v.is_finite() {
+                serde_json::to_string(&v).unwrap()
+            } else {
+                "null".to_owned()
+            };
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{v:e}");
         }
     }
 }
