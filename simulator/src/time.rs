@@ -5,6 +5,11 @@
 
 /// Appends `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn push_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
+    out.extend_from_slice(&rfc3339_ms_bytes(ms));
+}
+
+/// `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_ms_bytes(ms: i64) -> [u8; 24] {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000) as u32;
     let days = secs.div_euclid(86_400);
@@ -26,7 +31,7 @@ pub fn push_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
     buf[19] = b'.';
     put(&mut buf[20..23], millis, 3);
     buf[23] = b'Z';
-    out.extend_from_slice(&buf);
+    buf
 }
 
 /// `ms` as an RFC 3339 string (for tests and cold paths).

@@ -209,9 +209,10 @@ impl Sink {
                 ..
             } => {
                 if let (true, Some(batch)) = (*windows, &out.windows) {
+                    let mut records = json::WindowRecords::new(batch);
                     for row in 0..batch.num_rows() {
                         buf.clear();
-                        json::window_record(batch, row, buf);
+                        records.write(row, buf);
                         buf.push(b'\n');
                         w.write_all(buf).map_err(err)?;
                     }
@@ -233,10 +234,13 @@ impl Sink {
             } => {
                 if let (Some(topic), Some(batch)) = (windows_topic.as_deref(), &out.windows) {
                     use arrow_array::cast::AsArray;
-                    let devices = batch.column(1).as_string::<i32>();
+                    let devices = batch
+                        .column(crate::event::col::DEVICE_ID)
+                        .as_string::<i32>();
+                    let mut records = json::WindowRecords::new(batch);
                     for row in 0..batch.num_rows() {
                         buf.clear();
-                        json::window_record(batch, row, buf);
+                        records.write(row, buf);
                         w.send(topic, Some(devices.value(row).as_bytes()), buf, 0);
                     }
                 }

@@ -261,9 +261,10 @@ impl CosmosSink {
     pub fn write(&mut self, out: &Output) -> Result<(), SinkError> {
         if let Some(batch) = &out.windows {
             if self.windows {
+                let mut records = json::WindowRecords::new(batch);
                 for row in 0..batch.num_rows() {
                     self.buf.clear();
-                    json::window_record(batch, row, &mut self.buf);
+                    records.write(row, &mut self.buf);
                     let body = raw(&self.buf)?;
                     let ids: RecordKeys = serde_json::from_str(body.get())
                         .map_err(|e| SinkError::Cosmos(format!("window record: {e}")))?;
