@@ -16,7 +16,8 @@ pub fn prefetch_line(p: *const u8) {
 /// [`prefetch_line`] for the first 16 lines of `bytes` (an event about to be decoded).
 #[inline(always)]
 pub fn prefetch(bytes: &[u8]) {
-    for line in bytes.chunks(64).take(16) {
-        prefetch_line(line.as_ptr());
+    let p = bytes.as_ptr();
+    for offset in (0..bytes.len().min(16 * 64)).step_by(64) {
+        prefetch_line(p.wrapping_add(offset));
     }
 }
