@@ -375,7 +375,9 @@ impl<'a> Walk<'a, '_> {
     /// The number that starts at `s`: its end, and whether it is an integer. Only
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` of up to 62 bytes, followed by `,` `}` `]`, a space
     /// or the end; anything else (an exponent, say) goes the scalar way. The digit runs
-    /// come from one read of the digit bitmap.
+    /// come from one read of the digit bitmap: first of the number's own block only,
+    /// which decides any number that ends in it (nearly all), so that stage 1 need not
+    /// build the next block (often a flat object's, which it need not classify).
     #[inline(always)]
     fn number(&mut self, s: usize) -> Option<(usize, bool)> {
         // A branch, not arithmetic: the next member's position then does not wait for
@@ -388,20 +390,29 @@ impl<'a> Walk<'a, '_> {
         } else {
             s
         };
-        let x = self.bits(DIGIT, d);
-        let int_len = (!x).trailing_zeros() as usize;
-        if int_len == 0 || int_len > 60 || (self.b[d] == b'0' && int_len > 1) {
-            return None;
-        }
-        let mut e = d + int_len;
-        let int = self.at(e) != b'.';
-        if !int {
+        let b = self.b;
+        // The length from `d` and whether it is an integer, from digit bits `x` from `d`.
+        let shape = |x: u64| {
+            let int_len = (!x).trailing_zeros() as usize;
+            if int_len == 0 || int_len > 60 || (b[d] == b'0' && int_len > 1) {
+                return None;
+            }
+            if b.get(d + int_len) != Some(&b'.') {
+                return Some((int_len, true));
+            }
             let frac = (!(x >> (int_len + 1))).trailing_zeros() as usize;
             if frac == 0 || int_len + 1 + frac > 62 {
                 return None;
             }
-            e += 1 + frac;
-        }
+            Some((int_len + 1 + frac, false))
+        };
+        let (w, o) = (d >> 6, d & 63);
+        let (len, int) = match shape(self.block(DIGIT, w) >> o) {
+            // Decided by bits of this block (the bits past it read as non-digits).
+            Some((len, int)) if len < 64 - o => (len, int),
+            _ => shape(self.bits(DIGIT, d))?,
+        };
+        let e = d + len;
         NUMBER_END[self.at(e) as usize].then_some((e, int))
     }
 
