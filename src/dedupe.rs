@@ -341,6 +341,17 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
+    /// Asks the CPU for the cache lines [`Self::check`] will read for `device` and
+    /// `seq` (its high-water mark, and the word of the bitmap `seq` falls in).
+    #[inline]
+    pub fn prefetch(&self, device: u32, seq: u64) {
+        if let Some(s) = self.devices.get(device as usize) {
+            crate::hint::prefetch_line((s as *const SeqState).cast());
+            let word = &s.bits[(seq % SEQ_WINDOW / 64) as usize];
+            crate::hint::prefetch_line((word as *const u64).cast());
+        }
+    }
+
     /// A device's highest sequence number and open gaps, once it has been seen.
     pub fn device(&self, device: u32) -> Option<(u64, u64)> {
         self.devices

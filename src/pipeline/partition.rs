@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use super::{Counts, PartitionStats, Settings};
 use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker, id_hash};
 use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
-use crate::hint::prefetch;
+use crate::hint::{prefetch, prefetch_line};
 use crate::ingest::decode::{DecodeError, Decoder, Event};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
@@ -182,8 +182,9 @@ impl EmitLatency {
 
 /// An item decoded ahead of its turn (see [`Partition::on_block`]).
 enum Ahead<'a> {
-    /// The event and its id's hash (0 when ids are not deduplicated).
-    Event(Event<'a>, u64),
+    /// The event, its id's hash (0 when ids are not deduplicated) and its device's
+    /// number (`None` if its type is filtered out).
+    Event(Event<'a>, u64, Option<u32>),
     Rejected(Reason, String),
 }
 
@@ -430,8 +431,8 @@ impl Partition {
             });
             let raw = block.bytes(it);
             match this {
-                Ahead::Event(ev, id_hash) => {
-                    self.on_event(ev, id_hash, raw, block, it, block.offset(it))
+                Ahead::Event(ev, id_hash, device) => {
+                    self.on_event(ev, id_hash, device, raw, block, it, block.offset(it))
                 }
                 Ahead::Rejected(reason, e) => self.reject(reason, e, raw, block, it),
             }
@@ -443,7 +444,9 @@ impl Partition {
     }
 
     /// Decodes an item (see [`Self::on_block`]); for an event, hashes its id and
-    /// prefetches where the dedupe check will look, when ids are deduplicated.
+    /// prefetches where the dedupe check will look, when ids are deduplicated, and
+    /// numbers its device (unless its type is filtered out) and prefetches the
+    /// device's state.
     #[inline]
     fn decode_ahead<'b>(&mut self, block: &'b Block, it: &Item) -> Ahead<'b> {
         if it.flags & Item::OVERSIZE != 0 {
@@ -457,7 +460,19 @@ impl Partition {
                     hash = id_hash(&ev.event_id);
                     self.event_ids.prefetch(hash);
                 }
-                Ahead::Event(ev, hash)
+                let kept = match &self.settings.types {
+                    Some(types) => types.iter().any(|t| **t == *ev.kind),
+                    None => true,
+                };
+                let device = kept.then(|| {
+                    let device = self.names.intern_device(&ev.device_id);
+                    if let Some(d) = self.device_state.get(device as usize) {
+                        prefetch_line((d as *const DeviceState).cast());
+                    }
+                    self.seqs.prefetch(device, ev.seq);
+                    device
+                });
+                Ahead::Event(ev, hash, device)
             }
             Err(DecodeError::Parse(e)) => Ahead::Rejected(Reason::Parse, e),
             Err(DecodeError::Schema(e)) => Ahead::Rejected(Reason::Schema, e),
@@ -465,12 +480,14 @@ impl Partition {
     }
 
     /// One accepted-so-far event; `id_hash` is its id's [`id_hash`] when ids are
-    /// deduplicated.
+    /// deduplicated, `device` its device's number if its type is kept.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn on_event(
         &mut self,
         ev: Event<'_>,
         id_hash: u64,
+        device: Option<u32>,
         raw: &[u8],
         block: &Block,
         it: &Item,
@@ -492,13 +509,10 @@ impl Partition {
                 }
             }
         }
-        if let Some(types) = &self.settings.types
-            && !types.iter().any(|t| **t == *ev.kind)
-        {
+        let Some(device) = device else {
             self.counts.filtered += 1;
             return;
-        }
-        let device = self.names.intern_device(&ev.device_id);
+        };
         if device as usize >= self.device_state.len() {
             self.device_state
                 .resize(device as usize + 1, DeviceState::default());
