@@ -416,8 +416,9 @@ impl Partition {
 
     /// Processes one block's events for this partition, then hands the outputs on.
     ///
-    /// Each event is decoded one step ahead of its turn, so that the cache line its
-    /// id's dedupe check needs is on its way while the event before it is processed.
+    /// Each event is decoded one step ahead of its turn, so that the cache lines its
+    /// id's dedupe check and its device's state need are on their way while the event
+    /// before it is processed.
     pub fn on_block(&mut self, block: &Block, items: &[Item]) {
         let mut current = items.first().map(|it| self.decode_ahead(block, it));
         for (i, it) in items.iter().enumerate() {
@@ -432,7 +433,7 @@ impl Partition {
             let raw = block.bytes(it);
             match this {
                 Ahead::Event(ev, id_hash, device) => {
-                    self.on_event(ev, id_hash, device, raw, block, it, block.offset(it))
+                    self.on_event(ev, id_hash, device, raw, block, it)
                 }
                 Ahead::Rejected(reason, e) => self.reject(reason, e, raw, block, it),
             }
@@ -482,7 +483,6 @@ impl Partition {
     /// One accepted-so-far event; `id_hash` is its id's [`id_hash`] when ids are
     /// deduplicated, `device` its device's number if its type is kept.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     fn on_event(
         &mut self,
         ev: Event<'_>,
@@ -491,8 +491,8 @@ impl Partition {
         raw: &[u8],
         block: &Block,
         it: &Item,
-        offset: i64,
     ) {
+        let offset = block.offset(it);
         if ev.ts > self.max_ts {
             self.max_ts = ev.ts;
             let candidate = ev.ts.saturating_sub(self.settings.ooo_ms);
