@@ -32,13 +32,14 @@ use super::prefix_xor;
 /// The blocks overlap: bit 0 of a block is the last byte checked, the byte before its
 /// first new one (the opening brace, in the first block); a last block that would run
 /// past the end of `b` ends where `b` does instead, so more of its bits were checked
-/// before. So a bitmap shifted one byte later is just shifted, with no bit
-/// carried from the block before; only the running states (in a string, separator
-/// parity, in a fraction) and whether the last byte checked is a leading zero cross
-/// blocks. No byte is counted or checked twice.
+/// before. So a bitmap shifted one byte later is just shifted, with no bit carried from
+/// the block before; only the running states (in a string, separator parity, in a
+/// fraction) and whether the last byte checked is a leading zero cross blocks. No byte
+/// is counted or checked twice.
 ///
 /// # Safety
-/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2. `b[0]` must be a `{` outside any string.
+/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2. `b[0]` must be a `{` outside any
+/// string.
 #[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
 pub unsafe fn object_len(b: &[u8]) -> Option<usize> {
     debug_assert_eq!(b.first(), Some(&b'{'));
