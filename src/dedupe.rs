@@ -325,6 +325,12 @@ struct SeqState {
     bits: [u64; WORDS],
 }
 
+/// Where `seq` is in a device's bitmap: its word, and its bit in that word.
+#[inline]
+fn bit(seq: u64) -> (usize, u64) {
+    ((seq % SEQ_WINDOW / 64) as usize, 1u64 << (seq % 64))
+}
+
 /// What a sequence check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqCheck {
@@ -347,7 +353,7 @@ impl SeqTracker {
     pub fn prefetch(&self, device: u32, seq: u64) {
         if let Some(s) = self.devices.get(device as usize) {
             crate::hint::prefetch_line((s as *const SeqState).cast());
-            let word = &s.bits[(seq % SEQ_WINDOW / 64) as usize];
+            let word = &s.bits[bit(seq).0];
             crate::hint::prefetch_line((word as *const u64).cast());
         }
     }
@@ -367,7 +373,6 @@ impl SeqTracker {
             self.devices.resize(d + 1, SeqState::default());
         }
         let s = &mut self.devices[d];
-        let bit = |seq: u64| ((seq % SEQ_WINDOW / 64) as usize, 1u64 << (seq % 64));
         if s.next == 0 || seq >= s.next {
             if s.next != 0 {
                 self.gaps += seq - s.next;

@@ -36,18 +36,23 @@ pub struct Index {
 
 impl Default for Index {
     fn default() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        let simd = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
-            && std::arch::is_x86_feature_detected!("bmi1")
-            && std::arch::is_x86_feature_detected!("bmi2");
-        #[cfg(not(target_arch = "x86_64"))]
-        let simd = false;
         Index {
             masks: Vec::new(),
-            simd,
+            simd: simd_available(),
         }
     }
+}
+
+/// Whether this CPU has the instructions the fast path is compiled for (stage 1, the
+/// flat check): AVX2, PCLMULQDQ, BMI1 and BMI2.
+pub(crate) fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("pclmulqdq")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 const TOKEN: usize = 0;

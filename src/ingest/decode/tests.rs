@@ -251,11 +251,7 @@ fn simulated(n: usize, seed: u64) -> Vec<Vec<u8>> {
 
 #[test]
 fn the_fast_path_takes_ordinary_events() {
-    if !(std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("pclmulqdq")
-        && std::arch::is_x86_feature_detected!("bmi1")
-        && std::arch::is_x86_feature_detected!("bmi2"))
-    {
+    if !super::index::simd_available() {
         return; // no fast path on this CPU: the scalar decoder does everything
     }
     for ev in simulated(2_000, 5) {

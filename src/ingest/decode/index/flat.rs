@@ -221,11 +221,7 @@ mod tests {
     use super::object_len;
 
     fn check(b: &[u8]) -> Option<usize> {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
-            && std::arch::is_x86_feature_detected!("bmi1")
-            && std::arch::is_x86_feature_detected!("bmi2"))
-        {
+        if !super::super::simd_available() {
             return None;
         }
         // SAFETY: the features were just checked; the inputs have no backslash or
