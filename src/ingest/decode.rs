@@ -122,6 +122,7 @@ pub(crate) fn string_stop(b: &[u8], i: usize) -> Option<(usize, bool)> {
 
 /// [`string_stop`] 32 bytes at a time, then word by word.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 #[target_feature(enable = "avx2")]
 fn string_stop_avx2(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     use std::arch::x86_64::*;

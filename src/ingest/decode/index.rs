@@ -63,6 +63,25 @@ impl Index {
     /// The event in `b`, if the fast path can take it; `None` means "ask the scalar
     /// decoder" (which may well accept it).
     pub fn decode<'a>(&mut self, b: &'a [u8]) -> Option<Event<'a>> {
+        match self.usual(b) {
+            Some(event) => Some(event),
+            None => self.walked(b),
+        }
+    }
+
+    /// The event in `b` if it is in the usual layout (see [`usual`]).
+    #[inline]
+    pub(super) fn usual<'a>(&self, b: &'a [u8]) -> Option<Event<'a>> {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: the CPU has the features (`simd`).
+            return unsafe { usual::event(b) };
+        }
+        None
+    }
+
+    /// The event in `b` as the walk over the structural index reads it.
+    pub(super) fn walked<'a>(&mut self, b: &'a [u8]) -> Option<Event<'a>> {
         let mut walk = self.walk(b)?;
         let event = walk.event()?;
         (!walk.failed).then_some(event)
@@ -93,6 +112,8 @@ impl Index {
 
 #[cfg(target_arch = "x86_64")]
 mod flat;
+#[cfg(target_arch = "x86_64")]
+mod usual;
 
 /// The 64 bytes of `b` from `at`, or what is left of them padded with spaces (in
 /// `tail`): one round of the 64-byte classifiers.

@@ -208,11 +208,21 @@ proptest! {
 
 /// The fast path's answer for `b`, checked against the scalar decoder: whatever it
 /// accepts, the scalar decoder accepts with the same fields. Returns whether it took `b`.
+/// Each of its two readers (the usual layout's, the walk) is checked on its own.
 fn fast_agrees(b: &[u8]) -> bool {
     let mut index = index::Index::default();
-    let Some(fast) = index.decode(b) else {
-        return false;
-    };
+    let usual = index.usual(b);
+    let taken = usual.is_some();
+    let walked = index.walked(b);
+    let taken = taken || walked.is_some();
+    for fast in [usual, walked].into_iter().flatten() {
+        agrees_with_scalar(b, fast);
+    }
+    taken
+}
+
+/// `fast`, a fast path's event from `b`, is the scalar decoder's.
+fn agrees_with_scalar(b: &[u8], fast: Event<'_>) {
     let slow = decode_scalar(b).unwrap_or_else(|e| {
         panic!(
             "fast path accepted what the scalar decoder rejects ({e}): {}",
@@ -236,7 +246,6 @@ fn fast_agrees(b: &[u8]) -> bool {
         String::from_utf8_lossy(b)
     );
     assert!(matches!(fast.device_id, Cow::Borrowed(_)));
-    true
 }
 
 fn simulated(n: usize, seed: u64) -> Vec<Vec<u8>> {
@@ -256,6 +265,13 @@ fn the_fast_path_takes_ordinary_events() {
     }
     for ev in simulated(2_000, 5) {
         assert!(fast_agrees(&ev), "{}", String::from_utf8_lossy(&ev));
+        // Both readers take them: the usual layout's first, the walk if it did not.
+        let index = index::Index::default();
+        assert!(
+            index.usual(&ev).is_some(),
+            "{}",
+            String::from_utf8_lossy(&ev)
+        );
     }
     // Shapes the fast path takes besides the simulator's: spaces, any key order,
     // unknown keys, nested values, integers, negative numbers, non-ASCII, long strings
@@ -465,4 +481,125 @@ fn field_names_inside_complex_data_are_not_the_events_fields() {
         r#"{"x":1,"value":9.5}"#,
     );
     assert!(schema(&value_inside), "{value_inside}");
+}
+
+/// The usual layout's reader takes exactly the usual layout: each variation below is
+/// left to the walk (which still takes the valid ones) or refused by both, and what it
+/// takes is what the scalar decoder reads.
+#[test]
+fn the_usual_reader_takes_only_the_usual_layout() {
+    if !super::index::simd_available() {
+        return;
+    }
+    let usual = |s: &str| {
+        let taken = index::Index::default().usual(s.as_bytes());
+        if let Some(e) = taken {
+            agrees_with_scalar(s.as_bytes(), e);
+            return true;
+        }
+        false
+    };
+    let walked = |s: &str| index::Index::default().walked(s.as_bytes()).is_some();
+    let base = EV.replace(
+        r#"{"a":[1,{"deviceId":"no"}],"b":-0.5e-3,"c":true,"d":null}"#,
+        r#"{"a":1,"b":"x:y,z}","c":-2.25}"#,
+    );
+    assert!(usual(&base), "{base}");
+    // Taken: what the layout allows.
+    for (from, to) in [
+        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "null"),
+        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "{}"),
+        ("dev-1", "dév-1 ✓"),
+        ("e1", &"e".repeat(100)),
+        ("\"CO2\"", "\"\""),
+        (":3,", ":0,"),
+        (":3,", ":18446744073709551,"),
+        ("1001.5", "-0.0"),
+        ("1001.5", "12345678901234567890.5"),
+        ("1001.5", "0.000000000000000000001"),
+    ] {
+        let edited = base.replace(from, to);
+        assert_ne!(edited, base, "{to}");
+        assert!(usual(&edited), "{edited}");
+    }
+    // Left to the others: valid, but not the layout (the walk takes those without
+    // escapes, exponents or very long numbers, which only the scalar decoder reads).
+    for (from, to, walk) in [
+        (":3,", ": 3,", true),
+        (",\"type\"", ", \"type\"", true),
+        ("{\"eventId\"", "{ \"eventId\"", true),
+        ("-2.25}}", "-2.25} }", true),
+        (
+            "\"complexData\":{",
+            "\"complexData\":{\"n\":{\"m\":1},",
+            true,
+        ),
+        ("\"complexData\":{", "\"complexData\":{\"t\":true,", true),
+        (
+            ",\"complexData\":{\"a\":1,\"b\":\"x:y,z}\",\"c\":-2.25}",
+            "",
+            true,
+        ),
+        (",\"complexData\"", ",\"extra\":1,\"complexData\"", true),
+        (
+            r#""type":"CO2","value":1001.5,"#,
+            r#""value":1001.5,"type":"CO2","#,
+            true,
+        ),
+        ("dev-1", r#"dev\"1"#, false),
+        ("dev-1", r#"dev\u0041"#, false),
+        ("1001.5", "1e3", false),
+        ("1001.5", &format!("1001.{}1", "0".repeat(60)), false),
+    ] {
+        let edited = base.replace(from, to);
+        assert_ne!(edited, base, "{to}");
+        assert!(!usual(&edited), "{edited}");
+        assert!(decode_scalar(edited.as_bytes()).is_ok(), "{edited}");
+        assert_eq!(walked(&edited), walk, "{edited}");
+    }
+    // Refused by both, and by the scalar decoder.
+    for (from, to) in [
+        (":3,", ":03,"),
+        (":3,", ":-3,"),
+        (":3,", ":3.5,"),
+        (":3,", ":,"),
+        (":3,", ":99999999999999999999,"),
+        ("1001.5", "01"),
+        ("1001.5", "1."),
+        ("1001.5", ".5"),
+        ("1001.5", "-"),
+        ("1001.5", "1.2.3"),
+        ("dev-1", "dev\u{1}1"),
+        ("\"e1\"", "\"\""),
+        ("\"dev-1\"", "\"\""),
+        ("2026-01-01T00:00:01.250Z", "2026-02-30T00:00:01.250Z"),
+        ("2026-01-01T00:00:01.250Z", "yesterday"),
+        ("-2.25}}", "-2.25}"),
+        ("-2.25}}", "-2.25}}}"),
+        ("-2.25}}", "-2.25}},"),
+        ("\"c\":-2.25", "\"c\":-2.25,"),
+        ("\"c\":-2.25", "\"c\":01"),
+        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "nul"),
+        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "nulll"),
+        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "{"),
+    ] {
+        let edited = base.replace(from, to);
+        assert_ne!(edited, base, "{to}");
+        assert!(!usual(&edited), "{edited}");
+        assert!(decode_scalar(edited.as_bytes()).is_err(), "{edited}");
+    }
+    // Invalid UTF-8 in a string the reader scans itself, and in complexData.
+    for at in [
+        base.find("dev-1").unwrap() + 1,
+        base.find("x:y").unwrap() + 1,
+    ] {
+        let mut invalid = base.clone().into_bytes();
+        invalid[at] = 0xff;
+        assert!(index::Index::default().usual(&invalid).is_none());
+        assert!(decode_scalar(&invalid).is_err());
+    }
+    // Every prefix is refused (no read past the end, no half message taken).
+    for n in 0..base.len() {
+        assert!(!usual(&base[..n]), "{}", &base[..n]);
+    }
 }
