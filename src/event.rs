@@ -7,7 +7,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 pub use eventide_simulator::time::{
-    parse_rfc3339_ms, push_rfc3339_ms, rfc3339_ms, rfc3339_ms_bytes,
+    MinuteCache, parse_rfc3339_ms, push_rfc3339_ms, rfc3339_ms, rfc3339_ms_bytes,
 };
 
 /// An alert state change produced by a rule.

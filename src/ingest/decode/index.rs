@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 
 use super::{Event, FIELDS};
-use crate::event::parse_rfc3339_ms;
+use crate::event::{MinuteCache, parse_rfc3339_ms};
 
 /// Deeper nesting than this goes to the scalar decoder (which allows up to 128).
 const MAX_DEPTH: usize = 64;
@@ -32,6 +32,8 @@ pub struct Index {
     masks: Vec<u64>,
     /// The CPU has AVX2, PCLMULQDQ, BMI1 and BMI2 (asked once, not per message).
     simd: bool,
+    /// The minute of the last `createdAt` the usual layout's reader read.
+    minutes: MinuteCache,
 }
 
 impl Default for Index {
@@ -39,6 +41,7 @@ impl Default for Index {
         Index {
             masks: Vec::new(),
             simd: simd_available(),
+            minutes: MinuteCache::default(),
         }
     }
 }
@@ -71,11 +74,11 @@ impl Index {
 
     /// The event in `b` if it is in the usual layout (see [`usual`]).
     #[inline]
-    pub(super) fn usual<'a>(&self, b: &'a [u8]) -> Option<Event<'a>> {
+    pub(super) fn usual<'a>(&mut self, b: &'a [u8]) -> Option<Event<'a>> {
         #[cfg(target_arch = "x86_64")]
         if self.simd {
             // SAFETY: the CPU has the features (`simd`).
-            return unsafe { usual::event(b) };
+            return unsafe { usual::event(b, &mut self.minutes) };
         }
         None
     }

@@ -16,14 +16,15 @@ use std::borrow::Cow;
 
 use super::super::{Event, digits, string_stop, string_stop_avx2};
 use super::{flat, number_value};
-use crate::event::parse_rfc3339_ms;
+use crate::event::MinuteCache;
 
-/// The event in `b` if it is in the usual layout (see the module docs).
+/// The event in `b` if it is in the usual layout (see the module docs). `createdAt` is
+/// read through `minutes`.
 ///
 /// # Safety
 /// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2.
 #[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
-pub unsafe fn event(b: &[u8]) -> Option<Event<'_>> {
+pub unsafe fn event<'a>(b: &'a [u8], minutes: &mut MinuteCache) -> Option<Event<'a>> {
     let (event_id, p) = text(b, key(b, 0, b"{\"eventId\":\"")?)?;
     let (device_id, p) = text(b, key(b, p, b",\"deviceId\":\"")?)?;
     let p = key(b, p, b",\"deviceSequenceNumber\":")?;
@@ -56,7 +57,7 @@ pub unsafe fn event(b: &[u8]) -> Option<Event<'_>> {
         seq,
         kind: Cow::Borrowed(kind),
         value,
-        ts: parse_rfc3339_ms(created_at)?,
+        ts: minutes.parse(created_at)?,
     })
 }
 
