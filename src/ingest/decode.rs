@@ -4,10 +4,11 @@
 //! the top-level object only as far as `deviceId` and skips other values structurally.
 //! [`Decoder::decode`] is the partition actor's full parse: it reads the six known fields
 //! straight into an [`Event`] and validates everything else (`complexData`, unknown
-//! keys) as JSON without building it. It first tries a structural index built 64 bytes
-//! at a time (`index`, the fast path for ordinary events) and falls back to the scalar
-//! parser ([`decode_scalar`]) for anything else, which also words every error. Nothing
-//! is allocated unless a string contains escapes.
+//! keys) as JSON without building it. Its fast path (`index`) first reads a message in
+//! the layout devices send straight through, else walks a structural index built 64
+//! bytes at a time; anything either leaves goes to the scalar parser
+//! ([`decode_scalar`]), which also words every error. Nothing is allocated unless a
+//! string contains escapes.
 //!
 //! Classification: input that is not valid JSON is [`DecodeError::Parse`], even when
 //! a field error comes first; valid JSON that is not a valid event is
@@ -475,9 +476,9 @@ const FIELDS: [&str; 6] = [
     "createdAt",
 ];
 
-/// Decodes events, keeping scratch space between calls: the structural-index fast
-/// path ([`index`]) for what it takes, the scalar decoder ([`decode_scalar`]) for the
-/// rest and for every error.
+/// Decodes events, keeping scratch space between calls: the fast path ([`index`]: the
+/// usual layout's reader, then the structural index) for what it takes, the scalar
+/// decoder ([`decode_scalar`]) for the rest and for every error.
 #[derive(Default)]
 pub struct Decoder {
     index: index::Index,

@@ -1,4 +1,5 @@
-//! The fast path of [`decode`](super::decode): a structural index, then a walk over it.
+//! The fast path of [`decode`](super::decode): the usual layout read straight through
+//! ([`usual`]), else a structural index and a walk over it.
 //!
 //! Stage 1 (simdjson's idea, AVX2, 64 bytes per round) classifies every byte of a
 //! block at once into three bitmaps: quotes, *token* bytes (outside strings and not
