@@ -182,9 +182,9 @@ impl EmitLatency {
 
 /// An item decoded ahead of its turn (see [`Partition::on_block`]).
 enum Ahead<'a> {
-    /// The event, its id's hash (0 when ids are not deduplicated) and its device's
-    /// number (`None` if its type is filtered out).
-    Event(Event<'a>, u64, Option<u32>),
+    /// The event, its id's hash (0 when ids are not deduplicated) and its device's and
+    /// type's numbers (`None` if its type is filtered out).
+    Event(Event<'a>, u64, Option<(u32, u32)>),
     Rejected(Reason, String),
 }
 
@@ -437,6 +437,11 @@ impl Partition {
                 }
                 Ahead::Rejected(reason, e) => self.reject(reason, e, raw, block, it),
             }
+            // The next event's device state has arrived meanwhile: ask for the line of
+            // its window aggregates, which the decoding of the one after it hides.
+            if let Some(Ahead::Event(_, _, Some((device, t)))) = &current {
+                self.prefetch_aggregates(*device, *t);
+            }
         }
         self.event_ids.advance(self.wm);
         self.flush();
@@ -446,7 +451,7 @@ impl Partition {
 
     /// Decodes an item (see [`Self::on_block`]); for an event, hashes its id and
     /// prefetches where the dedupe check will look, when ids are deduplicated, and
-    /// numbers its device (unless its type is filtered out) and prefetches the
+    /// numbers its device and type (unless the type is filtered out) and prefetches the
     /// device's state.
     #[inline]
     fn decode_ahead<'b>(&mut self, block: &'b Block, it: &Item) -> Ahead<'b> {
@@ -471,7 +476,7 @@ impl Partition {
                         prefetch_line((d as *const DeviceState).cast());
                     }
                     self.seqs.prefetch(device, ev.seq);
-                    device
+                    (device, self.names.intern_type(&ev.kind))
                 });
                 Ahead::Event(ev, hash, device)
             }
@@ -480,14 +485,29 @@ impl Partition {
         }
     }
 
+    /// Asks for the line of the aggregates that an event of `device` and type `t`
+    /// will update, if the series exists (in the newest pane: where most events land).
+    #[inline]
+    fn prefetch_aggregates(&self, device: u32, t: u32) {
+        let series = self
+            .device_state
+            .get(device as usize)
+            .and_then(|d| d.series.get(t as usize));
+        if let Some(&series) = series
+            && series != u32::MAX
+        {
+            self.windows.prefetch(series);
+        }
+    }
+
     /// One accepted-so-far event; `id_hash` is its id's [`id_hash`] when ids are
-    /// deduplicated, `device` its device's number if its type is kept.
+    /// deduplicated, `device` its device's and type's numbers if its type is kept.
     #[inline]
     fn on_event(
         &mut self,
         ev: Event<'_>,
         id_hash: u64,
-        device: Option<u32>,
+        device: Option<(u32, u32)>,
         raw: &[u8],
         block: &Block,
         it: &Item,
@@ -509,7 +529,7 @@ impl Partition {
                 }
             }
         }
-        let Some(device) = device else {
+        let Some((device, t)) = device else {
             self.counts.filtered += 1;
             return;
         };
@@ -530,7 +550,6 @@ impl Partition {
             self.device_state[device as usize].duplicates += 1;
             return;
         }
-        let t = self.names.intern_type(&ev.kind);
         let d = &mut self.device_state[device as usize];
         let series = match d.series.get(t as usize) {
             Some(&s) if s != u32::MAX => s,

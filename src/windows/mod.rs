@@ -340,6 +340,19 @@ impl WindowEngine {
         accepted
     }
 
+    /// Asks for the cache line of `series`'s aggregates in each store's newest pane,
+    /// where its next event most likely lands (a hint: nothing is checked or changed).
+    #[inline]
+    pub fn prefetch(&self, series: u32) {
+        for store in &self.stores {
+            if let (Some(pane), Some(&row)) = (store.panes.back(), store.hints.get(series as usize))
+                && let Some(agg) = pane.aggs.get(row as usize)
+            {
+                crate::hint::prefetch_line((agg as *const Agg).cast());
+            }
+        }
+    }
+
     /// Closes every window whose close point the watermark `wm` has reached, appending
     /// one row per series to `out` (per definition, in window order), and records the
     /// arrival → close latency of their events (µs) in `latency`.
