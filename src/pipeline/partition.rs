@@ -69,6 +69,17 @@ impl Default for DeviceState {
     }
 }
 
+impl DeviceState {
+    /// The device's series of type number `t`, if it is at hand (see `series`).
+    #[inline]
+    fn series_at_hand(&self, t: u32) -> Option<u32> {
+        self.series
+            .get(t as usize)
+            .copied()
+            .filter(|&s| s != u32::MAX)
+    }
+}
+
 /// Dense numbers for devices, types and (device, type) series.
 #[derive(Default)]
 pub struct Interner {
@@ -489,13 +500,8 @@ impl Partition {
     /// will update, if the series exists (in the newest pane: where most events land).
     #[inline]
     fn prefetch_aggregates(&self, device: u32, t: u32) {
-        let series = self
-            .device_state
-            .get(device as usize)
-            .and_then(|d| d.series.get(t as usize));
-        if let Some(&series) = series
-            && series != u32::MAX
-        {
+        let series = self.device_state.get(device as usize);
+        if let Some(series) = series.and_then(|d| d.series_at_hand(t)) {
             self.windows.prefetch(series);
         }
     }
@@ -551,9 +557,9 @@ impl Partition {
             return;
         }
         let d = &mut self.device_state[device as usize];
-        let series = match d.series.get(t as usize) {
-            Some(&s) if s != u32::MAX => s,
-            _ => {
+        let series = match d.series_at_hand(t) {
+            Some(s) => s,
+            None => {
                 let s = self.names.intern_series(device, t);
                 if let Some(at_hand) = d.series.get_mut(t as usize) {
                     *at_hand = s;

@@ -424,14 +424,14 @@ impl<'a> Walk<'a, '_> {
         // The length from `d` and whether it is an integer, from digit bits `x` from `d`.
         let shape = |x: u64| {
             let int_len = (!x).trailing_zeros() as usize;
-            if int_len == 0 || int_len > 60 || (b[d] == b'0' && int_len > 1) {
+            if int_len == 0 || int_len > MAX_INT_DIGITS || (b[d] == b'0' && int_len > 1) {
                 return None;
             }
             if b.get(d + int_len) != Some(&b'.') {
                 return Some((int_len, true));
             }
             let frac = (!(x >> (int_len + 1))).trailing_zeros() as usize;
-            if frac == 0 || int_len + 1 + frac > 62 {
+            if frac == 0 || int_len + 1 + frac > MAX_NUMBER_LEN {
                 return None;
             }
             Some((int_len + 1 + frac, false))
@@ -552,18 +552,15 @@ impl<'a> Walk<'a, '_> {
     /// matching it against every field name.
     #[inline(always)]
     fn usual_key(&self, p: usize, field: usize) -> Option<usize> {
-        fn at<const N: usize>(b: &[u8], p: usize, key: &[u8; N]) -> Option<usize> {
-            b.get(p..p + N).is_some_and(|s| s == key).then_some(p + N)
-        }
         let b = self.b;
         match field {
-            EVENT_ID => at(b, p, b"\"eventId\":"),
-            DEVICE_ID => at(b, p, b"\"deviceId\":"),
-            SEQUENCE => at(b, p, b"\"deviceSequenceNumber\":"),
-            TYPE => at(b, p, b"\"type\":"),
-            VALUE => at(b, p, b"\"value\":"),
-            CREATED_AT => at(b, p, b"\"createdAt\":"),
-            COMPLEX_DATA => at(b, p, b"\"complexData\":"),
+            EVENT_ID => exactly(b, p, b"\"eventId\":"),
+            DEVICE_ID => exactly(b, p, b"\"deviceId\":"),
+            SEQUENCE => exactly(b, p, b"\"deviceSequenceNumber\":"),
+            TYPE => exactly(b, p, b"\"type\":"),
+            VALUE => exactly(b, p, b"\"value\":"),
+            CREATED_AT => exactly(b, p, b"\"createdAt\":"),
+            COMPLEX_DATA => exactly(b, p, b"\"complexData\":"),
             _ => None,
         }
     }
@@ -664,6 +661,17 @@ impl<'a> Walk<'a, '_> {
         })
     }
 }
+
+/// Where after `k` if `b` holds exactly `k` at `p`: a compare of known length.
+#[inline(always)]
+fn exactly<const N: usize>(b: &[u8], p: usize, k: &[u8; N]) -> Option<usize> {
+    (b.get(p..p + N)? == k).then_some(p + N)
+}
+
+/// The longest integer part a number may have on the fast path, and the longest
+/// number after any minus (longer ones go the scalar way).
+const MAX_INT_DIGITS: usize = 60;
+const MAX_NUMBER_LEN: usize = 62;
 
 /// The members the walk reads, by field number (the decoder's fields, then
 /// `complexData`).

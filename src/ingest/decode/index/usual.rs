@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use super::super::{Event, digits, string_stop, string_stop_avx2};
-use super::{flat, number_value};
+use super::{MAX_INT_DIGITS, MAX_NUMBER_LEN, exactly as key, flat, number_value};
 use crate::event::MinuteCache;
 
 /// The event in `b` if it is in the usual layout (see the module docs). `createdAt` is
@@ -61,12 +61,6 @@ pub unsafe fn event<'a>(b: &'a [u8], minutes: &mut MinuteCache) -> Option<Event<
     })
 }
 
-/// Where after `k` if `b` holds exactly `k` at `p`.
-#[inline(always)]
-fn key<const N: usize>(b: &[u8], p: usize, k: &[u8; N]) -> Option<usize> {
-    (b.get(p..p + N)? == k).then_some(p + N)
-}
-
 /// The string whose first byte is at `p` (just after its opening quote), if it has no
 /// escapes or control characters and is valid UTF-8, and where after its closing quote.
 #[inline]
@@ -91,18 +85,18 @@ fn text(b: &[u8], p: usize) -> Option<(&str, usize)> {
 }
 
 /// The end of the number at `p` if it is `-?(0|[1-9][0-9]*)(\.[0-9]+)?` within the
-/// walk's limits (an integer part of up to 60 digits, 62 bytes after any minus).
+/// walk's limits ([`MAX_INT_DIGITS`], [`MAX_NUMBER_LEN`]).
 #[inline(always)]
 fn number_end(b: &[u8], p: usize) -> Option<usize> {
     let d = if b.get(p) == Some(&b'-') { p + 1 } else { p };
     let i = digits(b, d);
     let int_len = i - d;
-    if int_len == 0 || int_len > 60 || (b[d] == b'0' && int_len > 1) {
+    if int_len == 0 || int_len > MAX_INT_DIGITS || (b[d] == b'0' && int_len > 1) {
         return None;
     }
     if b.get(i) != Some(&b'.') {
         return Some(i);
     }
     let e = digits(b, i + 1);
-    (e > i + 1 && e - d <= 62).then_some(e)
+    (e > i + 1 && e - d <= MAX_NUMBER_LEN).then_some(e)
 }
