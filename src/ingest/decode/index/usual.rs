@@ -25,8 +25,9 @@ use crate::event::MinuteCache;
 /// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2.
 #[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
 pub unsafe fn event<'a>(b: &'a [u8], minutes: &mut MinuteCache) -> Option<Event<'a>> {
-    let (event_id, p) = text(b, key(b, 0, b"{\"eventId\":\"")?)?;
-    let (device_id, p) = text(b, key(b, p, b",\"deviceId\":\"")?)?;
+    // SAFETY (each `text`): this function's caller's CPU has AVX2.
+    let (event_id, p) = unsafe { text(b, key(b, 0, b"{\"eventId\":\"")?) }?;
+    let (device_id, p) = unsafe { text(b, key(b, p, b",\"deviceId\":\"")?) }?;
     let p = key(b, p, b",\"deviceSequenceNumber\":")?;
     let e = digits(b, p);
     // An integer without a leading zero, small enough for a u64 (as the walk takes it).
@@ -36,11 +37,11 @@ pub unsafe fn event<'a>(b: &'a [u8], minutes: &mut MinuteCache) -> Option<Event<
     let seq = b[p..e]
         .iter()
         .fold(0u64, |n, &d| n * 10 + (d - b'0') as u64);
-    let (kind, p) = text(b, key(b, e, b",\"type\":\"")?)?;
+    let (kind, p) = unsafe { text(b, key(b, e, b",\"type\":\"")?) }?;
     let p = key(b, p, b",\"value\":")?;
     let e = number_end(b, p)?;
     let value = number_value(&b[p..e])?;
-    let (created_at, p) = text(b, key(b, e, b",\"createdAt\":\"")?)?;
+    let (created_at, p) = unsafe { text(b, key(b, e, b",\"createdAt\":\"")?) }?;
     let p = key(b, p, b",\"complexData\":")?;
     let e = match b.get(p) {
         // SAFETY: the caller's CPU has the features; `b[p]` is a `{` outside any
@@ -63,12 +64,15 @@ pub unsafe fn event<'a>(b: &'a [u8], minutes: &mut MinuteCache) -> Option<Event<
 
 /// The string whose first byte is at `p` (just after its opening quote), if it has no
 /// escapes or control characters and is valid UTF-8, and where after its closing quote.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn text(b: &[u8], p: usize) -> Option<(&str, usize)> {
-    // (The vector scan inlined: this function has the features it needs.)
+///
+/// # Safety
+/// The CPU must have AVX2. (Inlined into [`event`], which has the feature, so that the
+/// vector scan is inlined too.)
+#[inline(always)]
+unsafe fn text(b: &[u8], p: usize) -> Option<(&str, usize)> {
     let (e, non_ascii) = if b.len() >= p + 32 {
-        string_stop_avx2(b, p)?
+        // SAFETY: the caller's CPU has AVX2.
+        unsafe { string_stop_avx2(b, p) }?
     } else {
         string_stop(b, p)?
     };
