@@ -121,7 +121,8 @@ pub(crate) fn string_stop(b: &[u8], i: usize) -> Option<(usize, bool)> {
     string_stop_words(b, i)
 }
 
-/// [`string_stop`] 32 bytes at a time, then word by word.
+/// [`string_stop`] 32 bytes at a time, then word by word (so also for fewer than 32
+/// bytes, which [`string_stop`] scans word by word without calling it).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -748,13 +749,7 @@ fn usual_device_key(b: &[u8]) -> Option<&str> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn usual_device_key_avx2(b: &[u8]) -> Option<&str> {
-    usual_device_key_with(b, |b, i| {
-        if b.len() >= i + 32 {
-            string_stop_avx2(b, i)
-        } else {
-            string_stop_words(b, i)
-        }
-    })
+    usual_device_key_with(b, |b, i| string_stop_avx2(b, i))
 }
 
 /// [`usual_device_key`] with `stop` as its [`string_stop`].

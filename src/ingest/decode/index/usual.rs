@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use super::super::{Event, digits, string_stop, string_stop_avx2};
+use super::super::{Event, digits, string_stop_avx2};
 use super::{MAX_INT_DIGITS, MAX_NUMBER_LEN, exactly as key, flat, number_value};
 use crate::event::MinuteCache;
 
@@ -70,12 +70,9 @@ pub unsafe fn event<'a>(b: &'a [u8], minutes: &mut MinuteCache) -> Option<Event<
 /// vector scan is inlined too.)
 #[inline(always)]
 unsafe fn text(b: &[u8], p: usize) -> Option<(&str, usize)> {
-    let (e, non_ascii) = if b.len() >= p + 32 {
-        // SAFETY: the caller's CPU has AVX2.
-        unsafe { string_stop_avx2(b, p) }?
-    } else {
-        string_stop(b, p)?
-    };
+    // SAFETY: the caller's CPU has AVX2. (It scans word by word what is left under
+    // 32 bytes.)
+    let (e, non_ascii) = unsafe { string_stop_avx2(b, p) }?;
     if b[e] != b'"' {
         return None;
     }
