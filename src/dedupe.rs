@@ -171,10 +171,21 @@ impl Drop for Slots {
     }
 }
 
+/// The slot where the search for an id with this hash starts, in a table of `len`
+/// slots (a power of two): the hash's top bits. So the ids lie in the table in the
+/// order of their hashes (but for runs that wrap past its end), and a table read in
+/// slot order is written in slot order when it is moved into one twice as large
+/// (whose homes are the same bits and one more): resizing streams through memory
+/// instead of writing each id at random.
+#[inline]
+fn home(hash: u64, len: usize) -> usize {
+    (hash >> (64 - len.trailing_zeros())) as usize
+}
+
 /// Puts `s` (not in `slots`) in the first empty slot from its home.
 fn place(slots: &mut [Slot], s: Slot) {
     let mask = slots.len() - 1;
-    let mut i = s.hash as usize & mask;
+    let mut i = home(s.hash, slots.len());
     while slots[i].hash != 0 {
         i = (i + 1) & mask;
     }
@@ -214,7 +225,7 @@ impl EventIdSet {
             self.make_room(wm);
         }
         let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
+        let mut i = home(hash, self.slots.len());
         loop {
             let slot = &mut self.slots[i];
             if slot.hash == hash {
@@ -233,7 +244,7 @@ impl EventIdSet {
     /// Asks the CPU for the cache line where the id with this hash would be.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let slot = &self.slots[hash as usize & (self.slots.len() - 1)];
+        let slot = &self.slots[home(hash, self.slots.len())];
         crate::hint::prefetch_line(slot as *const Slot as *const u8);
     }
 
@@ -459,10 +470,10 @@ mod tests {
                 "id-{i} was lost"
             );
         }
-        // Hashes that share their low bits (one probe chain, wrapping past the last
+        // Hashes that share their top bits (one probe chain, wrapping past the last
         // slot), some of them later than others.
         let mut s = EventIdSet::new(1000);
-        let chain = |k: u64| k << 40 | (MIN_SLOTS as u64 - 3);
+        let chain = |k: u64| (MIN_SLOTS as u64 - 3) << (64 - MIN_SLOTS.trailing_zeros()) | k;
         for k in 1..=300 {
             assert!(!s.check_and_insert_hash(chain(k), if k <= 150 { 0 } else { 600 }));
         }
@@ -556,7 +567,7 @@ mod tests {
                     }
                 }
                 let home = [0, 1, 2, MIN_SLOTS as u64 - 2, MIN_SLOTS as u64 - 1, 7][home as usize];
-                let hash = (id + 1) << 32 | home;
+                let hash = home << (64 - MIN_SLOTS.trailing_zeros()) | (id + 1);
                 let dup = model.contains_key(&hash);
                 if !dup {
                     model.insert(hash, wm);
