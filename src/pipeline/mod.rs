@@ -358,7 +358,7 @@ fn run_routed(
     let mut senders = Vec::with_capacity(n);
     let mut workers = Vec::with_capacity(n);
     for id in 0..n {
-        let (tx, rx) = bounded::<Msg>(16);
+        let (tx, rx) = bounded::<Msg>(crate::ingest::QUEUE_BLOCKS);
         senders.push(tx);
         let stats = Arc::new(PartitionStats::default());
         registry.add(stats.clone());
