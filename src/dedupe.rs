@@ -1,7 +1,7 @@
 //! Duplicate detection, per partition, in bounded memory.
 //!
-//! * By `eventId`: a 64-bit hash of the id with the watermark at which it was seen,
-//!   kept while the watermark has advanced less than the horizon (the out-of-order
+//! * By `eventId`: a 64-bit hash of the id stamped with the watermark at which it was
+//!   seen, kept while the watermark has advanced less than the horizon (the out-of-order
 //!   bound + lateness + the largest window: past that, every window the event belongs
 //!   to has closed, so a re-delivery is *late* and is caught there). Expired ids are
 //!   swept when the table is full and each time the watermark moves a horizon:
@@ -52,55 +52,108 @@ pub type PreHashedMap<K, V> = HashMap<K, V, BuildHasherDefault<PreHashed>>;
 
 /// Remembers event ids for a horizon of watermark time.
 ///
-/// An open-addressing table of 16-byte slots (a 64-bit hash of the id, the watermark
-/// it was seen at), probed linearly and kept at most half full: a check of a new id
-/// touches one cache line, usually, and [`EventIdSet::prefetch`] lets the partition
-/// ask for that line an event ahead. Expired ids are swept in place, in one pass in
-/// slot order, when the table is half full (it doubles if it is still more than 3/8
-/// full) and once per horizon of watermark time (it shrinks if it is then mostly
-/// empty). A sweep visits every slot: sweeping only when needed, not on a schedule
-/// short enough to keep memory tight, visits each slot about a third as often.
+/// An open-addressing table of [`Bucket`]s, each one cache line of 7 ids (64-bit
+/// hashes) and their stamps (the watermark they were seen at, in ticks of at most a
+/// 64th of the horizon): a check of a new id touches one line, usually, and
+/// [`EventIdSet::prefetch`] lets the partition ask for it an event ahead. An id's home
+/// bucket is its hash's top bits; a full bucket overflows into the next. The table is
+/// kept at most 5/8 full. Expired ids are swept in place, in one pass in bucket order,
+/// when the table is full (it doubles if it is still more than 3/8 full) and once per
+/// horizon of watermark time (it shrinks if it is then mostly empty). A sweep visits
+/// every bucket: sweeping only when needed, not on a schedule short enough to keep
+/// memory tight, visits each about a third as often.
 ///
-/// Two different ids share a 64-bit hash with probability ~n/2⁶⁴ per check (n live
-/// ids: about 10⁻¹⁴ at 300,000): such an event would be counted a duplicate.
+/// 9 bytes per id held, where a slot of hash and watermark took 16: the kernel zeroes
+/// half as much fresh memory as the table grows, and the table takes half as much of
+/// the cache.
+///
+/// An id is remembered for at least the horizon, and at most a 64th of it longer (to
+/// the end of its stamp's tick) until the sweep after that. Two different ids share a
+/// 64-bit hash with probability ~n/2⁶⁴ per check (n live ids: about 10⁻¹⁴ at 300,000):
+/// such an event would be counted a duplicate.
 pub struct EventIdSet {
-    slots: Slots,
+    buckets: Buckets,
     /// Ids held.
     len: usize,
-    /// No id held was seen before this watermark (so a sweep up to an earlier cutoff
-    /// would drop nothing, and is skipped).
+    /// The oldest tick of an id held (so a sweep up to an earlier one would drop
+    /// nothing, and is skipped); `i64::MAX` when empty.
     oldest: i64,
     horizon: i64,
+    /// A stamp's tick is `2^shift` ms of watermark time: the power of two at or below
+    /// a 64th of the horizon (at least 1 ms), so a horizon is under 128 ticks.
+    shift: u32,
+    /// The tick stamps count from: an id's tick is `base` + its stamp.
+    base: i64,
     next_sweep: i64,
 }
 
+/// Ids per bucket.
+const WAYS: usize = 7;
+
+/// One cache line of the id table: its first `len` ways hold ids, the rest 0 (no id
+/// hashes to 0, see [`id_hash`]).
 #[derive(Clone, Copy, Default)]
-#[repr(C, align(16))]
-struct Slot {
-    /// The id's hash; 0 marks an empty slot (no id hashes to 0, see [`id_hash`]).
-    hash: u64,
-    seen_at: i64,
+#[repr(C, align(64))]
+struct Bucket {
+    ids: [u64; WAYS],
+    /// `stamps[j]`: when `ids[j]` was seen, in ticks from the table's base.
+    stamps: [u8; WAYS],
+    len: u8,
 }
 
-/// Zeroed (empty) slots for the id table. Past [`HUGE_PAGE`] bytes they are mapped on
-/// their own and the kernel asked for 2 MiB pages: the table is probed at random, and
-/// with 4 KiB pages most probes of a table of some MiB also miss the TLB (the CPU then
-/// walks the page tables even for a prefetch, and waits).
-struct Slots {
-    ptr: std::ptr::NonNull<Slot>,
+impl Bucket {
+    /// Whether `hash` is here: every way compared, without an early exit (no branch
+    /// on how full the bucket is).
+    #[inline]
+    fn holds(&self, hash: u64) -> bool {
+        self.ids
+            .iter()
+            .fold(false, |found, &id| found | (id == hash))
+    }
+
+    /// Adds `hash` with its stamp; false if the bucket is full.
+    #[inline]
+    fn add(&mut self, hash: u64, stamp: u8) -> bool {
+        let j = self.len as usize;
+        if j == WAYS {
+            return false;
+        }
+        self.ids[j] = hash;
+        self.stamps[j] = stamp;
+        self.len += 1;
+        true
+    }
+
+    /// The ids held, with their stamps.
+    fn held(&self) -> impl Iterator<Item = (u64, u8)> + '_ {
+        let n = self.len as usize;
+        self.ids[..n]
+            .iter()
+            .copied()
+            .zip(self.stamps[..n].iter().copied())
+    }
+}
+
+/// Zeroed (empty) buckets for the id table. Past [`HUGE_PAGE`] bytes they are mapped
+/// on their own and the kernel asked for 2 MiB pages: the table is probed at random,
+/// and with 4 KiB pages most probes of a table of some MiB also miss the TLB (the CPU
+/// then walks the page tables even for a prefetch, and waits).
+struct Buckets {
+    ptr: std::ptr::NonNull<Bucket>,
     len: usize,
-    /// The mapping (start, length) holding the slots, or `None` if they are on the heap.
+    /// The mapping (start, length) holding the buckets, or `None` if they are on the
+    /// heap.
     mapping: Option<(*mut libc::c_void, usize)>,
 }
 
 const HUGE_PAGE: usize = 2 << 20;
 
-// SAFETY: `Slots` owns its memory (heap or mapping) exclusively, like a `Vec`.
-unsafe impl Send for Slots {}
+// SAFETY: `Buckets` owns its memory (heap or mapping) exclusively, like a `Vec`.
+unsafe impl Send for Buckets {}
 
-impl Slots {
-    fn zeroed(len: usize) -> Slots {
-        let bytes = len * std::mem::size_of::<Slot>();
+impl Buckets {
+    fn zeroed(len: usize) -> Buckets {
+        let bytes = len * std::mem::size_of::<Bucket>();
         if bytes >= HUGE_PAGE {
             let map_len = bytes + HUGE_PAGE;
             // SAFETY: a fresh private anonymous mapping (zero-filled by the kernel);
@@ -120,15 +173,15 @@ impl Slots {
                 // SAFETY: `aligned..aligned + bytes` lies within the mapping. A refused
                 // hint leaves 4 KiB pages, which work the same.
                 unsafe { libc::madvise(aligned as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE) };
-                return Slots {
-                    ptr: std::ptr::NonNull::new(aligned as *mut Slot).expect("mapped"),
+                return Buckets {
+                    ptr: std::ptr::NonNull::new(aligned as *mut Bucket).expect("mapped"),
                     len,
                     mapping: Some((base, map_len)),
                 };
             }
         }
-        let mut heap = std::mem::ManuallyDrop::new(vec![Slot::default(); len].into_boxed_slice());
-        Slots {
+        let mut heap = std::mem::ManuallyDrop::new(vec![Bucket::default(); len].into_boxed_slice());
+        Buckets {
             ptr: std::ptr::NonNull::new(heap.as_mut_ptr()).expect("a box is never null"),
             len,
             mapping: None,
@@ -136,24 +189,24 @@ impl Slots {
     }
 }
 
-impl std::ops::Deref for Slots {
-    type Target = [Slot];
+impl std::ops::Deref for Buckets {
+    type Target = [Bucket];
     #[inline]
-    fn deref(&self) -> &[Slot] {
-        // SAFETY: `ptr` points to `len` initialised slots owned by `self`.
+    fn deref(&self) -> &[Bucket] {
+        // SAFETY: `ptr` points to `len` initialised buckets owned by `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl std::ops::DerefMut for Slots {
+impl std::ops::DerefMut for Buckets {
     #[inline]
-    fn deref_mut(&mut self) -> &mut [Slot] {
+    fn deref_mut(&mut self) -> &mut [Bucket] {
         // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Drop for Slots {
+impl Drop for Buckets {
     fn drop(&mut self) {
         match self.mapping {
             // SAFETY: unmaps exactly the mapping `zeroed` made; no slice outlives `self`.
@@ -171,10 +224,10 @@ impl Drop for Slots {
     }
 }
 
-/// The slot where the search for an id with this hash starts, in a table of `len`
-/// slots (a power of two): the hash's top bits. So the ids lie in the table in the
+/// The bucket where the search for an id with this hash starts, in a table of `len`
+/// buckets (a power of two): the hash's top bits. So the ids lie in the table in the
 /// order of their hashes (but for runs that wrap past its end), and a table read in
-/// slot order is written in slot order when it is moved into one twice as large
+/// bucket order is written in bucket order when it is moved into one twice as large
 /// (whose homes are the same bits and one more): resizing streams through memory
 /// instead of writing each id at random.
 #[inline]
@@ -182,18 +235,21 @@ fn home(hash: u64, len: usize) -> usize {
     (hash >> (64 - len.trailing_zeros())) as usize
 }
 
-/// Puts `s` (not in `slots`) in the first empty slot from its home.
-fn place(slots: &mut [Slot], s: Slot) {
-    let mask = slots.len() - 1;
-    let mut i = home(s.hash, slots.len());
-    while slots[i].hash != 0 {
+/// Puts `hash` (not in `buckets`) with its stamp in the first bucket with room from its
+/// home.
+fn place(buckets: &mut [Bucket], hash: u64, stamp: u8) {
+    let mask = buckets.len() - 1;
+    let mut i = home(hash, buckets.len());
+    while !buckets[i].add(hash, stamp) {
         i = (i + 1) & mask;
     }
-    slots[i] = s;
 }
 
-/// Fewest slots a table has.
-const MIN_SLOTS: usize = 1024;
+/// Fewest buckets a table has.
+const MIN_BUCKETS: usize = 128;
+
+/// Ticks per horizon, at least.
+const TICKS: i64 = 64;
 
 /// The hash [`EventIdSet`] keeps of an id (never 0).
 #[inline]
@@ -203,11 +259,14 @@ pub fn id_hash(id: &str) -> u64 {
 
 impl EventIdSet {
     pub fn new(horizon_ms: i64) -> Self {
+        let horizon = horizon_ms.max(1);
         EventIdSet {
-            slots: Slots::zeroed(MIN_SLOTS),
+            buckets: Buckets::zeroed(MIN_BUCKETS),
             len: 0,
             oldest: i64::MAX,
-            horizon: horizon_ms.max(1),
+            horizon,
+            shift: (horizon / TICKS).max(1).ilog2(),
+            base: 0,
             next_sweep: i64::MIN,
         }
     }
@@ -221,20 +280,25 @@ impl EventIdSet {
     /// [`check_and_insert`](Self::check_and_insert) with the id's [`id_hash`].
     #[inline]
     pub fn check_and_insert_hash(&mut self, hash: u64, wm: i64) -> bool {
-        if 2 * (self.len + 1) > self.slots.len() {
+        if 8 * (self.len + 1) > 5 * WAYS * self.buckets.len() {
             self.make_room(wm);
         }
-        let mask = self.slots.len() - 1;
-        let mut i = home(hash, self.slots.len());
+        // A watermark before the base (it does not go back in a partition) is stamped
+        // at the base: kept longer, never shorter.
+        let mut stamp = (wm >> self.shift).saturating_sub(self.base).max(0);
+        if stamp > u8::MAX as i64 {
+            stamp = self.restamp(wm);
+        }
+        let mask = self.buckets.len() - 1;
+        let mut i = home(hash, self.buckets.len());
         loop {
-            let slot = &mut self.slots[i];
-            if slot.hash == hash {
+            let bucket = &mut self.buckets[i];
+            if bucket.holds(hash) {
                 return true;
             }
-            if slot.hash == 0 {
-                *slot = Slot { hash, seen_at: wm };
+            if bucket.add(hash, stamp as u8) {
                 self.len += 1;
-                self.oldest = self.oldest.min(wm);
+                self.oldest = self.oldest.min(self.base + stamp);
                 return false;
             }
             i = (i + 1) & mask;
@@ -244,18 +308,26 @@ impl EventIdSet {
     /// Asks the CPU for the cache line where the id with this hash would be.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let slot = &self.slots[home(hash, self.slots.len())];
-        crate::hint::prefetch_line(slot as *const Slot as *const u8);
+        let bucket = &self.buckets[home(hash, self.buckets.len())];
+        crate::hint::prefetch_line(bucket as *const Bucket as *const u8);
     }
 
-    /// The table is half full: expired ids go first, and it doubles only if the rest
-    /// fill more than 3/8 of it (so the next sweep is at least 1/8 of it away).
+    /// The table is 5/8 full: expired ids go first, and it doubles only if the rest
+    /// fill more than 3/8 of it (so the next sweep is at least 1/4 of it away).
     #[cold]
     fn make_room(&mut self, wm: i64) {
-        self.sweep(wm.saturating_sub(self.horizon));
-        if 8 * (self.len + 1) > 3 * self.slots.len() {
-            self.resize(self.slots.len() * 2);
+        self.sweep(wm.saturating_sub(self.horizon), false);
+        if 8 * (self.len + 1) > 3 * WAYS * self.buckets.len() {
+            self.resize(self.buckets.len() * 2);
         }
+    }
+
+    /// The watermark has moved more than 255 ticks past the base without a sweep
+    /// (which moves the base): one now, whatever it drops. Returns `wm`'s stamp then.
+    #[cold]
+    fn restamp(&mut self, wm: i64) -> i64 {
+        self.sweep(wm.saturating_sub(self.horizon), true);
+        (wm >> self.shift) - self.base
     }
 
     /// Forgets ids older than the horizon once per horizon (so memory follows a
@@ -265,54 +337,62 @@ impl EventIdSet {
         if wm < self.next_sweep {
             return;
         }
-        self.sweep(wm.saturating_sub(self.horizon));
-        if 8 * self.len < self.slots.len() && self.slots.len() > MIN_SLOTS {
+        self.sweep(wm.saturating_sub(self.horizon), false);
+        if 8 * self.len < WAYS * self.buckets.len() && self.buckets.len() > MIN_BUCKETS {
             // Mostly expired (the rate fell): a quarter full from here.
-            self.resize((4 * self.len).next_power_of_two().max(MIN_SLOTS));
+            let size = (4 * self.len).div_ceil(WAYS).next_power_of_two();
+            self.resize(size.max(MIN_BUCKETS));
         }
         self.next_sweep = wm.saturating_add(self.horizon);
     }
 
-    /// Drops the ids seen at or before `cutoff`, in place. One pass in slot order from
-    /// an empty slot (so no run of full slots wraps past the start): each kept id is
-    /// taken out and put back from its home slot, which lands it at or before where it
-    /// was, so every id stays reachable from its home without gaps.
-    fn sweep(&mut self, cutoff: i64) {
-        if self.oldest > cutoff {
+    /// Drops the ids seen in a tick before `cutoff`'s, in place, and counts the stamps
+    /// from `cutoff`'s tick (if later than the base). Skipped when no id held is that
+    /// old, unless `force`d.
+    ///
+    /// One pass in bucket order from a bucket with room (so no run of full buckets
+    /// wraps past the start): each bucket's kept ids are taken out and put back from
+    /// their home bucket, which lands them at or before where they were, so every id
+    /// stays reachable from its home with only full buckets between.
+    fn sweep(&mut self, cutoff: i64, force: bool) {
+        let keep_from = cutoff >> self.shift;
+        if self.oldest >= keep_from && !force {
             return; // nothing to drop
         }
-        let n = self.slots.len();
+        let base = keep_from.max(self.base);
+        let shift = base - self.base;
+        let n = self.buckets.len();
         let mask = n - 1;
-        // At most half full: there is an empty slot.
-        let Some(start) = self.slots.iter().position(|s| s.hash == 0) else {
+        // At most 5/8 full: some bucket has room.
+        let Some(start) = self.buckets.iter().position(|b| (b.len as usize) < WAYS) else {
             return;
         };
         let (mut len, mut oldest) = (0, i64::MAX);
-        for k in 1..n {
+        for k in 1..=n {
             let i = (start + k) & mask;
-            let s = self.slots[i];
-            if s.hash == 0 {
-                continue;
+            let taken = std::mem::take(&mut self.buckets[i]);
+            for (hash, stamp) in taken.held() {
+                let tick = self.base + stamp as i64;
+                if tick < keep_from {
+                    continue;
+                }
+                place(&mut self.buckets, hash, (stamp as i64 - shift) as u8);
+                len += 1;
+                oldest = oldest.min(tick);
             }
-            self.slots[i] = Slot::default();
-            if s.seen_at <= cutoff {
-                continue;
-            }
-            place(&mut self.slots, s);
-            len += 1;
-            oldest = oldest.min(s.seen_at);
         }
         self.len = len;
         self.oldest = oldest;
+        self.base = base;
     }
 
-    /// Moves every id into a table of `size` slots (a power of two, > 2 × len).
+    /// Moves every id into a table of `size` buckets (a power of two, room for all).
     fn resize(&mut self, size: usize) {
-        let mut next = Slots::zeroed(size);
-        for s in self.slots.iter().filter(|s| s.hash != 0) {
-            place(&mut next, *s);
+        let mut next = Buckets::zeroed(size);
+        for (hash, stamp) in self.buckets.iter().flat_map(Bucket::held) {
+            place(&mut next, hash, stamp);
         }
-        self.slots = next;
+        self.buckets = next;
     }
 
     pub fn len(&self) -> usize {
@@ -444,15 +524,54 @@ mod tests {
     }
 
     #[test]
+    fn an_id_is_kept_at_least_the_horizon_and_at_most_a_tick_longer() {
+        // Horizon 10 s: ticks of 128 ms (the power of two at or below 10 s / 64).
+        let h = 10_000;
+        assert_eq!(1 << EventIdSet::new(h).shift, 128);
+        let seen = 1_000; // in the tick [896, 1024)
+        for (swept_at, kept) in [(seen + h, true), (1_024 + h - 1, true), (1_024 + h, false)] {
+            let mut s = EventIdSet::new(h);
+            assert!(!s.check_and_insert("a", seen));
+            s.advance(swept_at);
+            assert_eq!(
+                s.check_and_insert("a", swept_at),
+                kept,
+                "swept at {swept_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_watermark_jumping_far_between_sweeps_restamps_the_table() {
+        // No `advance` between inserts: the stamps run out of ticks, and the table is
+        // swept on the insert that needs it.
+        let h = 10_000;
+        let mut s = EventIdSet::new(h);
+        assert!(!s.check_and_insert("a", 0));
+        assert!(!s.check_and_insert("b", 99 * h + h / 2));
+        assert_eq!(s.len(), 1, "a swept");
+        assert!(!s.check_and_insert("c", 100 * h));
+        assert!(s.check_and_insert("b", 100 * h), "b within the horizon");
+        assert!(!s.check_and_insert("a", 100 * h), "a forgotten");
+        // 225 ticks past the base: no sweep yet; then past 255, one.
+        assert!(!s.check_and_insert("d", 101 * h + 30 * 128));
+        assert_eq!(s.len(), 4);
+        assert!(!s.check_and_insert("e", 102 * h));
+        assert_eq!(s.len(), 2, "b, c and the second a swept; d, e kept");
+        assert!(s.check_and_insert("d", 102 * h));
+        assert!(!s.check_and_insert("b", 102 * h));
+    }
+
+    #[test]
     fn memory_stays_bounded_over_a_long_run() {
         let mut s = EventIdSet::new(1000);
         for i in 0..200_000i64 {
             let wm = i; // one id per ms of watermark
             s.advance(wm);
             s.check_and_insert(&i.to_string(), wm);
-            // 1,001 ids within the horizon; half full at most, more than 3/8 full
-            // after a sweep only below 2,670 slots.
-            assert!(s.slots.len() <= 4096, "{} slots", s.slots.len());
+            // ~1,000 ids within the horizon (and a tick of 8 ms); 5/8 full at most,
+            // more than 3/8 full after a sweep only below 384 buckets of 7.
+            assert!(s.buckets.len() <= 512, "{} buckets", s.buckets.len());
         }
     }
 
@@ -470,10 +589,10 @@ mod tests {
                 "id-{i} was lost"
             );
         }
-        // Hashes that share their top bits (one probe chain, wrapping past the last
-        // slot), some of them later than others.
+        // Hashes that share their top bits (one run of full buckets, wrapping past
+        // the last), some of them later than others.
         let mut s = EventIdSet::new(1000);
-        let chain = |k: u64| (MIN_SLOTS as u64 - 3) << (64 - MIN_SLOTS.trailing_zeros()) | k;
+        let chain = |k: u64| (MIN_BUCKETS as u64 - 3) << (64 - MIN_BUCKETS.trailing_zeros()) | k;
         for k in 1..=300 {
             assert!(!s.check_and_insert_hash(chain(k), if k <= 150 { 0 } else { 600 }));
         }
@@ -537,10 +656,11 @@ mod tests {
         fn the_id_table_answers_as_a_map_would(
             ops in proptest::collection::vec((0u64..1500, 0u64..6, 0i64..300), 1..4000),
         ) {
+            // Under 128 ms the tick is 1 ms: stamps are exact watermarks.
             let horizon = 100;
             let mut set = EventIdSet::new(horizon);
             let mut model = std::collections::HashMap::new();
-            let mut slots = MIN_SLOTS;
+            let mut buckets = MIN_BUCKETS;
             let mut next_sweep = i64::MIN;
             let mut wm = 0i64;
             for (id, home, step) in ops {
@@ -548,32 +668,36 @@ mod tests {
                     wm += 30;
                     set.advance(wm);
                     if wm >= next_sweep {
-                        model.retain(|_, seen: &mut i64| *seen > wm - horizon);
-                        if 8 * model.len() < slots && slots > MIN_SLOTS {
-                            slots = (4 * model.len()).next_power_of_two().max(MIN_SLOTS);
+                        model.retain(|_, seen: &mut i64| *seen >= wm - horizon);
+                        if 8 * model.len() < WAYS * buckets && buckets > MIN_BUCKETS {
+                            buckets = (4 * model.len())
+                                .div_ceil(WAYS)
+                                .next_power_of_two()
+                                .max(MIN_BUCKETS);
                         }
                         next_sweep = wm + horizon;
                     }
                     proptest::prop_assert_eq!(set.len(), model.len());
-                    proptest::prop_assert_eq!(set.slots.len(), slots);
+                    proptest::prop_assert_eq!(set.buckets.len(), buckets);
                     let oldest = model.values().min().copied().unwrap_or(i64::MAX);
                     proptest::prop_assert_eq!(set.oldest, oldest);
                     continue;
                 }
-                if 2 * (model.len() + 1) > slots {
-                    model.retain(|_, seen: &mut i64| *seen > wm - horizon);
-                    if 8 * (model.len() + 1) > 3 * slots {
-                        slots *= 2;
+                if 8 * (model.len() + 1) > 5 * WAYS * buckets {
+                    model.retain(|_, seen: &mut i64| *seen >= wm - horizon);
+                    if 8 * (model.len() + 1) > 3 * WAYS * buckets {
+                        buckets *= 2;
                     }
                 }
-                let home = [0, 1, 2, MIN_SLOTS as u64 - 2, MIN_SLOTS as u64 - 1, 7][home as usize];
-                let hash = home << (64 - MIN_SLOTS.trailing_zeros()) | (id + 1);
+                let home =
+                    [0, 1, 2, MIN_BUCKETS as u64 - 2, MIN_BUCKETS as u64 - 1, 7][home as usize];
+                let hash = home << (64 - MIN_BUCKETS.trailing_zeros()) | (id + 1);
                 let dup = model.contains_key(&hash);
                 if !dup {
                     model.insert(hash, wm);
                 }
                 proptest::prop_assert_eq!(set.check_and_insert_hash(hash, wm), dup);
-                proptest::prop_assert_eq!(set.slots.len(), slots);
+                proptest::prop_assert_eq!(set.buckets.len(), buckets);
             }
         }
     }
