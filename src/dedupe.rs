@@ -1,11 +1,11 @@
 //! Duplicate detection, per partition, in bounded memory.
 //!
 //! * By `eventId`: a 64-bit hash of the id stamped with the watermark at which it was
-//!   seen, kept while the watermark has advanced less than the horizon (the out-of-order
-//!   bound + lateness + the largest window: past that, every window the event belongs
-//!   to has closed, so a re-delivery is *late* and is caught there). Expired ids are
-//!   swept when the table is full and each time the watermark moves a horizon:
-//!   amortised O(1) per event.
+//!   seen, kept at least until the watermark has advanced by the horizon (the
+//!   out-of-order bound + lateness + the largest window: past that, every window the
+//!   event belongs to has closed, so a re-delivery is *late* and is caught there).
+//!   Expired ids are swept when the table is full and each time the watermark moves a
+//!   horizon: amortised O(1) per event.
 //! * By (`deviceId`, `deviceSequenceNumber`): per device, a high-water mark and a ring
 //!   bitmap of the last [`SEQ_WINDOW`] sequence numbers. A number above the mark that
 //!   skips some counts them as gaps; a skipped number that arrives later fills its gap.
@@ -67,10 +67,10 @@ pub type PreHashedMap<K, V> = HashMap<K, V, BuildHasherDefault<PreHashed>>;
 /// half as much fresh memory as the table grows, and the table takes half as much of
 /// the cache.
 ///
-/// An id is remembered for at least the horizon, and at most a 64th of it longer (to
-/// the end of its stamp's tick) until the sweep after that. Two different ids share a
-/// 64-bit hash with probability ~n/2⁶⁴ per check (n live ids: about 10⁻¹⁴ at 300,000):
-/// such an event would be counted a duplicate.
+/// An id is remembered for at least the horizon: a sweep drops it once its stamp's
+/// tick (at most a 64th of the horizon) ended a horizon or more before the watermark.
+/// Two different ids share a 64-bit hash with probability ~n/2⁶⁴ per check (n live
+/// ids: about 10⁻¹⁴ at 300,000): such an event would be counted a duplicate.
 pub struct EventIdSet {
     buckets: Buckets,
     /// Ids held.
@@ -280,6 +280,7 @@ impl EventIdSet {
     /// [`check_and_insert`](Self::check_and_insert) with the id's [`id_hash`].
     #[inline]
     pub fn check_and_insert_hash(&mut self, hash: u64, wm: i64) -> bool {
+        debug_assert_ne!(hash, 0, "0 marks an empty way");
         if 8 * (self.len + 1) > 5 * WAYS * self.buckets.len() {
             self.make_room(wm);
         }

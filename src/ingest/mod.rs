@@ -35,7 +35,7 @@ pub const BLOCK_SIZE: usize = 512 << 10;
 
 /// Blocks queued for each partition before the router waits: at most ~32 MiB of input
 /// in flight. A partition's work comes in bursts (a minute's windows closing, its id
-/// table doubling: the kernel zeroes the new pages, ~20 ms for 16 MiB here), and the
+/// table doubling: the kernel zeroes the new pages, 10–20 ms for 8 MiB here), and the
 /// router feeds every partition from each block: with 16 blocks (~5,000 events per
 /// partition, ~3 ms) the others ran dry during such a burst.
 pub const QUEUE_BLOCKS: usize = 64;
