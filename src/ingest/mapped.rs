@@ -109,6 +109,7 @@ pub fn route_file(
     let mut pos = start as u64;
     let mut stopped = false;
     'chunks: while pos < size {
+        router.unmap_spent();
         let base = pos - pos % page;
         let len = (size - base).min(CHUNK as u64) as usize;
         let Ok(map) = Mapping::new(fd, base, len) else {
@@ -147,6 +148,7 @@ pub fn route_file(
         }
         pos = base + end as u64;
     }
+    router.unmap_spent();
     // SAFETY: lseek on a valid descriptor to an offset within the file.
     if unsafe { libc::lseek(raw, pos as libc::off_t, libc::SEEK_SET) } < 0 {
         return Err(io_err(io::Error::last_os_error()));

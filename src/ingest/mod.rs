@@ -42,11 +42,14 @@ pub const QUEUE_BLOCKS: usize = 64;
 
 /// Whole lines of input, shared by every partition that has events in it.
 /// When the last partition drops it, its buffer goes back to the router's pool, so a
-/// long run reuses a few buffers instead of faulting in fresh pages for every block.
+/// long run reuses a few buffers instead of faulting in fresh pages for every block;
+/// and the last block of a file mapping sends the mapping back, to be unmapped by the
+/// router (tearing down 2,048 page table entries and flushing the other cores' TLBs is
+/// ~4 % of a partition's time, and the partitions are the busier threads).
 #[derive(Debug)]
 pub struct Block {
     pub data: Bytes,
-    recycle: Option<Sender<Vec<u8>>>,
+    recycle: Option<Sender<Spent>>,
     /// Where the bytes came from (a path, `stdin`, `simulator`), for dead-letter `source`.
     pub origin: Arc<str>,
     /// Line number (1-based) of the first line in `data`.
@@ -143,10 +146,18 @@ impl Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        if let (Some(pool), Bytes::Owned(data)) = (&self.recycle, &mut self.data) {
-            let mut data = std::mem::take(data);
-            data.clear();
-            let _ = pool.try_send(data); // pool full: let it go
+        let Some(pool) = &self.recycle else { return };
+        // Pool full: let it go (free or unmap it here).
+        match std::mem::replace(&mut self.data, Bytes::Owned(Vec::new())) {
+            Bytes::Owned(mut data) => {
+                data.clear();
+                let _ = pool.try_send(Spent::Buffer(data));
+            }
+            Bytes::Mapped { map, .. } => {
+                if let Some(map) = Arc::into_inner(map) {
+                    let _ = pool.try_send(Spent::Mapping(map));
+                }
+            }
         }
     }
 }
@@ -182,14 +193,22 @@ pub enum Msg {
 #[error("the partitions have stopped")]
 pub struct Disconnected;
 
+/// A dropped block's storage on its way back to the router: a buffer to fill again,
+/// or a file mapping no block uses any more, to unmap.
+#[derive(Debug)]
+pub enum Spent {
+    Buffer(Vec<u8>),
+    Mapping(mapped::Mapping),
+}
+
 /// Splits blocks into events and sends each partition its share.
 pub struct Router {
     senders: Vec<Sender<Msg>>,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     next_line: u64,
-    /// Buffers of dropped blocks, for sources to fill again.
-    pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// What dropped blocks leave: buffers for sources to fill again, mappings to unmap.
+    pool: (Sender<Spent>, Receiver<Spent>),
 }
 
 impl Router {
@@ -207,12 +226,22 @@ impl Router {
 
     /// An empty buffer with room for at least `capacity` bytes, recycled when possible.
     pub fn buffer(&self, capacity: usize) -> Vec<u8> {
-        match self.pool.1.try_recv() {
-            Ok(mut v) => {
+        while let Ok(spent) = self.pool.1.try_recv() {
+            if let Spent::Buffer(mut v) = spent {
                 v.reserve(capacity);
-                v
+                return v;
             }
-            Err(_) => Vec::with_capacity(capacity),
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    /// Unmaps the file mappings that blocks have finished with (and keeps buffers).
+    pub fn unmap_spent(&self) {
+        while let Ok(spent) = self.pool.1.try_recv() {
+            if let Spent::Buffer(v) = spent {
+                let _ = self.pool.0.try_send(Spent::Buffer(v));
+                return; // (the rest next time, rather than cycle through buffers)
+            }
         }
     }
 
