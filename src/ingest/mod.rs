@@ -33,8 +33,9 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 /// Target size of a block read from a source.
 pub const BLOCK_SIZE: usize = 512 << 10;
 
-/// Blocks queued for each partition before the router waits: at most ~32 MiB of input
-/// in flight. A partition's work comes in bursts (a minute's windows closing, its id
+/// Blocks queued for each partition before the router waits: up to 32 MiB of input per
+/// partition (a block goes to every partition with events in it, so usually about that
+/// in all). A partition's work comes in bursts (a minute's windows closing, its id
 /// table doubling: the kernel zeroes the new pages, 10–20 ms for 8 MiB here), and the
 /// router feeds every partition from each block: with 16 blocks (~5,000 events per
 /// partition, ~3 ms) the others ran dry during such a burst.
