@@ -248,7 +248,7 @@ fn place(buckets: &mut [Bucket], hash: u64, stamp: u8) {
 /// Fewest buckets a table has.
 const MIN_BUCKETS: usize = 128;
 
-/// Ticks per horizon, at least.
+/// The fewest ticks in a horizon of 64 ms or more (shorter ones tick every ms).
 const TICKS: i64 = 64;
 
 /// The hash [`EventIdSet`] keeps of an id (never 0).

@@ -111,23 +111,16 @@ fn finish(child: Child, what: &str) -> Output {
     // A run that hangs (a broker that never rebalances, say) fails with its log
     // instead of holding the whole suite.
     let pid = child.id().to_string();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + RUN_LIMIT;
-            while Instant::now() < deadline {
-                if done.load(std::sync::atomic::Ordering::SeqCst) {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let timed_out = finished.recv_timeout(RUN_LIMIT).is_err();
+        if timed_out {
             let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            true
-        })
-    };
+        }
+        timed_out
+    });
     let out = child.wait_with_output().unwrap();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = done.send(());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !watchdog.join().unwrap(),
