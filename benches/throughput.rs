@@ -60,6 +60,12 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
         report.devices,
         partitions
     );
+    if let Some(share) = common::huge_folio_share(input) {
+        println!(
+            "  page cache:   {:.0} % of the input in 2 MiB folios",
+            share * 100.0
+        );
+    }
     println!("  dedupe:       {:?}", cfg.pipeline.dedupe);
     println!("  outcome:      {}", report.counts);
     println!(
