@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use eventide::ingest::mapped::{CHUNK, Mapping};
 use eventide_simulator::cli::Pieces;
 use eventide_simulator::{Generator, SimConfig};
 
@@ -91,73 +92,40 @@ pub fn env_u64(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Brings `path` into the page cache the way the file source reads a file from disk:
-/// maps it in 8 MiB chunks advised `MADV_HUGEPAGE` and populates them, so that what
-/// is read from disk comes into the cache in 2 MiB folios (the harnesses measure the
-/// pipeline, not the disk). What the cache already holds stays as it is: the
-/// throughput harness prints how much of the input is in 2 MiB folios, which moves
-/// the file source's cost by a third (BENCHMARKS.md, eighth session). Dropping the
-/// file from the cache first would make the state the same every time, but runs
-/// right after such a re-read were up to three times slower on this VM (fresh memory).
+/// Brings `path` into the page cache as the file source reads a file from disk: maps
+/// it in chunks as the file source does ([`Mapping`], advised `MADV_HUGEPAGE`, then
+/// populated), so that what is read from disk comes into the cache in 2 MiB folios
+/// (the harnesses measure the pipeline, not the disk). What the cache already holds
+/// stays as it is: the throughput harness prints how much of the input is in 2 MiB
+/// folios, which moves the file source's cost by a third (BENCHMARKS.md, eighth
+/// session). Dropping the file from the cache first would make the state the same
+/// every time, but runs right after such a re-read were up to three times slower on
+/// this VM (fresh memory).
 pub fn warm_page_cache(path: &Path) {
-    use std::os::fd::AsRawFd;
-    const CHUNK: usize = 8 << 20;
+    use std::os::fd::AsFd;
     let f = std::fs::File::open(path).expect("input");
-    let len = f.metadata().expect("input").len() as usize;
-    let fd = f.as_raw_fd();
+    let len = f.metadata().expect("input").len();
     for offset in (0..len).step_by(CHUNK) {
-        let n = (len - offset).min(CHUNK);
-        // SAFETY: a fresh read-only mapping of the open file, advised, populated and
-        // unmapped here; nothing reads through it.
-        unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                n,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            );
-            assert!(p != libc::MAP_FAILED, "map the input");
-            libc::madvise(p, n, libc::MADV_HUGEPAGE);
-            libc::madvise(p, n, libc::MADV_POPULATE_READ);
-            libc::munmap(p, n);
-        }
+        let n = (len - offset).min(CHUNK as u64) as usize;
+        Mapping::new(f.as_fd(), offset, n).expect("map the input");
     }
 }
 
-/// How much of `path` (cached) the kernel maps with 2 MiB entries, as a fraction: the page cache holds those bytes in 2 MiB folios, which the file
-/// source maps ~20 times cheaper than 4 KiB ones (BENCHMARKS.md, eighth session).
-/// `None` where /proc/self/smaps does not say.
+/// How much of `path` (cached) the kernel maps with 2 MiB entries, as a fraction: the
+/// page cache holds those bytes in 2 MiB folios, which the file source maps ~20 times
+/// cheaper than 4 KiB ones (BENCHMARKS.md, eighth session). `None` where
+/// /proc/self/smaps does not say.
 pub fn huge_folio_share(path: &Path) -> Option<f64> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len() as usize;
     if len == 0 {
         return None;
     }
-    // SAFETY: a fresh read-only mapping of an open file, unmapped below; nothing reads
-    // through it here (the kernel populates it).
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    // SAFETY: advice on the range just mapped.
-    unsafe { libc::madvise(p, len, libc::MADV_POPULATE_READ) };
+    let map = Mapping::new(f.as_fd(), 0, len).ok()?;
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    // SAFETY: unmaps exactly the range mapped above.
-    unsafe { libc::munmap(p, len) };
     // The mapping's entry: its header line (`start-end perms …`), then its fields.
-    let header = format!("{:x}-", p as usize);
+    let header = format!("{:x}-", map.as_ptr() as usize);
     let is_header = |l: &str| {
         l.split(' ').next().is_some_and(|t| {
             t.contains('-') && t.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit())

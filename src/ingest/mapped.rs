@@ -46,7 +46,7 @@ impl Mapping {
     /// cached in small pieces (written in small unaligned writes, say) costs an entry
     /// per 4 KiB page, ~10 times as much kernel time. If the advice fails (an old
     /// kernel), the pages are faulted in as they are read.
-    fn new(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<Self> {
+    pub fn new(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<Self> {
         // SAFETY: a fresh read-only shared mapping chosen by the kernel; nothing
         // else refers to that address range.
         let ptr = unsafe {
