@@ -112,7 +112,7 @@ pub fn warm_page_cache(path: &Path) {
 }
 
 /// How much of `path` (cached) the kernel maps with 2 MiB entries, as a fraction: the
-/// page cache holds those bytes in 2 MiB folios, which the file source maps ~20 times
+/// page cache holds those bytes in 2 MiB folios, which the file source maps 10–20 times
 /// cheaper than 4 KiB ones (BENCHMARKS.md, eighth session). `None` where
 /// /proc/self/smaps does not say.
 pub fn huge_folio_share(path: &Path) -> Option<f64> {

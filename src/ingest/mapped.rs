@@ -44,7 +44,7 @@ impl Mapping {
     /// then map a folio at a time, mostly one page-table entry per 2 MiB (the kernel
     /// places a large file mapping at an address aligned like its offset). A file
     /// cached in small pieces (written in small unaligned writes, say) costs an entry
-    /// per 4 KiB page, ~10 times as much kernel time. If the advice fails (an old
+    /// per 4 KiB page, 10–20 times the kernel time. If the advice fails (an old
     /// kernel), the pages are faulted in as they are read.
     pub fn new(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<Self> {
         // SAFETY: a fresh read-only shared mapping chosen by the kernel; nothing
