@@ -281,7 +281,7 @@ impl EventIdSet {
     #[inline]
     pub fn check_and_insert_hash(&mut self, hash: u64, wm: i64) -> bool {
         debug_assert_ne!(hash, 0, "0 marks an empty way");
-        if 8 * (self.len + 1) > 5 * WAYS * self.buckets.len() {
+        if 8 * (self.len + 1) > 5 * self.ways() {
             self.make_room(wm);
         }
         // A watermark before the base (it does not go back in a partition) is stamped
@@ -306,6 +306,13 @@ impl EventIdSet {
         }
     }
 
+    /// Ids the table holds with every way of every bucket full (the loads that decide
+    /// when to sweep, double and shrink are eighths of it).
+    #[inline]
+    fn ways(&self) -> usize {
+        WAYS * self.buckets.len()
+    }
+
     /// Asks the CPU for the cache line where the id with this hash would be.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
@@ -318,7 +325,7 @@ impl EventIdSet {
     #[cold]
     fn make_room(&mut self, wm: i64) {
         self.sweep(wm.saturating_sub(self.horizon), false);
-        if 8 * (self.len + 1) > 3 * WAYS * self.buckets.len() {
+        if 8 * (self.len + 1) > 3 * self.ways() {
             self.resize(self.buckets.len() * 2);
         }
     }
@@ -339,7 +346,7 @@ impl EventIdSet {
             return;
         }
         self.sweep(wm.saturating_sub(self.horizon), false);
-        if 8 * self.len < WAYS * self.buckets.len() && self.buckets.len() > MIN_BUCKETS {
+        if 8 * self.len < self.ways() && self.buckets.len() > MIN_BUCKETS {
             // Mostly expired (the rate fell): a quarter full from here.
             let size = (4 * self.len).div_ceil(WAYS).next_power_of_two();
             self.resize(size.max(MIN_BUCKETS));
