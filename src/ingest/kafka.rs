@@ -164,6 +164,10 @@ struct State {
     pending: HashMap<TopicPartition, Checkpoint>,
     /// Partitions this instance has consumed to their end (stop_at_end).
     finished: HashSet<TopicPartition>,
+    /// Whether the group has handed this member an assignment yet (possibly an
+    /// empty one). Until then it cannot tell what other members did: stop_at_end
+    /// reads no committed offset before it.
+    joined: bool,
     /// A fatal error seen in a callback, reported by the main loop.
     failed: Option<String>,
 }
@@ -202,6 +206,7 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 let parts = partitions_of(tpl);
                 tracing::info!(partitions = ?parts, "Kafka: partitions assigned; starting their actors.");
+                self.0.state.lock().joined = true;
                 let Some(consumer) = self.0.consumer.get().and_then(Weak::upgrade) else {
                     return;
                 };
@@ -413,6 +418,11 @@ impl ActorLoop {
                     .fetch_watermarks(&self.tp.0, self.tp.1, REQUEST_TIMEOUT)
                 && low >= e
             {
+                tracing::info!(
+                    low,
+                    end = e,
+                    "Kafka: the partition holds nothing before its end; finished."
+                );
                 done = true;
                 position = Some(low);
             }
@@ -903,6 +913,13 @@ fn all_consumed(
 ) -> bool {
     let (finished, owned): (HashSet<TopicPartition>, HashSet<TopicPartition>) = {
         let st = shared.state.lock();
+        if !st.joined {
+            // Before its first assignment a member knows nothing of the group: a
+            // committed offset read now is no evidence that another member has
+            // consumed a partition (a tansu broker once answered as if the group had
+            // consumed everything, and the run ended having read nothing).
+            return false;
+        }
         (st.finished.clone(), st.actors.keys().cloned().collect())
     };
     let mut others = TopicPartitionList::new();
@@ -919,12 +936,18 @@ fn all_consumed(
         return true;
     }
     match consumer.committed_offsets(others, Duration::from_secs(5)) {
-        Ok(c) => c.elements().iter().all(|e| match e.offset() {
-            Offset::Offset(o) => ends
-                .get(&(Arc::from(e.topic()), e.partition()))
-                .is_some_and(|&end| o >= end),
-            _ => false,
-        }),
+        Ok(c) => {
+            let done = c.elements().iter().all(|e| match e.offset() {
+                Offset::Offset(o) => ends
+                    .get(&(Arc::from(e.topic()), e.partition()))
+                    .is_some_and(|&end| o >= end),
+                _ => false,
+            });
+            if done {
+                tracing::info!(committed = ?c, "Kafka: the partitions left were consumed by other members.");
+            }
+            done
+        }
         Err(_) => false,
     }
 }
