@@ -992,4 +992,72 @@ mod tests {
         assert!(back.raised.len() > 300 && back.raised.len() < 1000);
         assert_eq!(back.raised[..10], r.raised[..10]);
     }
+
+    /// stop_at_end ends on other members' committed offsets only once the group has
+    /// assigned this member something: before that, committed offsets at every end
+    /// are no reason to stop (a run on tansu once ended there, having read nothing).
+    #[test]
+    fn other_members_commits_count_only_after_the_first_assignment() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for p in 0..2 {
+            for _ in 0..3 {
+                producer
+                    .send(BaseRecord::<(), _>::to("t").partition(p).payload("{}"))
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let cfg = crate::config::Config::parse(&format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"t\"]\ngroup_id = \"g\"\nstop_at_end = true\n\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\"\n"
+        ))
+        .unwrap();
+        // Another member consumed both partitions to their ends and committed.
+        let other: BaseConsumer = consumer_config(&cfg.source).create().unwrap();
+        let mut done = TopicPartitionList::new();
+        for p in 0..2 {
+            done.add_partition_offset("t", p, Offset::Offset(3))
+                .unwrap();
+        }
+        other.commit(&done, CommitMode::Sync).unwrap();
+
+        let (out_tx, _out_rx) = crossbeam_channel::unbounded();
+        let (_durable_tx, durable) = crossbeam_channel::unbounded();
+        let (finished_tx, finished_rx) = crossbeam_channel::unbounded();
+        let ends: HashMap<TopicPartition, i64> = (0..2).map(|p| ((Arc::from("t"), p), 3)).collect();
+        let shared = Arc::new(Shared {
+            run: KafkaRun {
+                source: cfg.source.clone(),
+                settings: Arc::new(Settings::from_config(&cfg)),
+                stop: Arc::default(),
+                out_tx,
+                durable,
+                stats: Arc::default(),
+                hub: None,
+                epoch: Instant::now(),
+            },
+            slots: HashMap::new(),
+            ends: Some(ends.clone()),
+            state: Mutex::new(State::default()),
+            log: None,
+            consumer: OnceLock::new(),
+            finished_tx,
+            finished_rx,
+        });
+        let consumer: BaseConsumer<Ctx> = consumer_config(&cfg.source)
+            .create_with_context(Ctx(shared.clone()))
+            .unwrap();
+        assert!(!all_consumed(&shared, &consumer, &ends), "before joining");
+        shared.state.lock().joined = true;
+        assert!(all_consumed(&shared, &consumer, &ends), "after joining");
+    }
 }
