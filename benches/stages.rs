@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("route: find deviceId", |b| {
         b.iter(|| {
             for e in &evs {
-                black_box(device_key(e).unwrap().len());
+                black_box(device_key(e, "deviceId").unwrap().len());
             }
         })
     });

@@ -68,7 +68,7 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
             share * 100.0
         );
     }
-    println!("  dedupe:       {:?}", cfg.pipeline.dedupe);
+    println!("  dedupe:       {:?}", cfg.pipeline.dedupe(&cfg.source.fields()));
     println!("  outcome:      {}", report.counts);
     println!(
         "  throughput:   {:.0} events/s ({:.1} MB/s), wall {wall:.2} s",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::ingest::decode::{Fields, TimeFormat};
 use crate::rules::expr;
 
 /// A configuration error, naming the key it is about.
@@ -157,6 +158,8 @@ pub struct SourceConfig {
     pub stop_at_end: Option<bool>,
     /// kafka: how often safe offsets are committed (default 1s).
     pub commit_interval: Option<Dur>,
+    /// Which input member fills each role (`[source.fields]`, every kind).
+    pub fields: Option<FieldsConfig>,
     /// kafka: keep checkpoints (offset + resume state) as records in this topic
     /// instead of in offset-commit metadata, for brokers that do not return commit
     /// metadata. Created (compacted, 1 partition) if missing.
@@ -164,6 +167,14 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// The member names events are read with (validated with the config).
+    pub fn fields(&self) -> Fields {
+        self.fields
+            .clone()
+            .unwrap_or_default()
+            .resolve()
+            .expect("fields were validated with the config")
+    }
     pub fn group_id(&self) -> &str {
         self.group_id.as_deref().unwrap_or("eventide")
     }
@@ -212,10 +223,10 @@ pub struct PipelineConfig {
     /// After this long without events a partition's watermark follows the wall clock
     /// (default 10s).
     pub idle_timeout: Option<Dur>,
-    /// How duplicates are recognised (default event_id). Sequence gaps are counted in
-    /// every mode.
-    #[serde(default)]
-    pub dedupe: DedupeMode,
+    /// How duplicates are recognised (default event_id; device_sequence when the input
+    /// has no event id, none when it has neither). Sequence gaps are counted in every
+    /// mode that has sequence numbers.
+    pub dedupe: Option<DedupeMode>,
     /// How long (in event time) event ids are remembered; default
     /// max_out_of_order + allowed_lateness + the largest window.
     pub dedupe_horizon: Option<Dur>,
@@ -239,6 +250,84 @@ impl PipelineConfig {
     }
     pub fn idle_timeout(&self) -> Dur {
         self.idle_timeout.unwrap_or(Dur(Duration::from_secs(10)))
+    }
+    /// The dedupe mode, given which of the roles dedupe reads the input has.
+    pub fn dedupe(&self, fields: &Fields) -> DedupeMode {
+        self.dedupe.unwrap_or(match (&fields.event_id, &fields.sequence) {
+            (Some(_), _) => DedupeMode::EventId,
+            (None, Some(_)) => DedupeMode::DeviceSequence,
+            (None, None) => DedupeMode::None,
+        })
+    }
+}
+
+/// `[source.fields]`: which input member fills each role (every key optional; the
+/// contract's names by default; `""` for a role the input does not have).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsConfig {
+    pub event_id: Option<String>,
+    pub device_id: Option<String>,
+    pub sequence: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub value: Option<ValueNames>,
+    pub time: Option<String>,
+    pub time_format: Option<TimeFormatConfig>,
+}
+
+/// `value`: one member, or a list of members each of which is its own series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ValueNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormatConfig {
+    Rfc3339,
+    EpochMs,
+    EpochS,
+}
+
+impl FieldsConfig {
+    /// The decoder's [`Fields`]; the error names the key (`source.fields.…`).
+    pub fn resolve(&self) -> Result<Fields, ConfigError> {
+        let named = |v: &Option<String>, default: &'static str| -> Option<String> {
+            match v.as_deref() {
+                None => Some(default.to_string()),
+                Some("") => None,
+                Some(n) => Some(n.to_string()),
+            }
+        };
+        let event_id = named(&self.event_id, "eventId");
+        let sequence = named(&self.sequence, "deviceSequenceNumber");
+        let kind = named(&self.kind, "type");
+        let device_id = self.device_id.clone().unwrap_or_else(|| "deviceId".into());
+        let time = self.time.clone().unwrap_or_else(|| "createdAt".into());
+        let values: Vec<String> = match &self.value {
+            None => vec!["value".into()],
+            Some(ValueNames::One(v)) => vec![v.clone()],
+            Some(ValueNames::Many(v)) => v.clone(),
+        };
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let time_format = match self.time_format {
+            None | Some(TimeFormatConfig::Rfc3339) => TimeFormat::Rfc3339,
+            Some(TimeFormatConfig::EpochMs) => TimeFormat::EpochMs,
+            Some(TimeFormatConfig::EpochS) => TimeFormat::EpochS,
+        };
+        Fields::new(
+            event_id.as_deref(),
+            &device_id,
+            sequence.as_deref(),
+            kind.as_deref(),
+            &values,
+            &time,
+            time_format,
+        )
+        .map_err(|(key, message)| ConfigError::invalid(format!("source.fields.{key}"), message))
     }
 }
 
@@ -538,7 +627,26 @@ impl Config {
     /// Checks what the types alone cannot: ranges, references, per-kind keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_source()?;
+        let fields = self.source.fields.clone().unwrap_or_default().resolve()?;
         let p = &self.pipeline;
+        if let Some(mode) = p.dedupe {
+            if mode.by_event_id() && fields.event_id.is_none() {
+                return Err(ConfigError::invalid(
+                    "pipeline.dedupe",
+                    format!(
+                        "{mode:?} needs event ids, but source.fields.event_id is \"\" (use device_sequence or none)"
+                    ),
+                ));
+            }
+            if mode.by_sequence() && fields.sequence.is_none() {
+                return Err(ConfigError::invalid(
+                    "pipeline.dedupe",
+                    format!(
+                        "{mode:?} needs sequence numbers, but source.fields.sequence is \"\" (use event_id or none)"
+                    ),
+                ));
+            }
+        }
         if let Some(n) = p.partitions
             && (n == 0 || n > 1024)
         {

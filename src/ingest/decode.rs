@@ -1,22 +1,25 @@
 //! Decoding: JSON bytes → [`Event`], borrowing from the input.
 //!
 //! Two entry points. [`device_key`] is the router's cheap look at a message: it walks
-//! the top-level object only as far as `deviceId` and skips other values structurally.
-//! [`Decoder::decode`] is the partition actor's full parse: it reads the six known fields
-//! straight into an [`Event`] and validates everything else (`complexData`, unknown
-//! keys) as JSON without building it. Its fast path (`index`) first reads a message in
-//! the layout devices send straight through, else walks a structural index built 64
-//! bytes at a time; anything either leaves goes to the scalar parser
-//! ([`decode_scalar`]), which also words every error. Nothing is allocated unless a
-//! string contains escapes.
+//! the top-level object only as far as the device id and skips other values
+//! structurally. [`Decoder::decode`] is the partition actor's full parse: it reads the
+//! members that fill an event's roles (named by [`Fields`], `[source.fields]`) straight
+//! into an [`Event`] and validates everything else (`complexData`, unknown keys) as
+//! JSON without building it. Its fast reader ([`fast`]) takes a message in one pass
+//! whatever its member order and whitespace; anything it leaves goes to the scalar
+//! parser ([`decode_scalar_with`]), which also words every error. Nothing is allocated
+//! unless a string contains escapes.
 //!
 //! Classification: input that is not valid JSON is [`DecodeError::Parse`], even when
 //! a field error comes first; valid JSON that is not a valid event is
 //! [`DecodeError::Schema`].
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::event::parse_rfc3339_ms;
+
+pub use fields::{Fields, MAX_VALUES, Role, TimeFormat, epoch_ms};
 
 /// Why a message or event is not a valid event. Plain enum: this is the hot path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,13 +35,21 @@ pub enum DecodeError {
 /// A valid event.
 #[derive(Debug)]
 pub struct Event<'a> {
+    /// Empty when the input has no event id ([`Fields::event_id`] is `None`).
     pub event_id: Cow<'a, str>,
     pub device_id: Cow<'a, str>,
+    /// 0 when the input has no sequence numbers.
     pub seq: u64,
+    /// Empty when each value member is its own series ([`Fields::multi`]).
     pub kind: Cow<'a, str>,
+    /// The value (unused when [`Fields::multi`]).
     pub value: f64,
-    /// `createdAt` in epoch milliseconds.
+    /// Event time in epoch milliseconds.
     pub ts: i64,
+    /// When [`Fields::multi`]: bit `i` is set when value member `i` is present, its
+    /// value in `values[i]`. 0 otherwise.
+    pub present: u16,
+    pub values: [f64; MAX_VALUES],
 }
 
 /// Nesting deeper than this is rejected (as serde_json does), so a hostile message
@@ -185,6 +196,10 @@ enum Found<'a> {
     Text(Cow<'a, str>),
     Int(u64),
     Num(f64),
+    /// A `null` value member of a list (absent).
+    Null,
+    /// An epoch time read from a number, in ms.
+    Time(i64),
 }
 
 impl<'a> Scanner<'a> {
@@ -468,83 +483,155 @@ fn hex4(b: &[u8], i: usize) -> Result<u32, Syntax> {
     Ok(v)
 }
 
-const FIELDS: [&str; 6] = [
-    "eventId",
-    "deviceId",
-    "deviceSequenceNumber",
-    "type",
-    "value",
-    "createdAt",
-];
-
-/// Decodes events, keeping scratch space between calls: the fast path ([`index`]: the
-/// usual layout's reader, then the structural index) for what it takes, the scalar
-/// decoder ([`decode_scalar`]) for the rest and for every error.
-#[derive(Default)]
+/// Decodes events, keeping scratch space between calls: the fast reader ([`fast`]) for
+/// what it takes, the scalar decoder ([`decode_scalar_with`]) for the rest and for
+/// every error.
 pub struct Decoder {
-    index: index::Index,
+    fields: Arc<Fields>,
+    fast: fast::Reader,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(Arc::new(Fields::default()))
+    }
 }
 
 impl Decoder {
+    /// A decoder for events whose members are named by `fields`.
+    pub fn new(fields: Arc<Fields>) -> Self {
+        Decoder {
+            fields,
+            fast: fast::Reader::default(),
+        }
+    }
+
+    /// The member names this decoder reads.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
     /// Parses and validates one event.
     #[inline]
     pub fn decode<'a>(&mut self, b: &'a [u8]) -> Result<Event<'a>, DecodeError> {
-        match self.index.decode(b) {
+        match self.fast.event(b, &self.fields) {
             Some(e) => Ok(e),
-            None => decode_scalar(b),
+            None => decode_scalar_with(b, &self.fields),
         }
     }
 }
 
-/// Parses and validates one event (with fresh scratch space: hot loops keep a
-/// [`Decoder`]).
+/// The contract's member names, shared (see [`Fields::default`]).
+pub fn contract_fields() -> &'static Fields {
+    static CONTRACT: std::sync::LazyLock<Fields> = std::sync::LazyLock::new(Fields::default);
+    &CONTRACT
+}
+
+/// Parses and validates one event with the contract's member names (with fresh
+/// scratch space: hot loops keep a [`Decoder`]).
 pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
-    Decoder::default().decode(b)
+    match fast::Reader::default().event(b, contract_fields()) {
+        Some(e) => Ok(e),
+        None => decode_scalar(b),
+    }
+}
+
+/// [`decode_scalar_with`] the contract's member names.
+pub fn decode_scalar(b: &[u8]) -> Result<Event<'_>, DecodeError> {
+    decode_scalar_with(b, contract_fields())
+}
+
+/// Slots of the members found, by role: the four texts, the time, then the values.
+const SLOT_EVENT_ID: usize = 0;
+const SLOT_DEVICE_ID: usize = 1;
+const SLOT_SEQUENCE: usize = 2;
+const SLOT_TYPE: usize = 3;
+const SLOT_TIME: usize = 4;
+const SLOT_VALUES: usize = 5;
+const SLOTS: usize = SLOT_VALUES + MAX_VALUES;
+
+fn slot(role: Role) -> Option<usize> {
+    Some(match role {
+        Role::EventId => SLOT_EVENT_ID,
+        Role::DeviceId => SLOT_DEVICE_ID,
+        Role::Sequence => SLOT_SEQUENCE,
+        Role::Type => SLOT_TYPE,
+        Role::Time => SLOT_TIME,
+        Role::Value(i) => SLOT_VALUES + i as usize,
+        Role::ComplexData | Role::Other => return None,
+    })
 }
 
 /// Parses and validates one event, one byte (or eight) at a time: the reference the
-/// fast path is tested against, and the path that explains every error.
-pub fn decode_scalar(b: &[u8]) -> Result<Event<'_>, DecodeError> {
+/// fast reader is tested against, and the path that explains every error.
+pub fn decode_scalar_with<'a>(b: &'a [u8], fields: &Fields) -> Result<Event<'a>, DecodeError> {
     let mut s = Scanner { b, i: 0 };
     let mut schema: Option<String> = None;
-    let mut found: [Option<Found<'_>>; 6] = Default::default();
-    scan(&mut s, &mut found, &mut schema).map_err(|e| e.into_error(b))?;
+    let mut found: [Option<Found<'_>>; SLOTS] = std::array::from_fn(|_| None);
+    scan(&mut s, fields, &mut found, &mut schema).map_err(|e| e.into_error(b))?;
     if let Some(e) = schema {
         return Err(DecodeError::Schema(e));
     }
-    let [event_id, device_id, seq, kind, value, created_at] = found;
-    fn missing(i: usize) -> DecodeError {
-        DecodeError::Schema(format!("missing field `{}`", FIELDS[i]))
-    }
-    fn text(f: Option<Found<'_>>, i: usize) -> Result<Cow<'_, str>, DecodeError> {
-        match f {
-            Some(Found::Text(t)) => Ok(t),
-            _ => Err(missing(i)),
+    let missing = |role: Role| DecodeError::Schema(format!("missing field `{}`", fields.name(role)));
+    let mut take = |i: usize| found[i].take();
+    let text = |f: Option<Found<'a>>, role: Role| match f {
+        Some(Found::Text(t)) => Ok(t),
+        _ => Err(missing(role)),
+    };
+    let event_id = match fields.event_id {
+        Some(_) => {
+            let id = text(take(SLOT_EVENT_ID), Role::EventId)?;
+            if id.is_empty() {
+                return Err(DecodeError::Schema(format!("{} is empty", fields.name(Role::EventId))));
+            }
+            id
         }
-    }
-    let event_id = text(event_id, 0)?;
-    let device_id = text(device_id, 1)?;
-    let seq = match seq {
-        Some(Found::Int(n)) => n,
-        _ => return Err(missing(2)),
+        None => Cow::Borrowed(""),
     };
-    let kind = text(kind, 3)?;
-    let value = match value {
-        Some(Found::Num(v)) => v,
-        _ => return Err(missing(4)),
-    };
-    let created_at = text(created_at, 5)?;
-    let ts = parse_rfc3339_ms(&created_at).ok_or_else(|| {
-        DecodeError::Schema(format!(
-            "createdAt is not an RFC 3339 timestamp: {created_at:?}"
-        ))
-    })?;
+    let device_id = text(take(SLOT_DEVICE_ID), Role::DeviceId)?;
     if device_id.is_empty() {
-        return Err(DecodeError::Schema("deviceId is empty".into()));
+        return Err(DecodeError::Schema(format!("{} is empty", fields.device_id)));
     }
-    if event_id.is_empty() {
-        return Err(DecodeError::Schema("eventId is empty".into()));
+    let seq = match (&fields.sequence, take(SLOT_SEQUENCE)) {
+        (None, _) => 0,
+        (Some(_), Some(Found::Int(n))) => n,
+        (Some(_), _) => return Err(missing(Role::Sequence)),
+    };
+    let kind = match fields.kind {
+        Some(_) => text(take(SLOT_TYPE), Role::Type)?,
+        None => Cow::Borrowed(""),
+    };
+    let (mut value, mut present, mut values) = (0.0, 0u16, [0.0; MAX_VALUES]);
+    if fields.multi() {
+        for (i, v) in values.iter_mut().enumerate().take(fields.values.len()) {
+            if let Some(Found::Num(x)) = take(SLOT_VALUES + i) {
+                *v = x;
+                present |= 1 << i;
+            }
+        }
+        if present == 0 {
+            let names: Vec<&str> = fields.values.iter().map(|v| &**v).collect();
+            return Err(DecodeError::Schema(format!(
+                "none of the value members is present: {}",
+                names.join(", ")
+            )));
+        }
+    } else {
+        value = match take(SLOT_VALUES) {
+            Some(Found::Num(v)) => v,
+            _ => return Err(missing(Role::Value(0))),
+        };
     }
+    let time = take(SLOT_TIME);
+    let ts = match (fields.time_format, time) {
+        (_, None | Some(Found::Null)) => return Err(missing(Role::Time)),
+        (_, Some(Found::Time(ms))) => ms,
+        (TimeFormat::Rfc3339, Some(Found::Text(t))) => parse_rfc3339_ms(&t).ok_or_else(|| {
+            DecodeError::Schema(format!("{} is not an RFC 3339 timestamp: {t:?}", fields.time))
+        })?,
+        (format, Some(Found::Text(t))) => epoch_ms(&t, format).ok_or_else(|| bad_epoch(fields, &t))?,
+        (_, Some(Found::Int(_) | Found::Num(_))) => unreachable!("times are read as Time"),
+    };
     Ok(Event {
         event_id,
         device_id,
@@ -552,14 +639,30 @@ pub fn decode_scalar(b: &[u8]) -> Result<Event<'_>, DecodeError> {
         kind,
         value,
         ts,
+        present,
+        values,
     })
+}
+
+/// The error for an epoch time that does not read.
+#[cold]
+fn bad_epoch(fields: &Fields, text: &str) -> DecodeError {
+    let unit = match fields.time_format {
+        TimeFormat::EpochS => "seconds",
+        _ => "milliseconds",
+    };
+    DecodeError::Schema(format!(
+        "{} is not a time in {unit} since the epoch (years 0000-9999): {text:?}",
+        fields.time
+    ))
 }
 
 /// Scans the whole message. Field errors are noted in `schema` and scanning goes on,
 /// so that a syntax error later still makes the message a parse error.
 fn scan<'a>(
     s: &mut Scanner<'a>,
-    found: &mut [Option<Found<'a>>; 6],
+    fields: &Fields,
+    found: &mut [Option<Found<'a>>; SLOTS],
     schema: &mut Option<String>,
 ) -> Result<(), Syntax> {
     s.ws();
@@ -587,20 +690,22 @@ fn scan<'a>(
             s.ws();
             s.expect(b':', "expected `:`")?;
             s.ws();
-            let field = FIELDS.iter().position(|f| *f == key);
-            let complex = field.is_none() && key == "complexData";
-            match field {
+            let role = fields.role(key.as_bytes());
+            match slot(role) {
                 Some(f) => {
-                    let v = field_value(s, f, schema)?;
+                    let v = field_value(s, fields, role, schema)?;
                     if found[f].is_some() && schema.is_none() {
-                        *schema = Some(format!("duplicate field `{}`", FIELDS[f]));
+                        *schema = Some(format!("duplicate field `{}`", fields.name(role)));
                     }
                     if v.is_some() {
                         found[f] = v;
                     }
                 }
                 None => {
-                    if complex && !matches!(s.peek(), Some(b'{' | b'n')) && schema.is_none() {
+                    if role == Role::ComplexData
+                        && !matches!(s.peek(), Some(b'{' | b'n'))
+                        && schema.is_none()
+                    {
                         *schema = Some(format!(
                             "invalid type: {}, complexData must be an object",
                             s.type_name()
@@ -627,11 +732,13 @@ fn scan<'a>(
     Ok(())
 }
 
-/// Reads the value of known field `f`; a value of the wrong type is noted and skipped.
+/// Reads the value of the member with `role`; a value of the wrong type is noted and
+/// skipped.
 #[inline]
 fn field_value<'a>(
     s: &mut Scanner<'a>,
-    f: usize,
+    fields: &Fields,
+    role: Role,
     schema: &mut Option<String>,
 ) -> Result<Option<Found<'a>>, Syntax> {
     let mut wrong = |s: &mut Scanner<'a>, expected: &str| -> Result<Option<Found<'a>>, Syntax> {
@@ -639,15 +746,15 @@ fn field_value<'a>(
             *schema = Some(format!(
                 "invalid type: {}, expected {expected} for `{}`",
                 s.type_name(),
-                FIELDS[f]
+                fields.name(role)
             ));
         }
         s.skip_value(1)?;
         Ok(None)
     };
-    match f {
-        // deviceSequenceNumber: a non-negative integer that fits in u64.
-        2 => {
+    match role {
+        // A non-negative integer that fits in u64.
+        Role::Sequence => {
             if !matches!(s.peek(), Some(b'-' | b'0'..=b'9')) {
                 return wrong(s, "an unsigned integer");
             }
@@ -658,15 +765,20 @@ fn field_value<'a>(
                 _ => {
                     if schema.is_none() {
                         *schema = Some(format!(
-                            "invalid value: {text}, expected an unsigned integer for `deviceSequenceNumber`"
+                            "invalid value: {text}, expected an unsigned integer for `{}`",
+                            fields.name(role)
                         ));
                     }
                     Ok(None)
                 }
             }
         }
-        // value: any finite JSON number.
-        4 => {
+        // Any finite JSON number; in a list of value members, null stands for absent.
+        Role::Value(_) => {
+            if fields.multi() && s.peek() == Some(b'n') {
+                s.literal(b"null")?;
+                return Ok(Some(Found::Null));
+            }
             if !matches!(s.peek(), Some(b'-' | b'0'..=b'9')) {
                 return wrong(s, "a number");
             }
@@ -677,27 +789,51 @@ fn field_value<'a>(
                 _ => Err(Syntax(start, "number out of range")),
             }
         }
+        // An epoch time may be a number.
+        Role::Time
+            if fields.time_format != TimeFormat::Rfc3339
+                && matches!(s.peek(), Some(b'-' | b'0'..=b'9')) =>
+        {
+            let (start, _) = s.number()?;
+            let text = s.text(start, s.i);
+            match epoch_ms(text, fields.time_format) {
+                Some(ms) => Ok(Some(Found::Time(ms))),
+                None => {
+                    if schema.is_none() {
+                        *schema = Some(bad_epoch(fields, text).to_string());
+                    }
+                    Ok(None)
+                }
+            }
+        }
         _ => {
             if s.peek() != Some(b'"') {
-                return wrong(s, "a string");
+                let expected = match role {
+                    Role::Time if fields.time_format != TimeFormat::Rfc3339 => {
+                        "a number or a string"
+                    }
+                    _ => "a string",
+                };
+                return wrong(s, expected);
             }
             Ok(Some(Found::Text(s.string()?)))
         }
     }
 }
-
-/// The top-level `deviceId` string of a JSON object, found without parsing the rest.
-/// `None` if the message is not an object or has no string `deviceId`; the actor's
-/// full parse then says why.
-pub fn device_key(b: &[u8]) -> Option<Cow<'_, str>> {
-    match usual_device_key(b) {
-        Some(d) => Some(Cow::Borrowed(d)),
-        None => any_device_key(b),
+/// The top-level string member `name` (the device id's, [`Fields::device_id`]) of a
+/// JSON object, found without parsing the rest. `None` if the message is not an object
+/// or has no such string; the actor's full parse then says why.
+pub fn device_key<'a>(b: &'a [u8], name: &str) -> Option<Cow<'a, str>> {
+    if name == "deviceId"
+        && let Some(d) = usual_device_key(b)
+    {
+        return Some(Cow::Borrowed(d));
     }
+    any_device_key(b, name.as_bytes())
 }
 
 /// [`device_key`] for any layout: member by member.
-fn any_device_key(b: &[u8]) -> Option<Cow<'_, str>> {
+fn any_device_key<'a>(b: &'a [u8], name: &[u8]) -> Option<Cow<'a, str>> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -715,7 +851,7 @@ fn any_device_key(b: &[u8]) -> Option<Cow<'_, str>> {
             return None;
         }
         i = skip_ws(b, i + 1);
-        if key == b"deviceId" {
+        if key == name {
             if b.get(i) != Some(&b'"') {
                 return None;
             }
@@ -833,7 +969,10 @@ fn skip_structure(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-mod index;
+#[cfg(target_arch = "x86_64")]
+mod flat;
+mod fast;
+mod fields;
 #[cfg(test)]
 mod tests;
 

@@ -210,6 +210,8 @@ pub struct Router {
     next_line: u64,
     /// What dropped blocks leave: buffers for sources to fill again, mappings to unmap.
     pool: (Sender<Spent>, Receiver<Spent>),
+    /// The member that holds an event's device id (`[source.fields] device_id`).
+    device_field: Box<str>,
 }
 
 impl Router {
@@ -222,7 +224,14 @@ impl Router {
             stop,
             next_line: 1,
             pool,
+            device_field: "deviceId".into(),
         }
+    }
+
+    /// Routes by the device ids in member `name` instead of `deviceId`.
+    pub fn with_device_field(mut self, name: &str) -> Self {
+        self.device_field = name.into();
+        self
     }
 
     /// An empty buffer with room for at least `capacity` bytes, recycled when possible.
@@ -270,7 +279,7 @@ impl Router {
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            route_line(&data, start, line, line_no, &mut items);
+            route_line(&data, start, line, line_no, &self.device_field, &mut items);
             line_no += 1;
             start = end + 1;
         }
@@ -343,14 +352,21 @@ pub fn partition_of(device_id: &str, partitions: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(device_id.as_bytes()) % partitions as u64) as usize
 }
 
-fn route_line(data: &[u8], offset: usize, line: &[u8], line_no: u32, items: &mut [Vec<Item>]) {
+fn route_line(
+    data: &[u8],
+    offset: usize,
+    line: &[u8],
+    line_no: u32,
+    device_field: &str,
+    items: &mut [Vec<Item>],
+) {
     let n = items.len();
     let by_line = line_no as usize % n;
     split_line(data, offset, line, line_no, |item, bytes| {
         let p = if item.flags & Item::OVERSIZE != 0 {
             by_line
         } else {
-            decode::device_key(bytes).map_or(by_line, |d| partition_of(&d, n))
+            decode::device_key(bytes, device_field).map_or(by_line, |d| partition_of(&d, n))
         };
         items[p].push(item);
     });
@@ -465,7 +481,7 @@ mod tests {
             match s.as_str() {
                 "broken" => assert_eq!((*line, *p), (3, 3 % 2)),
                 s => {
-                    let d = decode::device_key(s.as_bytes()).unwrap();
+                    let d = decode::device_key(s.as_bytes(), "deviceId").unwrap();
                     assert_eq!(*p, part(&d));
                     assert!(s.starts_with('{') && s.ends_with('}'));
                 }

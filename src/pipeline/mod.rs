@@ -21,6 +21,7 @@ use crossbeam_channel::bounded;
 use hdrhistogram::Histogram;
 
 use crate::config::{Config, DedupeMode, RuleConfig, SourceKind, WindowConfig};
+use crate::ingest::decode::Fields;
 use crate::ingest::file::{ReadError, read_lines};
 use crate::ingest::simulator::SimulatorSource;
 use crate::ingest::{Msg, Router};
@@ -44,6 +45,8 @@ pub struct Settings {
     /// A sink takes the `devices` stream: partitions send each changed device's
     /// latest reading with their outputs.
     pub device_updates: bool,
+    /// Which input member fills each role.
+    pub fields: Arc<Fields>,
 }
 
 impl Settings {
@@ -52,11 +55,12 @@ impl Settings {
         let ooo_ms = p.max_out_of_order().ms();
         let lateness_ms = p.allowed_lateness().ms();
         let largest = c.windows.iter().map(|w| w.size.ms()).max().unwrap_or(0);
+        let fields = c.source.fields();
         Settings {
             ooo_ms,
             lateness_ms,
             idle_timeout_ms: p.idle_timeout().ms(),
-            dedupe: p.dedupe,
+            dedupe: p.dedupe(&fields),
             dedupe_horizon_ms: p
                 .dedupe_horizon
                 .map_or(ooo_ms + lateness_ms + largest, |d| d.ms()),
@@ -70,6 +74,7 @@ impl Settings {
                 .sinks
                 .iter()
                 .any(|s| s.streams().contains(&crate::config::Stream::Devices)),
+            fields: Arc::new(fields),
         }
     }
 }
@@ -379,7 +384,8 @@ fn run_routed(
         );
     }
     drop(out_tx);
-    let mut router = Router::new(senders, epoch, stop);
+    let mut router =
+        Router::new(senders, epoch, stop).with_device_field(&settings.fields.device_id);
     // An http source takes bodies from the moment the server reports ready.
     let http_rx = (cfg.source.kind == SourceKind::Http).then(|| {
         let (tx, rx) = bounded::<IngestBody>(HTTP_QUEUE);

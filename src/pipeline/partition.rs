@@ -238,6 +238,12 @@ pub struct Partition {
     live_rows: WindowOutput,
     /// Offsets below this were read before the checkpoint this partition resumed from.
     replay_until: i64,
+    /// For value lists (`[source.fields] value = [...]`): each value member's type
+    /// number, and which members' types are kept (`pipeline.types`).
+    metric_types: Vec<u32>,
+    kept_metrics: u16,
+    /// The input has sequence numbers (gaps are counted).
+    sequenced: bool,
 }
 
 impl Partition {
@@ -252,14 +258,32 @@ impl Partition {
         let windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
         let rules = RuleEngine::new(&settings.rules, windows.defs())
             .expect("rules were validated with the config");
+        let mut names = Interner::default();
+        let fields = &settings.fields;
+        let (mut metric_types, mut kept_metrics) = (Vec::new(), 0u16);
+        if fields.multi() {
+            for (i, name) in fields.values.iter().enumerate() {
+                metric_types.push(names.intern_type(name));
+                let kept = settings
+                    .types
+                    .as_ref()
+                    .is_none_or(|types| types.iter().any(|t| t == name));
+                if kept {
+                    kept_metrics |= 1 << i;
+                }
+            }
+        }
         Partition {
             id,
-            decoder: Decoder::default(),
+            decoder: Decoder::new(fields.clone()),
+            metric_types,
+            kept_metrics,
+            sequenced: fields.sequence.is_some(),
             event_ids: EventIdSet::new(settings.dedupe_horizon_ms),
             seqs: SeqTracker::default(),
             windows,
             rules,
-            names: Interner::default(),
+            names,
             max_ts: i64::MIN,
             wm: i64::MIN,
             counts: Counts::default(),
@@ -477,7 +501,10 @@ impl Partition {
                     hash = id_hash(&ev.event_id);
                     self.event_ids.prefetch(hash);
                 }
+                // A value list's event is kept if any of its members' types is.
+                let metrics = ev.present & self.kept_metrics;
                 let kept = match &self.settings.types {
+                    _ if ev.present != 0 => metrics != 0,
                     Some(types) => types.iter().any(|t| **t == *ev.kind),
                     None => true,
                 };
@@ -487,7 +514,11 @@ impl Partition {
                         prefetch_line((d as *const DeviceState).cast());
                     }
                     self.seqs.prefetch(device, ev.seq);
-                    (device, self.names.intern_type(&ev.kind))
+                    let t = match ev.present {
+                        0 => self.names.intern_type(&ev.kind),
+                        _ => self.metric_types[metrics.trailing_zeros() as usize],
+                    };
+                    (device, t)
                 });
                 Ahead::Event(ev, hash, device)
             }
@@ -551,11 +582,59 @@ impl Partition {
         }
         // Sequence numbers are tracked in every mode (gaps are worth knowing); they
         // reject only in the modes that dedupe by them.
-        if self.seqs.check(device, ev.seq) == SeqCheck::Duplicate && mode.by_sequence() {
+        if self.sequenced
+            && self.seqs.check(device, ev.seq) == SeqCheck::Duplicate
+            && mode.by_sequence()
+        {
             self.counts.duplicate += 1;
             self.device_state[device as usize].duplicates += 1;
             return;
         }
+        let accepted = if ev.present == 0 {
+            self.update_series(device, t, &ev, ev.value, block.arrived_ns, offset)
+        } else {
+            // A value list: each kept member is its own series; the event counts once.
+            let mut accepted = false;
+            let mut metrics = ev.present & self.kept_metrics;
+            while metrics != 0 {
+                let i = metrics.trailing_zeros() as usize;
+                metrics &= metrics - 1;
+                let t = self.metric_types[i];
+                accepted |=
+                    self.update_series(device, t, &ev, ev.values[i], block.arrived_ns, offset);
+            }
+            accepted
+        };
+        if accepted {
+            self.counts.aggregated += 1;
+        } else if offset < self.replay_until {
+            // Read again after a restart, and its windows were produced before it.
+            self.counts.duplicate += 1;
+            self.device_state[device as usize].duplicates += 1;
+        } else {
+            self.counts.late += 1;
+            let error = format!(
+                "createdAt {} is behind the watermark {}: every window it belongs to has closed",
+                rfc3339_ms(ev.ts),
+                rfc3339_ms(self.wm)
+            );
+            self.dead
+                .push(dead_letter(Reason::Late, error, raw, block, it));
+        }
+    }
+
+    /// Updates series (`device`, `t`) with `value` of `ev`: the device's latest
+    /// reading and the windows. Whether a window took it (else it is late).
+    #[inline]
+    fn update_series(
+        &mut self,
+        device: u32,
+        t: u32,
+        ev: &Event<'_>,
+        value: f64,
+        arrived_ns: u64,
+        offset: i64,
+    ) -> bool {
         let d = &mut self.device_state[device as usize];
         let series = match d.series_at_hand(t) {
             Some(s) => s,
@@ -572,7 +651,7 @@ impl Partition {
         // documents order them).
         if (ev.ts, ev.seq) >= (d.last_ts, d.last_seq) {
             d.last_ts = ev.ts;
-            d.last_value = ev.value;
+            d.last_value = value;
             d.last_series = series;
             d.last_seq = ev.seq;
             if self.settings.device_updates && !d.changed {
@@ -580,25 +659,7 @@ impl Partition {
                 self.changed.push(device);
             }
         }
-        if self
-            .windows
-            .update(series, ev.ts, ev.value, block.arrived_ns, offset)
-        {
-            self.counts.aggregated += 1;
-        } else if offset < self.replay_until {
-            // Read again after a restart, and its windows were produced before it.
-            self.counts.duplicate += 1;
-            self.device_state[device as usize].duplicates += 1;
-        } else {
-            self.counts.late += 1;
-            let error = format!(
-                "createdAt {} is behind the watermark {}: every window it belongs to has closed",
-                rfc3339_ms(ev.ts),
-                rfc3339_ms(self.wm)
-            );
-            self.dead
-                .push(dead_letter(Reason::Late, error, raw, block, it));
-        }
+        self.windows.update(series, ev.ts, value, arrived_ns, offset)
     }
 
     fn reject(&mut self, reason: Reason, error: String, raw: &[u8], block: &Block, it: &Item) {

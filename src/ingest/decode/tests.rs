@@ -92,21 +92,21 @@ fn errors_are_classified_as_parse_or_schema() {
 
 #[test]
 fn the_router_finds_the_top_level_device_id_only() {
-    assert_eq!(device_key(EV.as_bytes()).as_deref(), Some("dev-1"));
+    assert_eq!(device_key(EV.as_bytes(), "deviceId").as_deref(), Some("dev-1"));
     let nested_first = r#"{"complexData":{"deviceId":"inner","x":"a\"}"},"deviceId" : "outer"}"#;
     assert_eq!(
-        device_key(nested_first.as_bytes()).as_deref(),
+        device_key(nested_first.as_bytes(), "deviceId").as_deref(),
         Some("outer")
     );
     assert_eq!(
-        device_key(br#"{"deviceId":"a\u0062c"}"#).as_deref(),
+        device_key(br#"{"deviceId":"a\u0062c"}"#, "deviceId").as_deref(),
         Some("abc")
     );
-    assert_eq!(device_key(br#"{"deviceId":7}"#), None);
-    assert_eq!(device_key(br#"{"x":1}"#), None);
-    assert_eq!(device_key(b"[1]"), None);
-    assert_eq!(device_key(br#"{"x":"unterminated"#), None);
-    assert_eq!(device_key(br#"{"x":"esc\"#), None);
+    assert_eq!(device_key(br#"{"deviceId":7}"#, "deviceId"), None);
+    assert_eq!(device_key(br#"{"x":1}"#, "deviceId"), None);
+    assert_eq!(device_key(b"[1]", "deviceId"), None);
+    assert_eq!(device_key(br#"{"x":"unterminated"#, "deviceId"), None);
+    assert_eq!(device_key(br#"{"x":"esc\"#, "deviceId"), None);
     // The shortcut for the usual layout, and what it leaves to the general reader.
     let usual = r#"{"eventId":"e1","deviceId":"dév-1","type":"x"}"#;
     assert_eq!(usual_device_key(usual.as_bytes()), Some("dév-1"));
@@ -126,11 +126,11 @@ fn the_router_finds_the_top_level_device_id_only() {
         );
     }
     assert_eq!(
-        device_key(br#"{"eventId":"e1","deviceId":"d\u0031"}"#).as_deref(),
+        device_key(br#"{"eventId":"e1","deviceId":"d\u0031"}"#, "deviceId").as_deref(),
         Some("d1")
     );
     assert_eq!(
-        device_key(br#"{"eventId":"e\"1","deviceId":"d"}"#).as_deref(),
+        device_key(br#"{"eventId":"e\"1","deviceId":"d"}"#, "deviceId").as_deref(),
         Some("d")
     );
 }
@@ -165,7 +165,7 @@ fn reference(bytes: &[u8]) -> Result<(String, String, u64, String, f64, i64), &'
     }
     // serde_json keeps the last of duplicate keys; an event must not have them.
     let text = std::str::from_utf8(bytes).unwrap();
-    for f in FIELDS {
+    for f in ["eventId", "deviceId", "deviceSequenceNumber", "type", "value", "createdAt"] {
         if text.matches(&format!("\"{f}\"")).count() > 1 {
             return Err("dup");
         }
@@ -190,12 +190,12 @@ proptest! {
         }
         let ours = decode(&b);
         if let Some(d) = usual_device_key(&b) {
-            let general = any_device_key(&b);
+            let general = any_device_key(&b, b"deviceId");
             prop_assert_eq!(Some(d), general.as_deref(), "router shortcut");
         }
         match reference(&b) {
             Ok((id, dev, seq, kind, value, ts)) => {
-                let key = device_key(&b);
+                let key = device_key(&b, "deviceId");
                 prop_assert_eq!(key.as_deref(), Some(&*dev));
                 let e = ours.unwrap_or_else(|e| panic!("{e} for {}", String::from_utf8_lossy(&b)));
                 prop_assert_eq!((&*e.event_id, &*e.device_id, e.seq, &*e.kind, e.value, e.ts), (&*id, &*dev, seq, &*kind, value, ts));
@@ -206,24 +206,35 @@ proptest! {
     }
 }
 
-/// The fast path's answer for `b`, checked against the scalar decoder: whatever it
+/// The fast reader's answer for `b`, checked against the scalar decoder: whatever it
 /// accepts, the scalar decoder accepts with the same fields. Returns whether it took `b`.
-/// Each of its two readers (the usual layout's, the walk) is checked on its own.
+/// The reader is checked with and without its vector scans, which must agree.
 fn fast_agrees(b: &[u8]) -> bool {
-    let mut index = index::Index::default();
-    let usual = index.usual(b);
-    let taken = usual.is_some();
-    let walked = index.walked(b);
-    let taken = taken || walked.is_some();
-    for fast in [usual, walked].into_iter().flatten() {
-        agrees_with_scalar(b, fast);
+    fast_agrees_with(b, contract_fields())
+}
+
+fn fast_agrees_with(b: &[u8], fields: &Fields) -> bool {
+    let with = fast::Reader::default().event(b, fields);
+    let without = fast::Reader::default().event_without_simd(b, fields);
+    let taken = with.is_some();
+    if fast::simd_available() {
+        // Without the flat check, objects are walked member by member: it may take
+        // more (no), never less, than... both must agree on what they take.
+        assert_eq!(taken, without.is_some(), "{}", String::from_utf8_lossy(b));
+    }
+    for fast in [with, without].into_iter().flatten() {
+        agrees_with_scalar_with(b, fast, fields);
     }
     taken
 }
 
 /// `fast`, a fast path's event from `b`, is the scalar decoder's.
 fn agrees_with_scalar(b: &[u8], fast: Event<'_>) {
-    let slow = decode_scalar(b).unwrap_or_else(|e| {
+    agrees_with_scalar_with(b, fast, contract_fields())
+}
+
+fn agrees_with_scalar_with(b: &[u8], fast: Event<'_>, fields: &Fields) {
+    let slow = decode_scalar_with(b, fields).unwrap_or_else(|e| {
         panic!(
             "fast path accepted what the scalar decoder rejects ({e}): {}",
             String::from_utf8_lossy(b)
@@ -237,6 +248,8 @@ fn agrees_with_scalar(b: &[u8], fast: Event<'_>) {
             e.kind.to_string(),
             e.value.to_bits(),
             e.ts,
+            e.present,
+            e.values.map(f64::to_bits),
         )
     };
     assert_eq!(
@@ -260,17 +273,14 @@ fn simulated(n: usize, seed: u64) -> Vec<Vec<u8>> {
 
 #[test]
 fn the_fast_path_takes_ordinary_events() {
-    if !super::index::simd_available() {
-        return; // no fast path on this CPU: the scalar decoder does everything
-    }
-    // The usual layout's reader takes them all, one after another (its minute cache
-    // carried from each to the next), as the scalar decoder reads them.
-    let mut index = index::Index::default();
+    // The reader takes them all, one after another (its minute cache carried from
+    // each to the next), as the scalar decoder reads them.
+    let mut reader = fast::Reader::default();
     for ev in simulated(2_000, 5) {
         assert!(fast_agrees(&ev), "{}", String::from_utf8_lossy(&ev));
-        let usual = index.usual(&ev);
-        assert!(usual.is_some(), "{}", String::from_utf8_lossy(&ev));
-        agrees_with_scalar(&ev, usual.unwrap());
+        let taken = reader.event(&ev, contract_fields());
+        assert!(taken.is_some(), "{}", String::from_utf8_lossy(&ev));
+        agrees_with_scalar(&ev, taken.unwrap());
     }
     // Shapes the fast path takes besides the simulator's: spaces, any key order,
     // unknown keys, nested values, integers, negative numbers, non-ASCII, long strings
@@ -311,6 +321,10 @@ fn the_fast_path_takes_ordinary_events() {
     }
 }
 
+fn takes_bytes(b: &[u8]) -> bool {
+    fast::Reader::default().event(b, contract_fields()).is_some()
+}
+
 #[test]
 fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
     let takes = |s: &str| fast_agrees(s.as_bytes());
@@ -320,7 +334,7 @@ fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
         !takes(&base.replace("dev-1", "dev\t1")),
         "control character"
     );
-    assert!(!takes(&base.replace(":3,", ":\t3,")), "tab as whitespace");
+    assert!(takes(&base.replace(":3,", ":\t3,")), "tab as whitespace");
     assert!(!takes(&base.replace("1001.5", "1e3")), "exponent");
     assert!(
         !takes(&base.replace(":3,", ":3.0,")),
@@ -393,10 +407,7 @@ fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
     let mut invalid = base.clone().into_bytes();
     let at = invalid.iter().position(|&c| c == b'v').unwrap();
     invalid[at] = 0xff;
-    assert!(
-        index::Index::default().decode(&invalid).is_none(),
-        "invalid UTF-8"
-    );
+    assert!(!takes_bytes(&invalid), "invalid UTF-8");
     // The same inside a flat complexData, which stage 1 leaves to the flat check.
     let flat = EV.replace(
         r#"{"a":[1,{"deviceId":"no"}],"b":-0.5e-3,"c":true,"d":null}"#,
@@ -421,10 +432,7 @@ fn the_fast_path_leaves_the_unusual_to_the_scalar_decoder() {
     let mut invalid = flat.clone().into_bytes();
     let at = invalid.windows(3).position(|w| w == b"xyz").unwrap();
     invalid[at + 1] = 0xc3;
-    assert!(
-        index::Index::default().decode(&invalid).is_none(),
-        "invalid UTF-8 in complexData"
-    );
+    assert!(!takes_bytes(&invalid), "invalid UTF-8 in complexData");
     invalid[at + 2] = 0xa9;
     assert!(fast_agrees(&invalid), "valid UTF-8 in complexData");
 }
@@ -480,125 +488,4 @@ fn field_names_inside_complex_data_are_not_the_events_fields() {
         r#"{"x":1,"value":9.5}"#,
     );
     assert!(schema(&value_inside), "{value_inside}");
-}
-
-/// The usual layout's reader takes exactly the usual layout: each variation below is
-/// left to the walk (which still takes the valid ones) or refused by both, and what it
-/// takes is what the scalar decoder reads.
-#[test]
-fn the_usual_reader_takes_only_the_usual_layout() {
-    if !super::index::simd_available() {
-        return;
-    }
-    let usual = |s: &str| {
-        let taken = index::Index::default().usual(s.as_bytes());
-        if let Some(e) = taken {
-            agrees_with_scalar(s.as_bytes(), e);
-            return true;
-        }
-        false
-    };
-    let walked = |s: &str| index::Index::default().walked(s.as_bytes()).is_some();
-    let base = EV.replace(
-        r#"{"a":[1,{"deviceId":"no"}],"b":-0.5e-3,"c":true,"d":null}"#,
-        r#"{"a":1,"b":"x:y,z}","c":-2.25}"#,
-    );
-    assert!(usual(&base), "{base}");
-    // Taken: what the layout allows.
-    for (from, to) in [
-        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "null"),
-        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "{}"),
-        ("dev-1", "dév-1 ✓"),
-        ("e1", &"e".repeat(100)),
-        ("\"CO2\"", "\"\""),
-        (":3,", ":0,"),
-        (":3,", ":18446744073709551,"),
-        ("1001.5", "-0.0"),
-        ("1001.5", "12345678901234567890.5"),
-        ("1001.5", "0.000000000000000000001"),
-    ] {
-        let edited = base.replace(from, to);
-        assert_ne!(edited, base, "{to}");
-        assert!(usual(&edited), "{edited}");
-    }
-    // Left to the others: valid, but not the layout (the walk takes those without
-    // escapes, exponents or very long numbers, which only the scalar decoder reads).
-    for (from, to, walk) in [
-        (":3,", ": 3,", true),
-        (",\"type\"", ", \"type\"", true),
-        ("{\"eventId\"", "{ \"eventId\"", true),
-        ("-2.25}}", "-2.25} }", true),
-        (
-            "\"complexData\":{",
-            "\"complexData\":{\"n\":{\"m\":1},",
-            true,
-        ),
-        ("\"complexData\":{", "\"complexData\":{\"t\":true,", true),
-        (
-            ",\"complexData\":{\"a\":1,\"b\":\"x:y,z}\",\"c\":-2.25}",
-            "",
-            true,
-        ),
-        (",\"complexData\"", ",\"extra\":1,\"complexData\"", true),
-        (
-            r#""type":"CO2","value":1001.5,"#,
-            r#""value":1001.5,"type":"CO2","#,
-            true,
-        ),
-        ("dev-1", r#"dev\"1"#, false),
-        ("dev-1", r#"dev\u0041"#, false),
-        ("1001.5", "1e3", false),
-        ("1001.5", &format!("1001.{}1", "0".repeat(60)), false),
-    ] {
-        let edited = base.replace(from, to);
-        assert_ne!(edited, base, "{to}");
-        assert!(!usual(&edited), "{edited}");
-        assert!(decode_scalar(edited.as_bytes()).is_ok(), "{edited}");
-        assert_eq!(walked(&edited), walk, "{edited}");
-    }
-    // Refused by both, and by the scalar decoder.
-    for (from, to) in [
-        (":3,", ":03,"),
-        (":3,", ":-3,"),
-        (":3,", ":3.5,"),
-        (":3,", ":,"),
-        (":3,", ":99999999999999999999,"),
-        ("1001.5", "01"),
-        ("1001.5", "1."),
-        ("1001.5", ".5"),
-        ("1001.5", "-"),
-        ("1001.5", "1.2.3"),
-        ("dev-1", "dev\u{1}1"),
-        ("\"e1\"", "\"\""),
-        ("\"dev-1\"", "\"\""),
-        ("2026-01-01T00:00:01.250Z", "2026-02-30T00:00:01.250Z"),
-        ("2026-01-01T00:00:01.250Z", "yesterday"),
-        ("-2.25}}", "-2.25}"),
-        ("-2.25}}", "-2.25}}}"),
-        ("-2.25}}", "-2.25}},"),
-        ("\"c\":-2.25", "\"c\":-2.25,"),
-        ("\"c\":-2.25", "\"c\":01"),
-        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "nul"),
-        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "nulll"),
-        (r#"{"a":1,"b":"x:y,z}","c":-2.25}"#, "{"),
-    ] {
-        let edited = base.replace(from, to);
-        assert_ne!(edited, base, "{to}");
-        assert!(!usual(&edited), "{edited}");
-        assert!(decode_scalar(edited.as_bytes()).is_err(), "{edited}");
-    }
-    // Invalid UTF-8 in a string the reader scans itself, and in complexData.
-    for at in [
-        base.find("dev-1").unwrap() + 1,
-        base.find("x:y").unwrap() + 1,
-    ] {
-        let mut invalid = base.clone().into_bytes();
-        invalid[at] = 0xff;
-        assert!(index::Index::default().usual(&invalid).is_none());
-        assert!(decode_scalar(&invalid).is_err());
-    }
-    // Every prefix is refused (no read past the end, no half message taken).
-    for n in 0..base.len() {
-        assert!(!usual(&base[..n]), "{}", &base[..n]);
-    }
 }
