@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::{Generator, SimConfig, time};
+use crate::{Generator, IdStyle, Layout, SimConfig, time};
 use clap::Parser;
 
 /// Generates streaming-at-scale style telemetry (NDJSON, one message per line).
@@ -56,6 +56,15 @@ struct Args {
     /// Event time of the first event: RFC 3339, or "now".
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     start: String,
+    /// Member layout: sas (the streaming-at-scale samples' order), compact (eventId,
+    /// deviceId, deviceSequenceNumber, type, value, createdAt, complexData), pretty
+    /// (the samples' order with ", " and ": " separators) or shuffled (a random order
+    /// per event). The events are the same in every layout.
+    #[arg(long, default_value = "sas")]
+    layout: Layout,
+    /// Device ids: sas (contoso://device-id-42) or plain (contoso-device-id-000042).
+    #[arg(long, default_value = "sas")]
+    id_style: IdStyle,
     /// Seed: the same seed and options give the same output.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -144,6 +153,8 @@ fn run(args: Args) -> io::Result<()> {
         complex_fields: args.complex_fields,
         hot_devices: args.hot_devices,
         threshold: args.threshold,
+        layout: args.layout,
+        id_style: args.id_style,
     };
     let count = match (args.count, args.duration) {
         (Some(c), _) => c,

@@ -1,10 +1,15 @@
 //! Seeded IoT telemetry generator in the streaming-at-scale event shape.
 //!
 //! ```text
-//! {"eventId":"…","deviceId":"contoso-device-id-000042","deviceSequenceNumber":17,
-//!  "type":"CO2","value":1043.27,"createdAt":"2026-01-01T00:00:07.123Z",
-//!  "complexData":{"moreData0":57.89,…}}
+//! {"eventId":"…","complexData":{"moreData0":57.89,…},"value":1043.27,
+//!  "deviceId":"contoso://device-id-42","deviceSequenceNumber":17,"type":"CO2",
+//!  "createdAt":"2026-01-01T00:00:07.123Z"}
 //! ```
+//!
+//! By default events are written as the streaming-at-scale samples document them
+//! ([`Layout::Sas`]: that member order, their deviceIds); [`Layout`] and [`IdStyle`]
+//! choose others. The same seed gives the same events in every layout: only the bytes
+//! around them differ.
 //!
 //! A [`Generator`] writes NDJSON messages into a caller's buffer: a message is one
 //! event, a JSON array of events (a batch), an exact re-send of a recent event (a
@@ -47,6 +52,61 @@ pub struct SimConfig {
     pub hot_devices: u32,
     /// The CO2 threshold the hot devices cross.
     pub threshold: f64,
+    /// How each event's members are laid out.
+    pub layout: Layout,
+    /// How device ids look.
+    pub id_style: IdStyle,
+}
+
+/// How an event's members are laid out (the events are the same in every layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// The streaming-at-scale samples' member order (`eventId`, `complexData`,
+    /// `value`, `deviceId`, `deviceSequenceNumber`, `type`, `createdAt`), compact.
+    #[default]
+    Sas,
+    /// `eventId`, `deviceId`, `deviceSequenceNumber`, `type`, `value`, `createdAt`,
+    /// `complexData`, compact.
+    Compact,
+    /// The samples' member order with `", "` and `": "` separators, as Python's
+    /// `json.dumps` writes them (one event per line).
+    Pretty,
+    /// A random member order per event, compact.
+    Shuffled,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "sas" => Layout::Sas,
+            "compact" => Layout::Compact,
+            "pretty" => Layout::Pretty,
+            "shuffled" => Layout::Shuffled,
+            _ => return Err(format!("expected sas, compact, pretty or shuffled, got {s:?}")),
+        })
+    }
+}
+
+/// How device ids look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdStyle {
+    /// `contoso://device-id-42`, as the streaming-at-scale samples name devices.
+    #[default]
+    Sas,
+    /// `contoso-device-id-000042`.
+    Plain,
+}
+
+impl std::str::FromStr for IdStyle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "sas" => IdStyle::Sas,
+            "plain" => IdStyle::Plain,
+            _ => return Err(format!("expected sas or plain, got {s:?}")),
+        })
+    }
 }
 
 impl Default for SimConfig {
@@ -64,6 +124,8 @@ impl Default for SimConfig {
             complex_fields: 23,
             hot_devices: 10,
             threshold: 1000.0,
+            layout: Layout::default(),
+            id_style: IdStyle::default(),
         }
     }
 }
@@ -110,6 +172,11 @@ pub struct Generator {
     recent_pos: usize,
     stats: SimStats,
     scratch: Vec<u8>,
+    /// Member values of the event being written, and where each ends in it.
+    members: Vec<u8>,
+    /// Draws the shuffled layout's member orders (apart from `rng`, so that the events
+    /// are the same in every layout).
+    order_rng: Rng,
 }
 
 impl Generator {
@@ -135,6 +202,8 @@ impl Generator {
             recent_pos: 0,
             stats: SimStats::default(),
             scratch: Vec::with_capacity(1024),
+            members: Vec::with_capacity(1024),
+            order_rng: Rng::new(cfg.seed ^ 0x5EED_0F_0DE5),
             cfg: SimConfig { devices, ..cfg },
         }
     }
@@ -153,9 +222,11 @@ impl Generator {
             + (self.next as u128 * self.cfg.interval_ms as u128 / self.cfg.devices as u128) as i64
     }
 
-    /// The name of device `d`.
-    pub fn device_name(d: u32) -> String {
-        format!("contoso-device-id-{d:06}")
+    /// The name of device `d` (in this generator's id style).
+    pub fn device_name(&self, d: u32) -> String {
+        let mut v = Vec::new();
+        push_device(&mut v, self.cfg.id_style, d);
+        String::from_utf8(v).expect("ASCII")
     }
 
     /// Whether device `d` is one of the hot devices.
@@ -221,7 +292,7 @@ impl Generator {
         }
         self.scratch.clear();
         let mut ev = std::mem::take(&mut self.scratch);
-        self.event(&mut ev);
+        self.event(&mut ev, self.cfg.layout);
         out.extend_from_slice(&ev);
         if self.recent.len() < RECENT {
             self.recent.push(ev.clone());
@@ -234,8 +305,8 @@ impl Generator {
         self.stats.unique += 1;
     }
 
-    /// Writes a new well-formed event and advances the clock.
-    fn event(&mut self, out: &mut Vec<u8>) {
+    /// Writes a new well-formed event in `layout` and advances the clock.
+    fn event(&mut self, out: &mut Vec<u8>, layout: Layout) {
         let nominal = self.clock_ms();
         self.next += 1;
         let d = self.rng.below(self.cfg.devices as u64) as u32;
@@ -250,30 +321,70 @@ impl Generator {
         let kind = TYPES[self.rng.below(TYPES.len() as u64) as usize];
         let value = self.reading(d, kind, created);
 
-        out.extend_from_slice(b"{\"eventId\":\"");
-        self.uuid(out);
-        out.extend_from_slice(b"\",\"deviceId\":\"contoso-device-id-");
-        push_padded(out, d as u64, 6);
-        out.extend_from_slice(b"\",\"deviceSequenceNumber\":");
-        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-        out.extend_from_slice(b",\"type\":\"");
-        out.extend_from_slice(kind.as_bytes());
-        out.extend_from_slice(b"\",\"value\":");
-        out.extend_from_slice(ryu::Buffer::new().format(value).as_bytes());
-        out.extend_from_slice(b",\"createdAt\":\"");
-        time::push_rfc3339_ms(out, created);
-        out.extend_from_slice(b"\",\"complexData\":{");
+        // Each member's value, in the compact order, then laid out.
+        let spaced = layout == Layout::Pretty;
+        let (colon, comma): (&[u8], &[u8]) = if spaced { (b": ", b", ") } else { (b":", b",") };
+        let mut m = std::mem::take(&mut self.members);
+        m.clear();
+        let mut ends = [0usize; MEMBERS.len()];
+        m.push(b'"');
+        self.uuid(&mut m);
+        m.push(b'"');
+        ends[0] = m.len();
+        m.push(b'"');
+        push_device(&mut m, self.cfg.id_style, d);
+        m.push(b'"');
+        ends[1] = m.len();
+        m.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        ends[2] = m.len();
+        m.push(b'"');
+        m.extend_from_slice(kind.as_bytes());
+        m.push(b'"');
+        ends[3] = m.len();
+        m.extend_from_slice(ryu::Buffer::new().format(value).as_bytes());
+        ends[4] = m.len();
+        m.push(b'"');
+        time::push_rfc3339_ms(&mut m, created);
+        m.push(b'"');
+        ends[5] = m.len();
+        m.push(b'{');
         for i in 0..self.cfg.complex_fields {
             if i > 0 {
-                out.push(b',');
+                m.extend_from_slice(comma);
             }
-            out.extend_from_slice(b"\"moreData");
-            out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
-            out.extend_from_slice(b"\":");
+            m.extend_from_slice(b"\"moreData");
+            m.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+            m.push(b'"');
+            m.extend_from_slice(colon);
             let v = self.rng.unit() * 100.0;
-            out.extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
+            m.extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
         }
-        out.extend_from_slice(b"}}");
+        m.push(b'}');
+        ends[6] = m.len();
+        let mut order = match layout {
+            Layout::Compact => [0, 1, 2, 3, 4, 5, 6],
+            Layout::Sas | Layout::Pretty => SAS_ORDER,
+            Layout::Shuffled => [0, 1, 2, 3, 4, 5, 6],
+        };
+        if layout == Layout::Shuffled {
+            for i in (1..order.len()).rev() {
+                order.swap(i, self.order_rng.below(i as u64 + 1) as usize);
+            }
+        }
+        out.push(b'{');
+        for (k, &f) in order.iter().enumerate() {
+            if k > 0 {
+                out.extend_from_slice(comma);
+            }
+            out.push(b'"');
+            out.extend_from_slice(MEMBERS[f].as_bytes());
+            out.push(b'"');
+            out.extend_from_slice(colon);
+            let start = if f == 0 { 0 } else { ends[f - 1] };
+            out.extend_from_slice(&m[start..ends[f]]);
+        }
+        out.push(b'}');
+        self.members = m;
     }
 
     /// A plausible reading, rounded to 2 decimals.
@@ -299,7 +410,8 @@ impl Generator {
         let kinds = if in_batch { 3 } else { 5 };
         self.scratch.clear();
         let mut ev = std::mem::take(&mut self.scratch);
-        self.event(&mut ev);
+        // (In the compact layout, whose members the edits below find.)
+        self.event(&mut ev, Layout::Compact);
         let text = std::str::from_utf8(&ev).expect("generator writes UTF-8");
         match self.rng.below(kinds) {
             0 => out.extend_from_slice(text.replacen("\"deviceId\"", "\"deviceID\"", 1).as_bytes()),
@@ -334,6 +446,34 @@ impl Generator {
                 out.push(b'-');
             }
             out.push(HEX[nibble]);
+        }
+    }
+}
+
+/// An event's members, in the compact layout's order.
+const MEMBERS: [&str; 7] = [
+    "eventId",
+    "deviceId",
+    "deviceSequenceNumber",
+    "type",
+    "value",
+    "createdAt",
+    "complexData",
+];
+
+/// The streaming-at-scale samples' member order, as indexes into [`MEMBERS`].
+const SAS_ORDER: [usize; 7] = [0, 6, 4, 1, 2, 3, 5];
+
+/// Writes the id of device `d` in `style`.
+fn push_device(out: &mut Vec<u8>, style: IdStyle, d: u32) {
+    match style {
+        IdStyle::Sas => {
+            out.extend_from_slice(b"contoso://device-id-");
+            out.extend_from_slice(itoa::Buffer::new().format(d).as_bytes());
+        }
+        IdStyle::Plain => {
+            out.extend_from_slice(b"contoso-device-id-");
+            push_padded(out, d as u64, 6);
         }
     }
 }
@@ -446,6 +586,62 @@ mod tests {
         );
         let avg = out.len() as u64 / s.events;
         assert!((800..1000).contains(&avg), "average event is {avg} bytes");
+    }
+
+    /// Every layout holds the same events (as JSON values), in its own member order
+    /// and spacing; the id styles differ only in the device ids.
+    #[test]
+    fn layouts_hold_the_same_events() {
+        let lines = |layout, id_style| {
+            let (out, _) = generate(
+                SimConfig {
+                    layout,
+                    id_style,
+                    batch_fraction: 0.1,
+                    duplicate_fraction: 0.05,
+                    ..Default::default()
+                },
+                500,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let values = |text: &str| -> Vec<serde_json::Value> {
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        };
+        let sas = lines(Layout::Sas, IdStyle::Sas);
+        let first = sas.lines().find(|l| l.starts_with('{')).unwrap();
+        assert!(first.starts_with(r#"{"eventId":""#), "{first}");
+        let order: Vec<usize> = ["\"complexData\":{", "\"value\":", "\"deviceId\":\"contoso://device-id-", "\"deviceSequenceNumber\":", "\"type\":", "\"createdAt\":"]
+            .iter()
+            .map(|k| first.find(k).unwrap_or_else(|| panic!("{k} in {first}")))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{first}");
+        let pretty = lines(Layout::Pretty, IdStyle::Sas);
+        assert!(pretty.contains(r#"{"eventId": ""#) && pretty.contains(", \"moreData1\": "));
+        let shuffled = lines(Layout::Shuffled, IdStyle::Sas);
+        let starts: std::collections::HashSet<&str> =
+            shuffled.lines().map(|l| &l[..l.len().min(6)]).collect();
+        assert!(starts.len() > 3, "shuffled orders vary: {starts:?}");
+        let reference = values(&sas);
+        for other in [&pretty, &shuffled, &lines(Layout::Compact, IdStyle::Sas)] {
+            assert_eq!(values(other), reference);
+        }
+        let plain = lines(Layout::Sas, IdStyle::Plain);
+        assert!(plain.contains("\"contoso-device-id-000"));
+        let renamed = |v: &mut serde_json::Value| {
+            if let Some(serde_json::Value::String(d)) = v.get_mut("deviceId") {
+                let n: u32 = d.trim_start_matches("contoso-device-id-").parse().unwrap();
+                *d = format!("contoso://device-id-{n}");
+            }
+        };
+        let mut plain = values(&plain);
+        for v in &mut plain {
+            match v {
+                serde_json::Value::Array(batch) => batch.iter_mut().for_each(renamed),
+                v => renamed(v),
+            }
+        }
+        assert_eq!(plain, reference);
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl SimulatorSource {
                 complex_fields: c.complex_fields.unwrap_or(d.complex_fields),
                 hot_devices: c.hot_devices.unwrap_or(d.hot_devices),
                 threshold: c.threshold.unwrap_or(d.threshold),
+                ..d
             },
             rate: c.rate.filter(|r| *r > 0.0),
             count: c.count,

@@ -266,6 +266,7 @@ fn simulated(n: usize, seed: u64) -> Vec<Vec<u8>> {
         devices: 50,
         seed,
         complex_fields: 20,
+        layout: eventide_simulator::Layout::Compact,
         ..eventide_simulator::SimConfig::default()
     })
     .single_events(n)
@@ -293,9 +294,8 @@ fn the_fast_path_takes_ordinary_events() {
         EV.replace("dev-1", &long).replace(r#""b":-0.5e-3,"#, r#""b":0.000001,"#),
         r#"{"eventId":"e","deviceId":"d","deviceSequenceNumber":18446744073709551,"type":"t","value":0.0,"createdAt":"2026-01-01T00:00:00.001Z","complexData":null}"#.to_string(),
     ];
-    // A flat complexData before the other fields: stage 1 resumes after it, within a
-    // block, with quotes (and braces, colons, commas in strings) on both sides, and
-    // literals (read from the token bits, which depend on what is inside strings).
+    // A flat complexData before the other fields, with quotes (and braces, colons,
+    // commas in strings) on both sides, and literals.
     let flat = r#"{"k":"a:b,c","n":-1.25,"s":"}{","t":"é✓","z":0}"#;
     let mut cases = cases.to_vec();
     for (i, ev) in simulated(8, 11).iter().enumerate() {
@@ -488,4 +488,341 @@ fn field_names_inside_complex_data_are_not_the_events_fields() {
         r#"{"x":1,"value":9.5}"#,
     );
     assert!(schema(&value_inside), "{value_inside}");
+}
+
+/// The member names of the property tests below: the contract's, a multi-metric
+/// payload with epoch-ms time and no event id, and single values with epoch seconds
+/// and no sequence numbers.
+fn mappings() -> [Fields; 3] {
+    [
+        Fields::default(),
+        Fields::new(
+            None,
+            "device_id",
+            Some("seq"),
+            None,
+            &["temperature", "humidity"],
+            "ts",
+            TimeFormat::EpochMs,
+        )
+        .unwrap(),
+        Fields::new(
+            Some("id"),
+            "dev",
+            None,
+            Some("kind"),
+            &["reading"],
+            "time",
+            TimeFormat::EpochS,
+        )
+        .unwrap(),
+    ]
+}
+
+/// The top-level keys of a JSON object, in order, repeats included (serde_json's
+/// `Value` keeps only the last of repeated keys).
+struct Keys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// What an event reads as, field by field (values as bits, so that -0 and 0 differ).
+type Read = (String, String, u64, String, u64, i64, u16, [u64; MAX_VALUES]);
+
+fn read_of(e: &Event<'_>) -> Read {
+    (
+        e.event_id.to_string(),
+        e.device_id.to_string(),
+        e.seq,
+        e.kind.to_string(),
+        e.value.to_bits(),
+        e.ts,
+        e.present,
+        e.values.map(f64::to_bits),
+    )
+}
+
+/// What serde_json says about a message under `f`: "parse", "schema", or the event.
+fn reference_with(bytes: &[u8], f: &Fields) -> Result<Read, &'static str> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|_| "parse")?;
+    let o = v.as_object().ok_or("schema")?;
+    let keys = serde_json::from_slice::<Keys>(bytes).map_err(|_| "schema")?.0;
+    let named: Vec<&str> = [
+        f.event_id.as_deref(),
+        Some(&*f.device_id),
+        f.sequence.as_deref(),
+        f.kind.as_deref(),
+        Some(&*f.time),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(f.values.iter().map(|v| &**v))
+    .collect();
+    for n in &named {
+        if keys.iter().filter(|k| k == n).count() > 1 {
+            return Err("schema");
+        }
+    }
+    let text = |k: &str| o.get(k).and_then(Value::as_str).ok_or("schema");
+    let event_id = match &f.event_id {
+        Some(k) => text(k).and_then(|s| if s.is_empty() { Err("schema") } else { Ok(s) })?,
+        None => "",
+    };
+    let device = text(&f.device_id)?;
+    if device.is_empty() {
+        return Err("schema");
+    }
+    let seq = match &f.sequence {
+        Some(k) => o.get(&**k).and_then(Value::as_u64).ok_or("schema")?,
+        None => 0,
+    };
+    let kind = match &f.kind {
+        Some(k) => text(k)?,
+        None => "",
+    };
+    let (mut value, mut present, mut values) = (0.0f64, 0u16, [0.0f64; MAX_VALUES]);
+    if f.multi() {
+        for (i, k) in f.values.iter().enumerate() {
+            match o.get(&**k) {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) => {
+                    values[i] = n.as_f64().unwrap();
+                    present |= 1 << i;
+                }
+                Some(_) => return Err("schema"),
+            }
+        }
+        if present == 0 {
+            return Err("schema");
+        }
+    } else {
+        value = o.get(&*f.values[0]).and_then(Value::as_f64).ok_or("schema")?;
+    }
+    let ts = match (f.time_format, o.get(&*f.time)) {
+        (TimeFormat::Rfc3339, Some(Value::String(s))) => parse_rfc3339_ms(s),
+        (TimeFormat::Rfc3339, _) | (_, None) => None,
+        (format, Some(Value::String(s))) => epoch_ms(s, format),
+        (format, Some(Value::Number(n))) => epoch_ms(&n.to_string(), format),
+        _ => None,
+    }
+    .ok_or("schema")?;
+    if !matches!(o.get("complexData"), None | Some(Value::Null | Value::Object(_))) {
+        return Err("schema");
+    }
+    Ok((
+        event_id.into(),
+        device.into(),
+        seq,
+        kind.into(),
+        value.to_bits(),
+        ts,
+        present,
+        values.map(f64::to_bits),
+    ))
+}
+
+/// Whitespace between tokens: mostly none or one space, sometimes more, newlines, tabs.
+fn gap() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["", "", "", " ", " ", "  ", "\n", "\n    ", "\t", "\r\n"])
+}
+
+/// Any JSON value (some invalid: a leading zero, a lone minus), nested a few deep.
+fn any_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        4 => "-?(0|[1-9][0-9]{0,17})(\\.[0-9]{1,17})?",
+        1 => "-?[0-9]{1,3}(\\.[0-9]{1,3})?[eE][+-]?[0-9]{1,2}",
+        3 => "\"[a-zA-Z0-9 :,{}\\[\\]/?#é✓-]{0,12}\"",
+        1 => Just(r#""a\"b\\c\u00e9\n""#.to_string()),
+        1 => prop::sample::select(vec!["true", "false", "null"]).prop_map(String::from),
+        1 => prop::sample::select(vec!["01", "-", "1.", "tru", "\"\u{1}\""]).prop_map(String::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec((inner.clone(), gap(), gap()), 0..6).prop_map(|v| {
+                let items: Vec<String> = v.into_iter().map(|(x, a, b)| format!("{a}{x}{b}")).collect();
+                format!("[{}]", items.join(","))
+            }),
+            prop::collection::vec(("[a-zA-Z0-9 ]{0,8}", inner, gap(), gap()), 0..6).prop_map(|v| {
+                let items: Vec<String> =
+                    v.into_iter().map(|(k, x, a, b)| format!("\"{k}\"{a}:{b}{x}")).collect();
+                format!("{{{}}}", items.join(","))
+            }),
+        ]
+    })
+}
+
+/// A `complexData`: usually flat numbers (compact or spaced), sometimes nested or null,
+/// rarely not an object.
+fn complex_data() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => (prop::collection::vec("-?[0-9]{1,2}\\.[0-9]{1,15}", 0..25), prop::sample::select(vec![(",", ":"), (", ", ": ")]))
+            .prop_map(|(vs, (comma, colon))| {
+                let m: Vec<String> = vs.iter().enumerate().map(|(i, v)| format!("\"moreData{i}\"{colon}{v}")).collect();
+                format!("{{{}}}", m.join(comma))
+            }),
+        2 => any_value().prop_filter("an object", |v| v.starts_with('{')),
+        1 => Just("null".to_string()),
+        1 => any_value(),
+    ]
+}
+
+/// A role's value: usually valid, sometimes of another type or out of range.
+fn role_value(role: Role, fields: &Fields, i: u64) -> String {
+    let good = match role {
+        Role::EventId => format!("\"e-{i}\""),
+        Role::DeviceId => ["\"contoso://device-id-7\"", "\"dev/é #?\\\\x\"", "\"d\""][i as usize % 3].into(),
+        Role::Sequence => (i * 7919 % 100_000).to_string(),
+        Role::Type => ["\"CO2\"", "\"TEMP\""][i as usize % 2].into(),
+        Role::Value(_) => ["1001.5", "-0.25", "42", "57.739726013343247", "null"][i as usize % 5].into(),
+        Role::Time => match fields.time_format {
+            TimeFormat::Rfc3339 => ["\"2026-01-01T00:00:01.250Z\"", "\"2019-05-16T17:16:40.000003Z\"", "\"2026-01-01T01:00:00+01:00\""][i as usize % 3].into(),
+            TimeFormat::EpochMs => ["1767225600123", "\"1767225600123\"", "1767225600123.7"][i as usize % 3].into(),
+            TimeFormat::EpochS => ["1767225600", "\"1767225600.5\"", "1767225600.123456"][i as usize % 3].into(),
+        },
+        Role::ComplexData | Role::Other => "1".into(),
+    };
+    // One in eight: a value of some other type, or empty.
+    match i % 8 {
+        0 => ["\"\"", "true", "[1]", "{}", "-1", "1e2", "\"x\""][(i / 8) as usize % 7].into(),
+        _ => good,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Events in any member order, with whitespace anywhere, extra members anywhere
+    /// and complexData of any shape, under each mapping: read exactly as serde_json
+    /// reads the same bytes, or refused for the same reason; and the fast reader takes
+    /// every valid one without escapes, exponents or tabs in what it reads.
+    #[test]
+    fn any_layout_decodes_as_serde_json_reads_it(
+        mapping in 0usize..3,
+        picks in prop::collection::vec(0u64..1000, 8),
+        drop_one in prop::option::weighted(0.1, 0usize..8),
+        extras in prop::collection::vec(("[a-zA-Z]{1,10}", any_value()), 0..3),
+        complex in prop::option::weighted(0.8, complex_data()),
+        gaps in prop::collection::vec(gap(), 64),
+        order in Just((0usize..16).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let fields = &mappings()[mapping];
+        let mut members: Vec<(String, String)> = Vec::new();
+        let roles: Vec<(String, Role)> = [
+            fields.event_id.as_deref().map(|n| (n, Role::EventId)),
+            Some((&*fields.device_id, Role::DeviceId)),
+            fields.sequence.as_deref().map(|n| (n, Role::Sequence)),
+            fields.kind.as_deref().map(|n| (n, Role::Type)),
+            Some((&*fields.time, Role::Time)),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(fields.values.iter().enumerate().map(|(i, v)| (&**v, Role::Value(i as u8))))
+        .map(|(n, r)| (n.to_string(), r))
+        .collect();
+        for (k, (name, role)) in roles.iter().enumerate() {
+            if drop_one == Some(k) {
+                continue;
+            }
+            members.push((name.clone(), role_value(*role, fields, picks[k % picks.len()])));
+        }
+        members.extend(extras);
+        if let Some(c) = complex {
+            members.push(("complexData".into(), c));
+        }
+        let mut ordered: Vec<&(String, String)> = order.iter().filter_map(|&i| members.get(i)).collect();
+        ordered.extend(members.iter().skip(16));
+        let mut g = gaps.iter().cycle();
+        let body: Vec<String> = ordered
+            .iter()
+            .map(|(k, v)| format!("{}\"{k}\"{}:{}{v}{}", g.next().unwrap(), g.next().unwrap(), g.next().unwrap(), g.next().unwrap()))
+            .collect();
+        let text = format!("{}{{{}}}{}", g.next().unwrap(), body.join(","), g.next().unwrap());
+        let b = text.as_bytes();
+        let ours = Decoder::new(std::sync::Arc::new(fields.clone())).decode(b);
+        match reference_with(b, fields) {
+            Ok(want) => {
+                let e = ours.unwrap_or_else(|e| panic!("{e} for {text}"));
+                prop_assert_eq!(read_of(&e), want, "{}", text);
+                let key = device_key(b, &fields.device_id);
+                prop_assert_eq!(key.as_deref(), Some(&*e.device_id), "{}", text);
+                // Escapes and exponents are the scalar decoder's; nothing else is.
+                let exponent = b.windows(2).any(|w| w[0].is_ascii_digit() && matches!(w[1], b'e' | b'E'));
+                if !text.contains('\\') && !exponent {
+                    prop_assert!(fast_agrees_with(b, fields), "fast reader refused {}", text);
+                }
+            }
+            Err("parse") => prop_assert!(matches!(ours, Err(DecodeError::Parse(_))), "{:?} for {}", ours, text),
+            Err(_) => prop_assert!(matches!(ours, Err(DecodeError::Schema(_))), "{:?} for {}", ours, text),
+        }
+        // Whatever the reader takes, the scalar decoder takes with the same fields.
+        fast_agrees_with(b, fields);
+    }
+}
+
+/// The seeds' layout, Python's spacing, pretty-printing and a shuffled order are all
+/// read by the fast reader (not handed to the scalar decoder).
+#[test]
+fn the_fast_reader_takes_every_common_layout() {
+    use eventide_simulator::{Generator, IdStyle, Layout, SimConfig};
+    if !fast::simd_available() {
+        return;
+    }
+    for layout in [Layout::Sas, Layout::Compact, Layout::Pretty, Layout::Shuffled] {
+        for id_style in [IdStyle::Sas, IdStyle::Plain] {
+            let events = Generator::new(SimConfig { layout, id_style, ..SimConfig::default() })
+                .single_events(300);
+            for ev in &events {
+                assert!(fast_agrees(ev), "{layout:?}: {}", String::from_utf8_lossy(ev));
+            }
+        }
+    }
+    // Pretty-printed over several lines (a Kafka message or an HTTP body), as
+    // json.dumps(indent=2) and JSON.stringify(…, null, 2) write it.
+    let pretty = "{\n  \"eventId\": \"b81d241f-5187-40b0-ab2a-940faf9757c0\",\n  \"complexData\": {\n    \"moreData0\": 57.739726013343247,\n    \"moreData1\": 52.230732688620829\n  },\n  \"value\": 49.02278128887753,\n  \"deviceId\": \"contoso://device-id-154\",\n  \"deviceSequenceNumber\": 0,\n  \"type\": \"CO2\",\n  \"createdAt\": \"2019-05-16T17:16:40.000003Z\"\n}\n";
+    assert!(fast_agrees(pretty.as_bytes()), "{pretty}");
+    let e = decode(pretty.as_bytes()).unwrap();
+    assert_eq!((&*e.device_id, e.value), ("contoso://device-id-154", 49.02278128887753));
+    assert_eq!(e.ts, parse_rfc3339_ms("2019-05-16T17:16:40.000Z").unwrap());
+}
+
+/// Mapped names, epoch times and value lists: read as the mapping says, with errors
+/// that name the input's members.
+#[test]
+fn mapped_fields_are_read_by_their_names() {
+    let [_, multi, single] = mappings();
+    let mut d = Decoder::new(std::sync::Arc::new(multi));
+    let b = br#"{"device_id":"boiler/7","ts":1767225600123,"seq":4,"temperature":21.5,"humidity":null,"eventId":"ignored"}"#;
+    let e = d.decode(b).unwrap();
+    assert_eq!((&*e.device_id, e.ts, e.seq, e.present, e.values[0]), ("boiler/7", 1_767_225_600_123, 4, 0b01, 21.5));
+    assert_eq!((&*e.event_id, &*e.kind), ("", ""));
+    let e = d.decode(br#"{"humidity": 40, "ts": "1767225600000", "device_id": "b", "seq": 0, "temperature": -3}"#).unwrap();
+    assert_eq!((e.present, e.values[0], e.values[1]), (0b11, -3.0, 40.0));
+    let err = |d: &mut Decoder, b: &[u8]| d.decode(b).unwrap_err().to_string();
+    assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"seq":0}"#), "none of the value members is present: temperature, humidity");
+    assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"temperature":1}"#), "missing field `seq`");
+    assert!(err(&mut d, br#"{"device_id":"b","ts":"soon","seq":0,"temperature":1}"#).starts_with("ts is not a time in milliseconds"));
+    assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"seq":0,"temperature":"hot"}"#), "invalid type: a string, expected a number for `temperature`");
+    let mut d = Decoder::new(std::sync::Arc::new(single));
+    let e = d.decode(br#"{"id":"x","dev":"d","kind":"TEMP","reading":1.5,"time":1767225600.25}"#).unwrap();
+    assert_eq!((&*e.event_id, &*e.kind, e.value, e.ts, e.present), ("x", "TEMP", 1.5, 1_767_225_600_250, 0));
+    assert_eq!(err(&mut d, br#"{"id":"x","dev":"d","kind":"TEMP","time":1}"#), "missing field `reading`");
+    assert_eq!(err(&mut d, br#"{"id":"x","dev":"d","kind":"TEMP","reading":1,"time":1,"time":2}"#), "duplicate field `time`");
 }
