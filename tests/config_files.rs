@@ -65,6 +65,36 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
             "sinks[0].format",
         ),
         ("[pipeline]", "[pipeline]\nworkers = 3", "pipeline.workers"),
+        (
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\n[source.fields]\nvalue = [\"a\", \"b\"]",
+            "source.fields.type",
+        ),
+        (
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\n[source.fields]\ntime_format = \"epoch_ns\"",
+            "source.fields.time_format",
+        ),
+        (
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\n[source.fields]\ncolour = \"x\"",
+            "source.fields.colour",
+        ),
+        (
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\n[source.fields]\ndevice_id = \"\"",
+            "source.fields.device_id",
+        ),
+        (
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\n[source.fields]\nvalue = \"v\"\ntime = \"v\"",
+            "source.fields.value",
+        ),
+        (
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\n[source.fields]\nevent_id = \"\"",
+            "pipeline.dedupe",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     assert_bad_keys(dir.path(), &good, &cases);
