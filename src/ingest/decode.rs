@@ -936,10 +936,17 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
 
 /// Index just past the JSON value that starts at `i` (structure only, not validated:
 /// the partition's decode validates).
-fn skip_structure(b: &[u8], i: usize) -> Option<usize> {
+pub fn skip_structure(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i).map(|e| e + 1),
         b'{' | b'[' => {
+            #[cfg(target_arch = "x86_64")]
+            if fast::simd_available()
+                // SAFETY: the CPU has the features; `b[i]` is a bracket.
+                && let Some(len) = unsafe { flat::container_end(&b[i..]) }
+            {
+                return Some(i + len);
+            }
             let mut depth = 0usize;
             let mut j = i;
             while j < b.len() {

@@ -273,6 +273,12 @@ impl Router {
         let mut items: Vec<Vec<Item>> = (0..n).map(|_| Vec::with_capacity(estimate)).collect();
         let mut line_no = 0u32;
         let mut start = 0usize;
+        if let Some((s, e)) = one_multiline_value(&data, 0) {
+            // One pretty-printed event or batch (an HTTP body): one message.
+            route_line(&data, s, &data[s..e], 0, &self.device_field, &mut items);
+            line_no = 1;
+            start = data.len();
+        }
         while start < data.len() {
             let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
             let mut line = &data[start..end];
@@ -416,12 +422,30 @@ pub fn split_line(
     push(item(offset, offset + line.len()), line);
 }
 
+/// Where the one JSON value that `data[start..]` holds begins and ends, if it spans
+/// lines with nothing but whitespace after it: a pretty-printed message, which is one
+/// message, not one per line. `None` for anything else (single lines, NDJSON).
+fn one_multiline_value(data: &[u8], start: usize) -> Option<(usize, usize)> {
+    let first = start + data[start..].iter().position(|b| !b.is_ascii_whitespace())?;
+    let newline = first + memchr::memchr(b'\n', &data[first..])?;
+    if !matches!(data[first], b'{' | b'[') || data[newline..].iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let end = decode::skip_structure(data, first)?;
+    (end > newline && data[end..].iter().all(u8::is_ascii_whitespace)).then_some((first, end))
+}
+
 /// Splits one message (`data[start..end]`, e.g. a Kafka record's value) into items,
 /// all numbered `msg`: NDJSON lines, each an event or a batch. A message with no
 /// event in it at all is one item, which decoding rejects (nothing is dropped
 /// silently).
 pub fn split_message(data: &[u8], start: usize, end: usize, msg: u32, out: &mut Vec<Item>) {
     let before = out.len();
+    if let Some((s, e)) = one_multiline_value(&data[..end], start) {
+        // One pretty-printed event or batch (`json.dumps(…, indent=2)`): one message.
+        split_line(data, s, &data[s..e], msg, |item, _| out.push(item));
+        return;
+    }
     let mut s = start;
     while s < end {
         let e = memchr::memchr(b'\n', &data[s..end]).map_or(end, |i| s + i);
@@ -492,6 +516,44 @@ mod tests {
             2,
             "batch is line 2"
         );
+    }
+
+    /// A pretty-printed message (an HTTP body, a Kafka record) is one message; NDJSON
+    /// is one per line; routing reads the mapped device member.
+    #[test]
+    fn a_pretty_printed_message_is_one_message() {
+        let pretty = "\n{\n  \"device\": \"a/b\",\n  \"x\": [\n 1\n ]\n}\n\n";
+        let mut out = Vec::new();
+        split_message(pretty.as_bytes(), 0, pretty.len(), 7, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].start, out[0].end), (1, pretty.trim_end().len() as u32));
+        let batch = "[\n  {\"device\": \"a\"},\n  {\"device\": \"b\"}\n]";
+        out.clear();
+        split_message(batch.as_bytes(), 0, batch.len(), 0, &mut out);
+        assert_eq!(out.len(), 2, "a pretty batch is de-batched");
+        let ndjson = "{\"device\":\"a\"}\n{\"device\":\"b\"}\n";
+        out.clear();
+        split_message(ndjson.as_bytes(), 0, ndjson.len(), 0, &mut out);
+        assert_eq!(out.len(), 2, "NDJSON: one per line");
+        let broken = "{\n  \"device\": \"a\"\n";
+        out.clear();
+        split_message(broken.as_bytes(), 0, broken.len(), 0, &mut out);
+        assert_eq!(out.len(), 2, "an unterminated value is read line by line (and refused)");
+
+        let (t0, r0) = bounded(8);
+        let (t1, r1) = bounded(8);
+        let mut router = Router::new(vec![t0, t1], Instant::now(), Arc::new(AtomicBool::new(false)))
+            .with_device_field("device");
+        for d in ["a/b", "é #?\\\\", "c"] {
+            let body = format!("{{\n  \"device\": \"{d}\",\n  \"v\": 1\n}}\n");
+            router.route(body.into_bytes(), &Arc::from("http")).unwrap();
+            let want = partition_of(&d.replace("\\\\", "\\"), 2);
+            let rx = [&r0, &r1][want];
+            let Ok(Msg::Work { items, .. }) = rx.try_recv() else {
+                panic!("{d} not routed to partition {want}")
+            };
+            assert_eq!(items.len(), 1);
+        }
     }
 
     #[test]

@@ -248,6 +248,69 @@ fn block<const WHOLE: bool>(
     None
 }
 
+/// Where the object or array that opens at `b[0]` ends (just past its closing bracket),
+/// found 64 bytes at a time from its quotes and brackets; structure only, nothing
+/// validated (the router's look past a member to the device id; the partition's decode
+/// validates). `None` if a backslash comes first (the caller then scans byte by byte)
+/// or it does not end.
+///
+/// # Safety
+/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2. `b[0]` must be `{` or `[`.
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
+pub unsafe fn container_end(b: &[u8]) -> Option<usize> {
+    let (open, close) = match b.first() {
+        Some(b'{') => (b'{', b'}'),
+        _ => (b'[', b']'),
+    };
+    let [quote, backslash, open, close] =
+        [b'"', b'\\', open, close].map(|c| _mm256_set1_epi8(c as i8));
+    let mut depth = 0u32;
+    let mut in_string = 0u64;
+    let mut tail = [b' '; 64];
+    let mut at = 0;
+    while at < b.len() {
+        let chunk: &[u8] = match b[at..].first_chunk::<64>() {
+            Some(c) => c,
+            None => {
+                tail[..b.len() - at].copy_from_slice(&b[at..]);
+                &tail
+            }
+        };
+        // SAFETY: `chunk` holds 64 bytes; unaligned loads.
+        let (v0, v1) = unsafe {
+            (
+                _mm256_loadu_si256(chunk.as_ptr().cast()),
+                _mm256_loadu_si256(chunk.as_ptr().add(32).cast()),
+            )
+        };
+        let mask = |x: __m256i| {
+            _mm256_movemask_epi8(_mm256_cmpeq_epi8(v0, x)) as u32 as u64
+                | (_mm256_movemask_epi8(_mm256_cmpeq_epi8(v1, x)) as u32 as u64) << 32
+        };
+        if mask(backslash) != 0 {
+            return None;
+        }
+        let s = prefix_xor(mask(quote)) ^ in_string;
+        in_string = ((s as i64) >> 63) as u64;
+        let (opens, closes) = (mask(open) & !s, mask(close) & !s);
+        let mut marks = opens | closes;
+        while marks != 0 {
+            let k = marks.trailing_zeros();
+            if opens >> k & 1 != 0 {
+                depth += 1;
+            } else {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at + k as usize + 1);
+                }
+            }
+            marks &= marks - 1;
+        }
+        at += 64;
+    }
+    None
+}
+
 /// Whether `b` is valid UTF-8 without backslashes or control characters.
 #[cold]
 fn plain_utf8(b: &[u8]) -> bool {
@@ -333,6 +396,51 @@ mod tests {
                 prop_assert!(flat_json(&b[..len]), "took {}", String::from_utf8_lossy(&b[..len]));
                 prop_assert_eq!(json_end(&b[..len]), Some(len), "{}", String::from_utf8_lossy(&b));
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// The bracket scan ends a valid object or array (of any length, nested, with
+        /// brackets and quotes inside strings) where serde_json does.
+        #[test]
+        fn the_bracket_scan_ends_values_where_json_does(
+            pad in 0usize..64,
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "{\"a\":", "[", "1", "\"x]}{[\"", "\"é\"", "true", "null", "{}", "[]",
+            ]), 0..40),
+            array in any::<bool>(),
+            rest in prop::sample::select(vec!["", "}", ",\"k\":1}", "]]"]),
+        ) {
+            if !super::super::fast::simd_available() {
+                return Ok(());
+            }
+            // Nest the parts: each opener is closed by the end, members joined by commas.
+            let mut text = String::from(if array { "[" } else { "{\"k\":[" });
+            let mut closers = vec![if array { "]" } else { "]}" }];
+            let mut first = true;
+            for p in parts {
+                if !first && !text.ends_with(['[', ':']) {
+                    text.push(',');
+                }
+                first = false;
+                text.push_str(p);
+                match p {
+                    "{\"a\":" => { text.push('['); closers.push("]}"); }
+                    "[" => closers.push("]"),
+                    _ => {}
+                }
+            }
+            while let Some(c) = closers.pop() {
+                text.push_str(c);
+            }
+            let padded = format!("{}{text}{rest}", " ".repeat(pad));
+            let b = &padded.as_bytes()[pad..];
+            let want = json_end(&b[..text.len()]);
+            prop_assert_eq!(want, Some(text.len()), "{}", text);
+            // SAFETY: the features were just checked; `b[0]` is a bracket.
+            prop_assert_eq!(unsafe { super::container_end(b) }, want, "{}", padded);
         }
     }
 
