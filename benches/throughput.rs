@@ -3,10 +3,18 @@
 //! sliding 5m/1m + one moving-average rule, 2 partitions, JSONL sinks), reporting events/s, CPU-seconds per million
 //! events, arrival → window-close latency percentiles and peak RSS.
 //!
+//! The same events are run in each member layout the simulator writes (`sas`, the
+//! streaming-at-scale samples' order; `compact`; `pretty`, Python's spacing;
+//! `shuffled`, a random order per event), each in a process of its own (so that each
+//! peak RSS is its own), and a table compares them.
+//!
 //! `cargo bench --bench throughput`  (EVENTIDE_BENCH_EVENTS=N to change N, default 1M;
-//! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2)
+//! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2;
+//! EVENTIDE_BENCH_LAYOUT=sas|compact|pretty|shuffled to run one layout only;
+//! EVENTIDE_BENCH_INPUT=FILE to keep the input: FILE with one layout, FILE-LAYOUT for each)
 
 use std::path::Path;
+use std::process::Command;
 
 use eventide::config::Config;
 
@@ -14,7 +22,12 @@ mod common;
 
 use common::{env_u64, machine, peak_rss_kib};
 
+const LAYOUTS: [&str; 4] = ["sas", "compact", "pretty", "shuffled"];
+
 fn main() {
+    if std::env::var_os("EVENTIDE_BENCH_LAYOUT").is_none() {
+        return every_layout();
+    }
     let input = common::input(1_000_000);
     let partitions = env_u64("EVENTIDE_BENCH_PARTITIONS", 2);
     let bytes = std::fs::metadata(&input.path).expect("input").len();
@@ -86,4 +99,47 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
         q(0.999)
     );
     println!("  peak RSS:     {:.0} MiB", peak_rss as f64 / 1024.0);
+    // For the table of `every_layout`.
+    println!(
+        "result {} {:.0} {:.3} {:.0}",
+        std::env::var("EVENTIDE_BENCH_LAYOUT").unwrap_or_default(),
+        n as f64 / wall,
+        cpu / (n as f64 / 1e6),
+        peak_rss as f64 / 1024.0
+    );
+}
+
+/// Runs each layout in a child process of this harness and prints their table.
+fn every_layout() {
+    let input = std::env::var("EVENTIDE_BENCH_INPUT").ok();
+    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+    for layout in LAYOUTS {
+        let mut child = Command::new(std::env::current_exe().expect("this harness"));
+        child.args(std::env::args().skip(1)).env("EVENTIDE_BENCH_LAYOUT", layout);
+        if let Some(base) = &input {
+            child.env("EVENTIDE_BENCH_INPUT", format!("{base}-{layout}"));
+        }
+        let out = child.output().expect("run a layout");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "layout {layout} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", text.lines().filter(|l| !l.starts_with("result ")).map(|l| format!("{l}\n")).collect::<String>());
+        let row = text.lines().find_map(|l| l.strip_prefix("result ")).expect("a result line");
+        let f: Vec<&str> = row.split(' ').collect();
+        let num = |i: usize| f[i].parse::<f64>().expect("a number");
+        rows.push((f[0].to_string(), num(1), num(2), num(3)));
+    }
+    let fastest = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+    println!("\nlayouts ({}):", machine());
+    println!("  {:<9} {:>12} {:>10} {:>9} {:>11}", "layout", "events/s", "CPU-s/M", "peak RSS", "vs fastest");
+    for (layout, eps, cpu, rss) in &rows {
+        println!(
+            "  {layout:<9} {eps:>12.0} {cpu:>10.3} {:>5.0} MiB {:>10.1} %",
+            rss,
+            (eps / fastest - 1.0) * 100.0
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use eventide::ingest::mapped::{CHUNK, Mapping};
 use eventide_simulator::cli::Pieces;
-use eventide_simulator::{Generator, SimConfig};
+use eventide_simulator::{Generator, Layout, SimConfig};
 
 /// Runs the pipeline of `cfg` to the end of its input; returns the report (its
 /// accounting checked), wall seconds and this process's CPU seconds.
@@ -36,6 +36,7 @@ pub fn generate(path: &Path, n: u64) {
         devices: 2000,
         complex_fields: 20,
         hot_devices: 40,
+        layout: layout(),
         ..SimConfig::default()
     });
     let mut w = Pieces::new(std::fs::File::create(path).expect("create input"));
@@ -82,6 +83,15 @@ pub fn input(default_events: u64) -> Input {
         path,
         dir,
     }
+}
+
+/// The member layout of generated input: `EVENTIDE_BENCH_LAYOUT` (sas, compact,
+/// pretty, shuffled; default sas, the streaming-at-scale samples' layout). The events
+/// are the same in every layout.
+pub fn layout() -> Layout {
+    std::env::var("EVENTIDE_BENCH_LAYOUT")
+        .map(|l| l.parse().expect("EVENTIDE_BENCH_LAYOUT"))
+        .unwrap_or_default()
 }
 
 /// An integer from the environment, or `default`.
