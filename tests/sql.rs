@@ -836,7 +836,7 @@ snapshot_interval = "50ms"
     while started.elapsed() < Duration::from_secs(3) {
         let rows = sql(
             r.http,
-            "SELECT window, deviceId, type, windowStart, count FROM live_windows WHERE deviceId = 'contoso-device-id-000001'",
+            "SELECT window, deviceId, type, windowStart, count FROM live_windows WHERE deviceId = 'contoso://device-id-1'",
         );
         for row in rows {
             let k = key(&row);

@@ -163,7 +163,7 @@ impl Fields {
         let mut i = self.by_len[key.len().min(LENGTHS - 1)];
         while i != NONE {
             let (name, role) = &self.keys[i as usize];
-            if **name == *key {
+            if same(name, key) {
                 return *role;
             }
             i = self.next[i as usize];
@@ -201,6 +201,24 @@ impl Fields {
             && self.values.len() == 1
             && &*self.values[0] == "value"
             && self.time_format == TimeFormat::Rfc3339
+    }
+}
+
+/// Whether `a` and `b` hold the same bytes, with a few word compares for the short keys
+/// of event members (no call to `memcmp`).
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |x: &[u8], i: usize| u64::from_le_bytes(x[i..i + 8].try_into().expect("8 bytes"));
+    let w4 = |x: &[u8], i: usize| u32::from_le_bytes(x[i..i + 4].try_into().expect("4 bytes"));
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8) && a[8..n - 8] == b[8..n - 8],
     }
 }
 
@@ -276,6 +294,23 @@ mod tests {
         assert_eq!(f.role(b"value"), Role::Other);
         assert_eq!(f.role(b"eventId"), Role::Other);
         assert!(f.multi() && !f.is_default() && Fields::default().is_default());
+    }
+
+    #[test]
+    fn word_compares_agree_with_slice_compares() {
+        let mut rng = eventide_simulator::Rng::new(3);
+        for _ in 0..50_000 {
+            let n = rng.below(30) as usize;
+            let a: Vec<u8> = (0..n).map(|_| b"ab"[rng.below(2) as usize]).collect();
+            let mut b = a.clone();
+            if n > 0 && rng.chance(0.5) {
+                b[rng.below(n as u64) as usize] ^= 3;
+            }
+            if rng.chance(0.1) {
+                b.push(b'a');
+            }
+            assert_eq!(same(&a, &b), a == b, "{a:?} {b:?}");
+        }
     }
 
     #[test]
