@@ -22,7 +22,73 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_eventide");
 
+/// Simulated events whose devices are named as devices in the field are: the
+/// streaming-at-scale ids (`contoso://device-id-7`), and ids holding `\`, `?`, `#`,
+/// `%`, spaces, non-ASCII letters, or too long for a Cosmos id once escaped. Lines that
+/// are not JSON stay as they are.
 fn input(devices: u32, events: u64, seed: u64) -> Vec<u8> {
+    let plain = simulated(devices, events, seed);
+    let rename = |d: &str| -> String {
+        let n: u32 = d.rsplit('-').next().unwrap().parse().unwrap();
+        match n % 6 {
+            0 | 1 => d.to_string(),
+            2 => format!(r"contoso:\\gateway\device {n}"),
+            3 => format!("device?id={n}#main"),
+            4 => format!("salle à manger ✓ 100% n°{n}"),
+            _ => format!("{}/{n}", "très-long-nom/".repeat(20)),
+        }
+    };
+    let mut out = Vec::new();
+    for line in std::str::from_utf8(&plain).unwrap().lines() {
+        let mut v: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => {
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+                continue;
+            }
+        };
+        let mut one = |e: &mut Value| {
+            if let Some(Value::String(d)) = e.get_mut("deviceId")
+                && d.starts_with("contoso://device-id-")
+            {
+                *d = rename(d);
+            }
+        };
+        match &mut v {
+            Value::Array(batch) => batch.iter_mut().for_each(&mut one),
+            e => one(e),
+        }
+        out.extend_from_slice(v.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The document id Cosmos DB takes for a record or device id (`/`, `\`, `?`, `#` and
+/// `%` as `%XX`; cut to 255 bytes with `~` and a hash of the whole id when longer),
+/// as the README documents it.
+fn doc_id(raw: &str) -> String {
+    let mut id = String::new();
+    for c in raw.chars() {
+        match c {
+            '/' | '\\' | '?' | '#' | '%' => id.push_str(&format!("%{:02X}", c as u32)),
+            c => id.push(c),
+        }
+    }
+    if id.len() > 255 {
+        let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(raw.as_bytes()));
+        let mut cut = 255 - hash.len();
+        while !id.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        id.truncate(cut);
+        id.push_str(&hash);
+    }
+    id
+}
+
+fn simulated(devices: u32, events: u64, seed: u64) -> Vec<u8> {
     generate(
         SimConfig {
             devices,
@@ -127,6 +193,19 @@ fn jsonl_records(dir: &Path, alerts: bool) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// The JSONL sink's records as the Cosmos documents that hold them: by document id,
+/// whose `id` member it is; every other member as written.
+fn as_documents(records: BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    records
+        .into_iter()
+        .map(|(raw, mut r)| {
+            let id = doc_id(&raw);
+            r["id"] = Value::from(id.clone());
+            (id, r)
+        })
+        .collect()
+}
+
 /// What each device's document must hold, from the input and the JSONL records.
 fn expected_devices(input: &[u8], dir: &Path) -> BTreeMap<String, Value> {
     // Latest reading: the valid event with the greatest (createdAt, sequence).
@@ -171,7 +250,7 @@ fn expected_devices(input: &[u8], dir: &Path) -> BTreeMap<String, Value> {
         .into_iter()
         .map(|(d, (_, _, reading))| {
             let doc = json!({
-                "id": d,
+                "id": doc_id(&d),
                 "deviceId": d,
                 "lastSeen": reading["createdAt"],
                 "latest": reading,
@@ -215,7 +294,8 @@ fn expected_devices(input: &[u8], dir: &Path) -> BTreeMap<String, Value> {
         }
         doc["lastAlerts"].as_array_mut().unwrap().push(a);
     }
-    docs
+    // By document id, as the container holds them.
+    docs.into_iter().map(|(d, doc)| (doc_id(&d), doc)).collect()
 }
 
 /// Numbers as f64 and objects as sorted maps, so documents compare by value.
@@ -253,13 +333,41 @@ fn assert_matches_reference(cosmos: &Cosmos, db: &str, dir: &Path, input: &[u8])
         windows.len()
     );
     assert!(!alerts.is_empty(), "a test needs alerts");
-    assert_same("windows", &cosmos.documents(db, "windows"), &windows);
-    assert_same("alerts", &cosmos.documents(db, "alerts"), &alerts);
-    assert_same(
-        "devices",
-        &cosmos.documents(db, "devices"),
-        &expected_devices(input, dir),
-    );
+    // Device ids with every character Cosmos refuses in an id, and too long ones.
+    for c in ['/', '\\', '?', '#', '%', ' ', 'à'] {
+        assert!(
+            windows.values().any(|w| w["deviceId"].as_str().unwrap().contains(c)),
+            "a test needs device ids with {c:?}"
+        );
+    }
+    assert!(windows.keys().any(|id| doc_id(id).contains('~')), "a test needs long ids");
+    let stored = [
+        ("windows", cosmos.documents(db, "windows")),
+        ("alerts", cosmos.documents(db, "alerts")),
+        ("devices", cosmos.documents(db, "devices")),
+    ];
+    for (what, docs) in &stored {
+        for (id, doc) in docs {
+            assert!(id.len() <= 255 && !id.contains(['/', '\\', '?', '#']), "{what}: {id}");
+            // The id reads back as the record's own id (or device id), unless it was cut.
+            if !id.contains('~') {
+                let raw = eventide::sinks::cosmos::doc::raw_id(id).unwrap();
+                let own = match *what {
+                    "devices" => doc["deviceId"].as_str().unwrap().to_owned(),
+                    _ => format!(
+                        "{}|{}|",
+                        doc.get("rule").or(doc.get("window")).unwrap().as_str().unwrap(),
+                        doc["deviceId"].as_str().unwrap()
+                    ),
+                };
+                assert!(raw.starts_with(&own), "{what}: {id} reads back as {raw}");
+            }
+        }
+    }
+    let [(_, got_windows), (_, got_alerts), (_, got_devices)] = stored;
+    assert_same("windows", &got_windows, &as_documents(windows));
+    assert_same("alerts", &got_alerts, &as_documents(alerts));
+    assert_same("devices", &got_devices, &expected_devices(input, dir));
 }
 
 fn sink_dead_letters(dir: &Path) -> Vec<Value> {
@@ -383,9 +491,9 @@ fn an_outage_past_max_retries_dead_letters_every_record_with_reason_sink() {
     };
     assert_eq!(
         by_source("cosmos:windows"),
-        windows.keys().cloned().collect()
+        as_documents(windows).keys().cloned().collect()
     );
-    assert_eq!(by_source("cosmos:alerts"), alerts.keys().cloned().collect());
+    assert_eq!(by_source("cosmos:alerts"), as_documents(alerts).keys().cloned().collect());
     let devices = expected_devices(&events, dir.path());
     assert_eq!(
         by_source("cosmos:devices"),
@@ -414,4 +522,24 @@ fn a_missing_key_variable_is_a_clear_error_naming_key_env() {
         stderr.contains("key_env") && stderr.contains("TEST_COSMOS_KEY"),
         "{stderr}"
     );
+}
+
+/// The local server refuses document ids as the service does (400 for `/`, `\`, `?`,
+/// `#`, or over 255 characters), so the tests above would fail if eventide wrote one.
+#[test]
+fn the_test_server_refuses_the_ids_the_service_refuses() {
+    let (cosmos, dir, cfg) = setup(b"", "rules", "");
+    std::fs::write(dir.path().join("events.ndjson"), b"").unwrap();
+    run(&cfg); // creates the database and containers
+    let post = |id: &str| {
+        let body = json!({"id": id, "deviceId": "d"}).to_string();
+        harness::http(cosmos.server, "POST", "/dbs/rules/colls/windows/docs", &body)
+    };
+    for id in ["a/b", "a\\b", "a?b", "a#b", &"x".repeat(256)] {
+        let (status, body) = post(id);
+        assert_eq!(status, 400, "{id}: {body}");
+        assert!(body.contains("BadRequest"), "{body}");
+    }
+    let (status, body) = post(&doc_id("contoso://device-id-1 #à?"));
+    assert!((200..300).contains(&status), "{status}: {body}");
 }

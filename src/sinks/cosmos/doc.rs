@@ -16,7 +16,61 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Alert, AlertState, DeviceUpdate, col, parse_rfc3339_ms, rfc3339_ms};
 
-/// One document per device in the `devices` container (id = partition key = deviceId).
+/// The longest document id Cosmos DB takes (bytes here, which is stricter).
+pub const MAX_ID_LEN: usize = 255;
+
+/// The document id for a record or device id: Cosmos DB refuses ids holding `/`, `\`,
+/// `?` or `#`, so each of those and `%` is written as `%` and its two hex digits
+/// (`contoso://device-id-154` → `contoso:%2F%2Fdevice-id-154`); every other character
+/// stays. Reversed by [`raw_id`]. An id that would be longer than [`MAX_ID_LEN`] is cut
+/// (at a character boundary) and ends in `~` and 16 hex digits of a hash of the whole
+/// id, so that it stays unique and the same on every run (the document's own members,
+/// `deviceId` and the rest, keep every value as it is).
+pub fn doc_id(raw: &str) -> std::borrow::Cow<'_, str> {
+    let special = |c: char| matches!(c, '/' | '\\' | '?' | '#' | '%');
+    if !raw.contains(special) && raw.len() <= MAX_ID_LEN {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut id = String::with_capacity(raw.len() + 16);
+    for c in raw.chars() {
+        if special(c) {
+            id.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            id.push(c);
+        }
+    }
+    if id.len() > MAX_ID_LEN {
+        let hash = format!("~{:016x}", xxhash_rust::xxh3::xxh3_64(raw.as_bytes()));
+        let mut cut = MAX_ID_LEN - hash.len();
+        while !id.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        id.truncate(cut);
+        id.push_str(&hash);
+    }
+    std::borrow::Cow::Owned(id)
+}
+
+/// The record or device id a [`doc_id`] was made from; `None` for one that was cut
+/// to fit (its document's members still hold the raw values).
+pub fn raw_id(id: &str) -> Option<String> {
+    let mut out = String::with_capacity(id.len());
+    let mut rest = id;
+    while let Some(at) = rest.find(['%', '~']) {
+        out.push_str(&rest[..at]);
+        if rest.as_bytes()[at] == b'~' {
+            return None;
+        }
+        let code = u8::from_str_radix(rest.get(at + 1..at + 3)?, 16).ok()?;
+        out.push(code as char);
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// One document per device in the `devices` container (id = [`doc_id`] of the
+/// deviceId, partition key = the deviceId).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceDoc {
     pub id: String,
@@ -72,7 +126,7 @@ fn ts(s: &str) -> i64 {
 impl DeviceDoc {
     pub fn new(device_id: &str) -> Self {
         DeviceDoc {
-            id: device_id.to_owned(),
+            id: doc_id(device_id).into_owned(),
             device_id: device_id.to_owned(),
             ..DeviceDoc::default()
         }
@@ -258,5 +312,47 @@ mod tests {
         assert!(d.open_alerts.is_empty());
         assert_eq!(d.last_alerts.len(), 1);
         assert_eq!(d.last_alerts[0].state, AlertState::Cleared);
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::{MAX_ID_LEN, doc_id, raw_id};
+
+    #[test]
+    fn document_ids_hold_no_forbidden_character_and_read_back() {
+        for raw in [
+            "contoso://device-id-154",
+            "a\\b?c#d%e",
+            "100%",
+            "%2F",
+            "salle à manger ✓",
+            "plain-id",
+            "",
+            "~tilde",
+        ] {
+            let id = doc_id(raw);
+            assert!(!id.contains(['/', '\\', '?', '#']), "{raw} -> {id}");
+            if !raw.contains('~') {
+                assert_eq!(raw_id(&id).as_deref(), Some(raw), "{raw} -> {id}");
+            }
+        }
+        assert_eq!(doc_id("contoso://device-id-154"), "contoso:%2F%2Fdevice-id-154");
+        assert_eq!(doc_id("a%b"), "a%25b");
+        assert!(matches!(doc_id("plain"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn long_ids_are_cut_with_a_hash_and_stay_distinct() {
+        let a = format!("tumbling_1m|{}|CO2|2026-01-01T00:00:00.000Z", "é/".repeat(100));
+        let b = a.replace("CO2", "TEMP");
+        let (ia, ib) = (doc_id(&a), doc_id(&b));
+        assert!(ia.len() <= MAX_ID_LEN && ib.len() <= MAX_ID_LEN);
+        assert_ne!(ia, ib);
+        assert_eq!(ia, doc_id(&a), "the same on every call");
+        assert!(!ia.contains(['/', '\\', '?', '#']));
+        assert_eq!(raw_id(&ia), None);
+        let exact = "x".repeat(MAX_ID_LEN);
+        assert_eq!(doc_id(&exact), exact);
     }
 }

@@ -268,7 +268,12 @@ impl CosmosSink {
                     let body = raw(&self.buf)?;
                     let ids: RecordKeys = serde_json::from_str(body.get())
                         .map_err(|e| SinkError::Cosmos(format!("window record: {e}")))?;
-                    let (device, id) = (ids.device_id, ids.id);
+                    let (device, id) = (ids.device_id, doc::doc_id(&ids.id).into_owned());
+                    let body = if id == ids.id {
+                        body
+                    } else {
+                        with_id(body.get(), &id)?
+                    };
                     self.send(Job::Record {
                         container: Container::Windows,
                         device,
@@ -286,13 +291,20 @@ impl CosmosSink {
         for a in &out.alerts {
             if self.alerts {
                 self.buf.clear();
-                serde_json::to_writer(&mut self.buf, a)
-                    .map_err(|e| SinkError::Cosmos(format!("alert record: {e}")))?;
+                let id = doc::doc_id(&a.id).into_owned();
+                let written = if id == a.id {
+                    serde_json::to_writer(&mut self.buf, a)
+                } else {
+                    let mut doc = a.clone();
+                    doc.id.clone_from(&id);
+                    serde_json::to_writer(&mut self.buf, &doc)
+                };
+                written.map_err(|e| SinkError::Cosmos(format!("alert record: {e}")))?;
                 let body = raw(&self.buf)?;
                 self.send(Job::Record {
                     container: Container::Alerts,
                     device: a.device_id.clone(),
-                    id: a.id.clone(),
+                    id,
                     body,
                 })?;
             }
@@ -399,6 +411,17 @@ struct RecordKeys {
 fn raw(bytes: &[u8]) -> Result<Box<RawValue>, SinkError> {
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|e| SinkError::Cosmos(format!("record is not UTF-8: {e}")))?;
+    RawValue::from_string(text).map_err(|e| SinkError::Cosmos(format!("record is not JSON: {e}")))
+}
+
+/// The record `json` with its `id` member set to `id` (its document id, see
+/// [`doc::doc_id`]); the other members keep their order and values.
+fn with_id(json: &str, id: &str) -> Result<Box<RawValue>, SinkError> {
+    let mut record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+        .map_err(|e| SinkError::Cosmos(format!("record is not a JSON object: {e}")))?;
+    record.insert("id".into(), id.into());
+    let text = serde_json::to_string(&record)
+        .map_err(|e| SinkError::Cosmos(format!("record: {e}")))?;
     RawValue::from_string(text).map_err(|e| SinkError::Cosmos(format!("record is not JSON: {e}")))
 }
 
@@ -587,13 +610,14 @@ impl Writer {
     async fn write_device(&self, changes: DeviceDoc) {
         let c = self.container(Container::Devices);
         let id = changes.id.clone();
+        let device = changes.device_id.clone();
         // Conflicts (another writer stored the document in between) are resolved by
         // reading it again; a bounded number of rounds, then the write is given up.
         for _ in 0..16 {
             let held = self.shared.stored.lock().remove(&id);
             let (stored, etag) = match held {
                 Some(s) => (s.doc, s.etag),
-                None => match self.retrying(|| c.read_item(&id, &id, None)).await {
+                None => match self.retrying(|| c.read_item(&device, &id, None)).await {
                     Ok(r) => {
                         self.shared.stats.lock().reads += 1;
                         let etag = r.headers().etag().cloned();
@@ -602,11 +626,11 @@ impl Writer {
                             Err(e) => {
                                 // Not a document this sink wrote: start afresh over it.
                                 tracing::warn!(device = id, error = %e, "Cosmos: the stored device document is not in the expected shape; replacing it.");
-                                (DeviceDoc::new(&id), etag)
+                                (DeviceDoc::new(&device), etag)
                             }
                         }
                     }
-                    Err(e) if e.status().is_not_found() => (DeviceDoc::new(&id), None),
+                    Err(e) if e.status().is_not_found() => (DeviceDoc::new(&device), None),
                     Err(e) => {
                         self.give_up_doc(&changes, &e);
                         return;
@@ -624,10 +648,10 @@ impl Writer {
                 Some(tag) => {
                     let options = ItemWriteOptions::default()
                         .with_precondition(Precondition::IfMatch(tag.clone()));
-                    self.retrying(|| c.upsert_item(&id, &id, &doc, Some(options.clone())))
+                    self.retrying(|| c.upsert_item(&device, &id, &doc, Some(options.clone())))
                         .await
                 }
-                None => self.retrying(|| c.create_item(&id, &id, &doc, None)).await,
+                None => self.retrying(|| c.create_item(&device, &id, &doc, None)).await,
             };
             match result {
                 Ok(r) => {
