@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventide::config::{Config, Dur, WindowConfig, WindowKind};
 use eventide::dedupe::{EventIdSet, SeqTracker, id_hash};
-use eventide::ingest::decode::{Decoder, decode, decode_scalar, device_key};
+use eventide::ingest::decode::{Decoder, DeviceKey, decode, decode_scalar};
 use eventide::rules::{RuleEngine, SeriesNames};
 use eventide::windows::{WindowEngine, WindowOutput};
 use eventide_simulator::{Generator, SimConfig};
@@ -90,10 +90,11 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    let router_key = DeviceKey::new("deviceId");
     g.bench_function("route: find deviceId", |b| {
         b.iter(|| {
             for e in &evs {
-                black_box(device_key(e, "deviceId").unwrap().len());
+                black_box(router_key.find(e).unwrap().len());
             }
         })
     });

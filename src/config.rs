@@ -153,6 +153,19 @@ pub struct SourceConfig {
     pub group_id: Option<String>,
     /// kafka: extra librdkafka properties, passed through as given.
     pub properties: Option<BTreeMap<String, String>>,
+    /// kafka: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: Option<SecurityProtocol>,
+    /// kafka: `PLAIN` (default with a `sasl_` protocol), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// kafka: the SASL user name (`$ConnectionString` for Event Hubs).
+    pub sasl_username: Option<String>,
+    /// kafka: the SASL password (prefer `sasl_password_env`); never logged.
+    pub sasl_password: Option<Secret>,
+    /// kafka: the environment variable holding the SASL password.
+    pub sasl_password_env: Option<String>,
+    /// kafka: a PEM file (or directory) of CA certificates to verify the brokers with
+    /// (default: the system's).
+    pub ssl_ca_location: Option<PathBuf>,
     /// kafka: end the run once every partition is consumed up to the end offset it
     /// had when the run started (default false).
     pub stop_at_end: Option<bool>,
@@ -419,6 +432,19 @@ pub struct SinkConfig {
     pub alerts_topic: Option<String>,
     /// kafka: extra librdkafka producer properties.
     pub properties: Option<BTreeMap<String, String>>,
+    /// kafka: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: Option<SecurityProtocol>,
+    /// kafka: `PLAIN` (default with a `sasl_` protocol), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// kafka: the SASL user name (`$ConnectionString` for Event Hubs).
+    pub sasl_username: Option<String>,
+    /// kafka: the SASL password (prefer `sasl_password_env`); never logged.
+    pub sasl_password: Option<Secret>,
+    /// kafka: the environment variable holding the SASL password.
+    pub sasl_password_env: Option<String>,
+    /// kafka: a PEM file (or directory) of CA certificates to verify the brokers with
+    /// (default: the system's).
+    pub ssl_ca_location: Option<PathBuf>,
     /// kafka, cosmos: how often a record whose delivery failed is sent again before it
     /// is dead-lettered with reason `sink` (default 5 for kafka, 10 for cosmos).
     pub max_retries: Option<u32>,
@@ -444,6 +470,294 @@ pub struct SinkConfig {
     /// cosmos: how often device documents are written; updates of one device in
     /// between are coalesced into one write (default 1s).
     pub flush_interval: Option<Dur>,
+}
+
+/// The security keys of a Kafka client's table, seen together.
+macro_rules! kafka_security {
+    ($t:ty) => {
+        impl $t {
+            /// This table's Kafka security keys.
+            pub fn security(&self) -> KafkaSecurity<'_> {
+                KafkaSecurity {
+                    protocol: self.security_protocol,
+                    mechanism: self.sasl_mechanism,
+                    username: self.sasl_username.as_deref(),
+                    password: self.sasl_password.as_ref(),
+                    password_env: self.sasl_password_env.as_deref(),
+                    ca_location: self.ssl_ca_location.as_deref(),
+                }
+            }
+
+            /// The librdkafka properties of this client: the security keys', then
+            /// `properties` as given.
+            pub fn kafka_properties(&self) -> BTreeMap<String, String> {
+                let mut p: BTreeMap<String, String> =
+                    self.security().properties().into_iter().collect();
+                p.extend(self.properties.clone().into_iter().flatten());
+                p
+            }
+
+            /// Reads the SASL password from `sasl_password_env` (at start-up, not
+            /// at check-config, as the Cosmos key); `key` is the table's path.
+            fn resolve_password(&mut self, key: &str) -> Result<(), ConfigError> {
+                if let Some(var) = &self.sasl_password_env {
+                    let value = std::env::var(var).map_err(|_| {
+                        ConfigError::invalid(
+                            format!("{key}.sasl_password_env"),
+                            format!("the environment variable {var} is not set"),
+                        )
+                    })?;
+                    self.sasl_password = Some(Secret(value));
+                }
+                Ok(())
+            }
+        }
+    };
+}
+kafka_security!(SourceConfig);
+kafka_security!(SinkConfig);
+kafka_security!(DeadLetterConfig);
+
+/// `security_protocol`: how a Kafka client talks to the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SecurityProtocol {
+    #[serde(rename = "plaintext", alias = "PLAINTEXT")]
+    Plaintext,
+    #[serde(rename = "ssl", alias = "SSL")]
+    Ssl,
+    #[serde(rename = "sasl_plaintext", alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(rename = "sasl_ssl", alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+    fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+    fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// `sasl_mechanism`: the SASL mechanisms this build serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A secret from the config: its `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The security keys of one Kafka client (source, kafka sink, kafka dead-letter).
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaSecurity<'a> {
+    pub protocol: Option<SecurityProtocol>,
+    pub mechanism: Option<SaslMechanism>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a Secret>,
+    pub password_env: Option<&'a str>,
+    pub ca_location: Option<&'a Path>,
+}
+
+impl KafkaSecurity<'_> {
+    /// The first security key set, if any (for tables whose kind is not Kafka).
+    fn first_set(&self) -> Option<&'static str> {
+        [
+            ("security_protocol", self.protocol.is_some()),
+            ("sasl_mechanism", self.mechanism.is_some()),
+            ("sasl_username", self.username.is_some()),
+            ("sasl_password", self.password.is_some()),
+            ("sasl_password_env", self.password_env.is_some()),
+            ("ssl_ca_location", self.ca_location.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k))
+    }
+
+    /// Checks the keys together, and against what this build of librdkafka serves
+    /// and the properties given beside them; `table` is the key path of the table.
+    fn validate(
+        &self,
+        table: &str,
+        properties: &Option<BTreeMap<String, String>>,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
+        let protocol = self.protocol.unwrap_or(SecurityProtocol::Plaintext);
+        let sasl = [
+            ("sasl_mechanism", self.mechanism.is_some()),
+            ("sasl_username", self.username.is_some()),
+            ("sasl_password", self.password.is_some()),
+            ("sasl_password_env", self.password_env.is_some()),
+        ];
+        if !protocol.sasl()
+            && let Some((k, _)) = sasl.iter().find(|(_, set)| *set)
+        {
+            return Err(ConfigError::invalid(
+                key(k),
+                "needs security_protocol = \"sasl_plaintext\" or \"sasl_ssl\"",
+            ));
+        }
+        if protocol.sasl() {
+            if self.username.is_none_or(str::is_empty) {
+                return Err(ConfigError::invalid(
+                    key("sasl_username"),
+                    format!("security_protocol = \"{}\" needs a user name", protocol.librdkafka()),
+                ));
+            }
+            match (self.password, self.password_env) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        key("sasl_password_env"),
+                        "give sasl_password or sasl_password_env, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        key("sasl_password"),
+                        "a SASL login needs sasl_password or sasl_password_env",
+                    ));
+                }
+                (None, Some("")) => {
+                    return Err(ConfigError::invalid(key("sasl_password_env"), "is empty"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(ca) = self.ca_location {
+            if !protocol.tls() {
+                return Err(ConfigError::invalid(
+                    key("ssl_ca_location"),
+                    "needs security_protocol = \"ssl\" or \"sasl_ssl\"",
+                ));
+            }
+            if !ca.exists() {
+                return Err(ConfigError::invalid(
+                    key("ssl_ca_location"),
+                    format!("{} does not exist", ca.display()),
+                ));
+            }
+        }
+        for (k, first_class) in [
+            ("security.protocol", "security_protocol"),
+            ("sasl.mechanism", "sasl_mechanism"),
+            ("sasl.mechanisms", "sasl_mechanism"),
+            ("sasl.username", "sasl_username"),
+            ("sasl.password", "sasl_password"),
+            ("ssl.ca.location", "ssl_ca_location"),
+        ] {
+            if properties.as_ref().is_some_and(|p| p.contains_key(k))
+                && self.first_set().is_some()
+            {
+                return Err(ConfigError::invalid(
+                    format!("{table}.properties.{k}"),
+                    format!("set {first_class} instead (not both ways)"),
+                ));
+            }
+        }
+        // What the build must serve: TLS, and the SASL mechanism.
+        let features = kafka_features();
+        let given_protocol = properties
+            .as_ref()
+            .and_then(|p| p.get("security.protocol"))
+            .map(|v| v.to_ascii_lowercase());
+        let needs_tls = protocol.tls()
+            || given_protocol.as_deref().is_some_and(|p| p == "ssl" || p == "sasl_ssl");
+        if needs_tls && !features.split(',').any(|f| f == "ssl") {
+            return Err(ConfigError::invalid(
+                key("security_protocol"),
+                format!("this build of librdkafka has no TLS (features: {features})"),
+            ));
+        }
+        let mechanism = match (protocol.sasl(), self.mechanism) {
+            (true, m) => Some(m.unwrap_or(SaslMechanism::Plain)),
+            (false, _) => None,
+        };
+        let feature = match mechanism {
+            Some(SaslMechanism::Plain) => Some("sasl_plain"),
+            Some(_) => Some("sasl_scram"),
+            None => None,
+        };
+        if let Some(f) = feature
+            && !features.split(',').any(|x| x == f)
+        {
+            return Err(ConfigError::invalid(
+                key("sasl_mechanism"),
+                format!("this build of librdkafka does not serve it (features: {features})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The librdkafka properties these keys stand for (the password as resolved).
+    pub fn properties(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let Some(protocol) = self.protocol else {
+            return p;
+        };
+        p.push(("security.protocol".into(), protocol.librdkafka().into()));
+        if protocol.sasl() {
+            let m = self.mechanism.unwrap_or(SaslMechanism::Plain);
+            p.push(("sasl.mechanism".into(), m.librdkafka().into()));
+            p.push(("sasl.username".into(), self.username.unwrap_or_default().into()));
+            if let Some(pw) = self.password {
+                p.push(("sasl.password".into(), pw.0.clone()));
+            }
+        }
+        if let Some(ca) = self.ca_location {
+            p.push(("ssl.ca.location".into(), ca.display().to_string()));
+        }
+        p
+    }
+}
+
+/// librdkafka's `builtin.features` in this build (e.g. `…,ssl,sasl,sasl_plain,sasl_scram,…`).
+pub fn kafka_features() -> String {
+    use rdkafka::bindings as rd;
+    // SAFETY: a fresh configuration object is created, read and destroyed; the
+    // buffer is as large as the size passed.
+    unsafe {
+        let conf = rd::rd_kafka_conf_new();
+        let mut buf = [0 as std::ffi::c_char; 1024];
+        let mut size = buf.len();
+        let ok = rd::rd_kafka_conf_get(conf, c"builtin.features".as_ptr(), buf.as_mut_ptr(), &mut size);
+        rd::rd_kafka_conf_destroy(conf);
+        if ok != rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    }
 }
 
 impl SinkConfig {
@@ -480,6 +794,19 @@ pub struct DeadLetterConfig {
     pub topic: Option<String>,
     /// kafka: extra librdkafka producer properties.
     pub properties: Option<BTreeMap<String, String>>,
+    /// kafka: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: Option<SecurityProtocol>,
+    /// kafka: `PLAIN` (default with a `sasl_` protocol), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// kafka: the SASL user name (`$ConnectionString` for Event Hubs).
+    pub sasl_username: Option<String>,
+    /// kafka: the SASL password (prefer `sasl_password_env`); never logged.
+    pub sasl_password: Option<Secret>,
+    /// kafka: the environment variable holding the SASL password.
+    pub sasl_password_env: Option<String>,
+    /// kafka: a PEM file (or directory) of CA certificates to verify the brokers with
+    /// (default: the system's).
+    pub ssl_ca_location: Option<PathBuf>,
 }
 
 impl Default for DeadLetterConfig {
@@ -491,6 +818,12 @@ impl Default for DeadLetterConfig {
             brokers: None,
             topic: None,
             properties: None,
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_env: None,
+            ssl_ca_location: None,
         }
     }
 }
@@ -625,6 +958,23 @@ impl Config {
     }
 
     /// Checks what the types alone cannot: ranges, references, per-kind keys.
+    /// Reads the secrets that the config names by environment variable (SASL
+    /// passwords), once at start-up: an unset variable is an error naming its key.
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if self.source.kind == SourceKind::Kafka {
+            self.source.resolve_password("source")?;
+        }
+        for (i, s) in self.sinks.iter_mut().enumerate() {
+            if s.kind == SinkKind::Kafka {
+                s.resolve_password(&format!("sinks[{i}]"))?;
+            }
+        }
+        if self.dead_letter.kind == DeadLetterKind::Kafka {
+            self.dead_letter.resolve_password("dead_letter")?;
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_source()?;
         let fields = self.source.fields.clone().unwrap_or_default().resolve()?;
@@ -786,6 +1136,12 @@ impl Config {
                 return Err(ConfigError::invalid("dead_letter.topic", "is empty"));
             }
             check_properties("dead_letter.properties", &d.properties, KAFKA_SINK_OWNED)?;
+            d.security().validate("dead_letter", &d.properties)?;
+        } else if let Some(k) = d.security().first_set() {
+            return Err(ConfigError::invalid(
+                format!("dead_letter.{k}"),
+                "only the kafka dead-letter kind has this key",
+            ));
         } else if let Some((k, _)) = kafka_keys.iter().find(|(_, set)| *set) {
             return Err(ConfigError::invalid(
                 format!("dead_letter.{k}"),
@@ -833,6 +1189,14 @@ impl Config {
             ("commit_interval", s.commit_interval.is_some()),
             ("checkpoint_topic", s.checkpoint_topic.is_some()),
         ];
+        if s.kind != SourceKind::Kafka
+            && let Some(k) = s.security().first_set()
+        {
+            return Err(ConfigError::invalid(
+                format!("source.{k}"),
+                format!("not a key of a {:?} source", s.kind).to_lowercase(),
+            ));
+        }
         let allowed: &[&str] = match s.kind {
             SourceKind::File => &["path"],
             SourceKind::Stdin => &[],
@@ -900,6 +1264,7 @@ impl Config {
                 ));
             }
             check_properties("source.properties", &s.properties, KAFKA_SOURCE_OWNED)?;
+            s.security().validate("source", &s.properties)?;
             if s.commit_interval.is_some_and(|d| d.0.is_zero()) {
                 return Err(ConfigError::invalid(
                     "source.commit_interval",
@@ -987,6 +1352,7 @@ impl Config {
                     }
                 }
                 check_properties(&key("properties"), &s.properties, KAFKA_SINK_OWNED)?;
+                s.security().validate(&format!("sinks[{i}]"), &s.properties)?;
                 let file_keys = [
                     ("path", s.path.is_some()),
                     ("append", s.append.is_some()),
@@ -997,6 +1363,11 @@ impl Config {
                 }
             }
             SinkKind::Cosmos => validate_cosmos(s, &key)?,
+        }
+        if s.kind != SinkKind::Kafka
+            && let Some(k) = s.security().first_set()
+        {
+            return Err(ConfigError::invalid(key(k), "only kafka sinks have this key"));
         }
         if s.kind != SinkKind::Kafka {
             let misplaced = [

@@ -94,6 +94,10 @@ fn main() -> ExitCode {
                     return config_error(name, &e);
                 }
             }
+            if let Err(e) = cfg.resolve_secrets() {
+                let name = config.as_deref().unwrap_or(std::path::Path::new("(demo)"));
+                return config_error(name, &e);
+            }
             match run(cfg, demo) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

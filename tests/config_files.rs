@@ -30,6 +30,37 @@ fn every_example_config_validates() {
     assert!(n >= 3, "config/ holds the examples ({n} found)");
 }
 
+/// A SASL password named by an environment variable that is not set stops the run
+/// before it connects, naming the key (exit 2); the secrets are never printed.
+#[test]
+fn an_unset_sasl_password_variable_is_a_clear_error_naming_its_key() {
+    let kafka =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/event-hubs.toml"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eh.toml");
+    std::fs::write(&path, &kafka).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("EVENTHUBS_CONNECTION_STRING")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("source.sasl_password_env:") && stderr.contains("EVENTHUBS_CONNECTION_STRING"), "{stderr}");
+    // An inline password is never shown by the config's Debug form either.
+    let inline = kafka.replace(
+        "sasl_password_env = \"EVENTHUBS_CONNECTION_STRING\"",
+        "sasl_password = \"Endpoint=sb://secret-value\"",
+    );
+    let c = Config::parse(&inline).unwrap();
+    assert!(!format!("{c:?}").contains("secret-value"));
+    assert!(c.source.kafka_properties()["sasl.password"].contains("secret-value"));
+    assert_eq!(c.source.kafka_properties()["security.protocol"], "sasl_ssl");
+    assert_eq!(c.source.kafka_properties()["sasl.username"], "$ConnectionString");
+}
+
 #[test]
 fn the_embedded_demo_config_is_valid() {
     let c = Config::parse(eventide::DEMO_CONFIG).unwrap();
@@ -139,6 +170,34 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
         ),
     ];
     assert_bad_keys(dir.path(), &kafka, &kafka_cases);
+    let topics = "topics = [\"telemetry\"]";
+    let sec = |lines: &str| format!("{topics}\n{lines}");
+    let security_cases = [
+        (sec("security_protocol = \"tls\""), "source.security_protocol"),
+        (sec("security_protocol = \"sasl_ssl\"\nsasl_password = \"x\""), "source.sasl_username"),
+        (sec("security_protocol = \"sasl_ssl\"\nsasl_username = \"u\""), "source.sasl_password"),
+        (
+            sec("security_protocol = \"sasl_ssl\"\nsasl_username = \"u\"\nsasl_password = \"p\"\nsasl_password_env = \"P\""),
+            "source.sasl_password_env",
+        ),
+        (sec("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\""), "source.sasl_mechanism"),
+        (sec("sasl_username = \"u\""), "source.sasl_username"),
+        (sec("security_protocol = \"ssl\"\nssl_ca_location = \"/no/such/ca.pem\""), "source.ssl_ca_location"),
+        (sec("ssl_ca_location = \"/etc\""), "source.ssl_ca_location"),
+    ];
+    let mut security_cases: Vec<(&str, &str, &str)> =
+        security_cases.iter().map(|(to, key)| (topics, to.as_str(), *key)).collect();
+    security_cases.push((
+        "properties = { \"session.timeout.ms\" = \"10000\" }",
+        "properties = { \"security.protocol\" = \"ssl\" }\nsecurity_protocol = \"ssl\"",
+        "source.properties.security.protocol",
+    ));
+    assert_bad_keys(dir.path(), &kafka, &security_cases);
+    assert_bad_keys(
+        dir.path(),
+        &good,
+        &[("path = \"events.ndjson\"", "path = \"events.ndjson\"\nsecurity_protocol = \"ssl\"", "source.security_protocol")],
+    );
     let cosmos =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/cosmos.toml"))
             .unwrap();

@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{WINDOWS_AND_RULE, generate, read_jsonl};
@@ -92,43 +91,7 @@ fn sql(port: u16, query: &str) -> Vec<Value> {
 
 /// `psql`, installing Debian's postgresql-client first when it is missing.
 fn psql() -> &'static str {
-    static PSQL: OnceLock<()> = OnceLock::new();
-    PSQL.get_or_init(|| {
-        let have = || {
-            Command::new("psql")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if have() {
-            return;
-        }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout == b"0\n");
-        let sudo = if root { vec![] } else { vec!["sudo", "-n"] };
-        for args in [
-            vec!["apt-get", "update", "-q"],
-            vec!["apt-get", "install", "-y", "-q", "postgresql-client"],
-        ] {
-            let all: Vec<&str> = sudo.iter().copied().chain(args).collect();
-            let status = Command::new(all[0])
-                .args(&all[1..])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .expect("running apt-get to install postgresql-client");
-            assert!(
-                status.success(),
-                "installing postgresql-client failed: {all:?}"
-            );
-        }
-        assert!(
-            have(),
-            "psql is still missing after installing postgresql-client"
-        );
-    });
-    "psql"
+    common::debian_tool("psql", "postgresql-client")
 }
 
 /// Runs `psql` with the commands in order, in one session: (success, stdout, stderr).

@@ -81,6 +81,53 @@ struct Args {
     /// Extra librdkafka producer property, NAME=VALUE (repeatable).
     #[arg(long = "kafka-property", value_parser = property)]
     kafka_properties: Vec<(String, String)>,
+    /// Kafka security protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])]
+    security_protocol: Option<String>,
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default PLAIN).
+    #[arg(long, value_parser = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])]
+    sasl_mechanism: Option<String>,
+    /// SASL user name (`$ConnectionString` for Event Hubs).
+    #[arg(long)]
+    sasl_username: Option<String>,
+    /// The environment variable holding the SASL password (never given on the
+    /// command line, where other users could read it).
+    #[arg(long)]
+    sasl_password_env: Option<String>,
+    /// CA certificates (PEM file or directory) to verify the brokers with.
+    #[arg(long)]
+    ssl_ca_location: Option<PathBuf>,
+}
+
+impl Args {
+    /// The producer properties of the security flags, then `--kafka-property`s.
+    fn kafka_properties(&self) -> io::Result<Vec<(String, String)>> {
+        let mut p = Vec::new();
+        if let Some(v) = &self.security_protocol {
+            p.push(("security.protocol".to_string(), v.clone()));
+            if v.starts_with("sasl_") {
+                let m = self.sasl_mechanism.clone().unwrap_or_else(|| "PLAIN".into());
+                p.push(("sasl.mechanism".to_string(), m));
+            }
+        }
+        if let Some(v) = &self.sasl_username {
+            p.push(("sasl.username".to_string(), v.clone()));
+        }
+        if let Some(var) = &self.sasl_password_env {
+            let v = std::env::var(var).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("--sasl-password-env: the environment variable {var} is not set"),
+                )
+            })?;
+            p.push(("sasl.password".to_string(), v));
+        }
+        if let Some(v) = &self.ssl_ca_location {
+            p.push(("ssl.ca.location".to_string(), v.display().to_string()));
+        }
+        p.extend(self.kafka_properties.iter().cloned());
+        Ok(p)
+    }
 }
 
 fn property(s: &str) -> Result<(String, String), String> {
@@ -169,7 +216,7 @@ fn run(args: Args) -> io::Result<()> {
                 ));
             }
             Some(
-                crate::kafka::KafkaOut::new(brokers, &args.topic, &args.kafka_properties)
+                crate::kafka::KafkaOut::new(brokers, &args.topic, &args.kafka_properties()?)
                     .map_err(|e| io::Error::other(format!("kafka: {e}")))?,
             )
         }

@@ -46,11 +46,14 @@ pub struct Event<'a> {
     pub value: f64,
     /// Event time in epoch milliseconds.
     pub ts: i64,
-    /// When [`Fields::multi`]: bit `i` is set when value member `i` is present, its
-    /// value in `values[i]`. 0 otherwise.
+    /// When [`Fields::multi`]: bit `i` is set when value member `i` is present; its
+    /// value is in slot `i` of the values the decoder was given (kept apart so that an
+    /// event stays small: events are moved on the hot path). 0 otherwise.
     pub present: u16,
-    pub values: [f64; MAX_VALUES],
 }
+
+/// The values of a multi-metric event, by value member (see [`Event::present`]).
+pub type Values = [f64; MAX_VALUES];
 
 /// Nesting deeper than this is rejected (as serde_json does), so a hostile message
 /// cannot exhaust the stack.
@@ -137,19 +140,39 @@ pub(crate) fn string_stop(b: &[u8], i: usize) -> Option<(usize, bool)> {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2")]
-fn string_stop_avx2(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+fn string_stop_avx2(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    // SAFETY: this function's callers' CPU has AVX2.
+    unsafe { string_stop_inline(b, i) }
+}
+
+/// [`string_stop_avx2`]'s body, for callers that have AVX2 themselves to inline it (a
+/// function with the feature is not inlined into one without). The last bytes, fewer
+/// than 32, are read in the 32 that end the message, so no loop runs byte by byte.
+///
+/// # Safety
+/// The CPU must have AVX2; inlined only where it is enabled.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn string_stop_inline(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     use std::arch::x86_64::*;
+    // The stop and non-ASCII bitmaps of 32 bytes.
+    let scan = |chunk: &[u8; 32]| {
+        // SAFETY: `chunk` holds 32 bytes; an unaligned load (and the caller's CPU has
+        // AVX2).
+        unsafe {
+            let v = _mm256_loadu_si256(chunk.as_ptr().cast());
+            let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+            let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+            let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+            let stop =
+                _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(quote, backslash), control));
+            // Bit 7 of each byte: the non-ASCII ones.
+            (stop as u32, _mm256_movemask_epi8(v) as u32)
+        }
+    };
     let mut high = 0u32;
     while let Some(chunk) = b.get(i..).and_then(|rest| rest.first_chunk::<32>()) {
-        // SAFETY: `chunk` holds 32 bytes; an unaligned load.
-        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-        let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
-        let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
-        let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
-        let stop =
-            _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(quote, backslash), control));
-        // Bit 7 of each byte: the non-ASCII ones.
-        let non_ascii = _mm256_movemask_epi8(v) as u32;
+        let (stop, non_ascii) = scan(chunk);
         if stop != 0 {
             let n = stop.trailing_zeros();
             let before = non_ascii & ((1u32 << n) - 1);
@@ -157,6 +180,21 @@ fn string_stop_avx2(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
         }
         high |= non_ascii;
         i += 32;
+    }
+    if i >= b.len() {
+        return None;
+    }
+    if let Some(last) = b.last_chunk::<32>() {
+        // The 32 bytes that end `b`, of which those from `i` on are new.
+        let skip = i - (b.len() - 32);
+        let (stop, non_ascii) = scan(last);
+        let (stop, non_ascii) = (stop >> skip, non_ascii >> skip);
+        if stop == 0 {
+            return None;
+        }
+        let n = stop.trailing_zeros();
+        let before = non_ascii & ((1u32 << n) - 1);
+        return Some((i + n as usize, (high | before) != 0));
     }
     let (stop, non_ascii) = string_stop_words(b, i)?;
     Some((stop, non_ascii || high != 0))
@@ -489,6 +527,8 @@ fn hex4(b: &[u8], i: usize) -> Result<u32, Syntax> {
 pub struct Decoder {
     fields: Arc<Fields>,
     fast: fast::Reader,
+    /// The values of the last event [`Decoder::decode`] read.
+    values: Values,
 }
 
 impl Default for Decoder {
@@ -503,6 +543,7 @@ impl Decoder {
         Decoder {
             fields,
             fast: fast::Reader::default(),
+            values: [0.0; MAX_VALUES],
         }
     }
 
@@ -511,13 +552,32 @@ impl Decoder {
         &self.fields
     }
 
-    /// Parses and validates one event.
+    /// Parses and validates one event (its values, for a multi-metric event, in
+    /// [`Decoder::values`]).
     #[inline]
     pub fn decode<'a>(&mut self, b: &'a [u8]) -> Result<Event<'a>, DecodeError> {
-        match self.fast.event(b, &self.fields) {
+        match self.fast.event(b, &self.fields, &mut self.values) {
             Some(e) => Ok(e),
-            None => decode_scalar_with(b, &self.fields),
+            None => decode_scalar_into(b, &self.fields, &mut self.values),
         }
+    }
+
+    /// Parses and validates one event, with a multi-metric event's values in `values`.
+    #[inline]
+    pub fn decode_into<'a>(
+        &mut self,
+        b: &'a [u8],
+        values: &mut Values,
+    ) -> Result<Event<'a>, DecodeError> {
+        match self.fast.event(b, &self.fields, values) {
+            Some(e) => Ok(e),
+            None => decode_scalar_into(b, &self.fields, values),
+        }
+    }
+
+    /// The values of the last event [`Decoder::decode`] read.
+    pub fn values(&self) -> &Values {
+        &self.values
     }
 }
 
@@ -530,7 +590,7 @@ pub fn contract_fields() -> &'static Fields {
 /// Parses and validates one event with the contract's member names (with fresh
 /// scratch space: hot loops keep a [`Decoder`]).
 pub fn decode(b: &[u8]) -> Result<Event<'_>, DecodeError> {
-    match fast::Reader::default().event(b, contract_fields()) {
+    match fast::Reader::default().event(b, contract_fields(), &mut [0.0; MAX_VALUES]) {
         Some(e) => Ok(e),
         None => decode_scalar(b),
     }
@@ -562,9 +622,19 @@ fn slot(role: Role) -> Option<usize> {
     })
 }
 
-/// Parses and validates one event, one byte (or eight) at a time: the reference the
-/// fast reader is tested against, and the path that explains every error.
+/// [`decode_scalar_into`], the values of a multi-metric event dropped.
 pub fn decode_scalar_with<'a>(b: &'a [u8], fields: &Fields) -> Result<Event<'a>, DecodeError> {
+    decode_scalar_into(b, fields, &mut [0.0; MAX_VALUES])
+}
+
+/// Parses and validates one event, one byte (or eight) at a time: the reference the
+/// fast reader is tested against, and the path that explains every error. A
+/// multi-metric event's values go to `values`.
+pub fn decode_scalar_into<'a>(
+    b: &'a [u8],
+    fields: &Fields,
+    values: &mut Values,
+) -> Result<Event<'a>, DecodeError> {
     let mut s = Scanner { b, i: 0 };
     let mut schema: Option<String> = None;
     let mut found: [Option<Found<'_>>; SLOTS] = std::array::from_fn(|_| None);
@@ -601,7 +671,7 @@ pub fn decode_scalar_with<'a>(b: &'a [u8], fields: &Fields) -> Result<Event<'a>,
         Some(_) => text(take(SLOT_TYPE), Role::Type)?,
         None => Cow::Borrowed(""),
     };
-    let (mut value, mut present, mut values) = (0.0, 0u16, [0.0; MAX_VALUES]);
+    let (mut value, mut present) = (0.0, 0u16);
     if fields.multi() {
         for (i, v) in values.iter_mut().enumerate().take(fields.values.len()) {
             if let Some(Found::Num(x)) = take(SLOT_VALUES + i) {
@@ -640,7 +710,6 @@ pub fn decode_scalar_with<'a>(b: &'a [u8], fields: &Fields) -> Result<Event<'a>,
         value,
         ts,
         present,
-        values,
     })
 }
 
@@ -822,14 +891,71 @@ fn field_value<'a>(
 }
 /// The top-level string member `name` (the device id's, [`Fields::device_id`]) of a
 /// JSON object, found without parsing the rest. `None` if the message is not an object
-/// or has no such string; the actor's full parse then says why.
+/// or has no such string; the actor's full parse then says why. (The router keeps a
+/// [`DeviceKey`], which does the same without building its searcher each time.)
 pub fn device_key<'a>(b: &'a [u8], name: &str) -> Option<Cow<'a, str>> {
-    if name == "deviceId"
-        && let Some(d) = usual_device_key(b)
-    {
-        return Some(Cow::Borrowed(d));
+    DeviceKey::new(name).find(b)
+}
+
+/// The router's look at a message: where its device id is, whatever the layout.
+///
+/// Three ways, cheapest first: the compact layout's prefix (`{"eventId":"…",
+/// "deviceId":"`); else the first `"deviceId"` anywhere (one vector search), taken if
+/// it is a key at the top level, which one pass over the bytes before it or after it
+/// says, whichever are fewer (quotes and brackets counted 64 bytes at a time; from the
+/// end, this holds for valid JSON, and the partition's decode refuses the rest
+/// wherever it is routed); else member by member.
+pub struct DeviceKey {
+    name: Box<str>,
+    /// Finds `"name"`.
+    quoted: memchr::memmem::Finder<'static>,
+}
+
+impl DeviceKey {
+    pub fn new(name: &str) -> Self {
+        DeviceKey {
+            name: name.into(),
+            quoted: memchr::memmem::Finder::new(format!("\"{name}\"").as_bytes()).into_owned(),
+        }
     }
-    any_device_key(b, name.as_bytes())
+
+    /// See [`device_key`].
+    #[inline]
+    pub fn find<'a>(&self, b: &'a [u8]) -> Option<Cow<'a, str>> {
+        if &*self.name == "deviceId"
+            && let Some(d) = usual_device_key(b)
+        {
+            return Some(Cow::Borrowed(d));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if fast::simd_available()
+            && let Some(k) = self.quoted.find(b)
+            // (Not escaped: a quote after a backslash may be inside a string.)
+            && k > 0
+            && b[k - 1] != b'\\'
+            // Counted from the nearer end: the device id often comes after a large
+            // `complexData` (the streaming-at-scale order).
+            // SAFETY: the CPU has the features; `k` is within `b`.
+            && unsafe {
+                if k <= b.len() / 2 {
+                    flat::at_top_level(b, k)
+                } else {
+                    flat::at_top_level_from_end(b, k)
+                }
+            }
+        {
+            // A key if a colon follows; the value must be a string.
+            let mut i = skip_ws(b, k + self.quoted.needle().len());
+            if b.get(i) == Some(&b':') {
+                i = skip_ws(b, i + 1);
+                if b.get(i) != Some(&b'"') {
+                    return None;
+                }
+                return Scanner { b, i }.string().ok();
+            }
+        }
+        any_device_key(b, self.name.as_bytes())
+    }
 }
 
 /// [`device_key`] for any layout: member by member.

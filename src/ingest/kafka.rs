@@ -66,6 +66,36 @@ pub enum KafkaSourceError {
     SinksGone,
     #[error("kafka: {0}")]
     Actor(String),
+    /// The brokers could not be reached, with what librdkafka reported meanwhile
+    /// (a TLS handshake or SASL login that failed says so here).
+    #[error("kafka: cannot reach the brokers ({0}): {1}")]
+    Unreachable(rdkafka::error::KafkaError, String),
+}
+
+/// The probe's context: keeps the last error librdkafka reports (TLS, SASL, transport),
+/// which a failed request only summarises as a timeout.
+#[derive(Default)]
+struct Probe {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Probe {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka: client error.");
+        *self.last_error.lock() = Some(reason.to_string());
+    }
+}
+
+impl ConsumerContext for Probe {}
+
+impl Probe {
+    /// A request's error, with the client error behind it if there was one.
+    fn explain(&self, e: rdkafka::error::KafkaError) -> KafkaSourceError {
+        match self.last_error.lock().take() {
+            Some(reason) => KafkaSourceError::Unreachable(e, reason),
+            None => KafkaSourceError::Client(e),
+        }
+    }
 }
 
 /// What a checkpoint's commit metadata records (see the module docs).
@@ -744,7 +774,7 @@ fn consumer_config(s: &SourceConfig) -> ClientConfig {
     .set("enable.auto.offset.store", "false")
     .set("auto.offset.reset", "earliest")
     .set("partition.assignment.strategy", "cooperative-sticky");
-    for (k, v) in s.properties.iter().flatten() {
+    for (k, v) in s.kafka_properties() {
         c.set(k, v);
     }
     c
@@ -760,7 +790,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     let stop_at_end = run.source.stop_at_end.unwrap_or(false);
 
     // Partitions and (for stop_at_end) their end offsets, from a plain client.
-    let probe: BaseConsumer = match config.create() {
+    let probe: BaseConsumer<Probe> = match config.create_with_context(Probe::default()) {
         Ok(c) => c,
         Err(e) => return (Err(e.into()), Vec::new()),
     };
@@ -768,7 +798,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     for t in &topics {
         let md = match probe.fetch_metadata(Some(t), REQUEST_TIMEOUT) {
             Ok(m) => m,
-            Err(e) => return (Err(e.into()), Vec::new()),
+            Err(e) => return (Err(probe.context().explain(e)), Vec::new()),
         };
         match md.topics().iter().find(|mt| mt.name() == t) {
             Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
@@ -786,7 +816,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
                 Ok((_, high)) => {
                     ends.insert(tp.clone(), high);
                 }
-                Err(e) => return (Err(e.into()), Vec::new()),
+                Err(e) => return (Err(probe.context().explain(e)), Vec::new()),
             }
         }
         tracing::info!(
@@ -803,7 +833,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
         None => None,
         Some(topic) => match CheckpointLog::open(
             run.source.brokers.as_deref().unwrap_or_default(),
-            run.source.properties.as_ref(),
+            Some(&run.source.kafka_properties()),
             topic,
             run.source.group_id(),
             REQUEST_TIMEOUT,

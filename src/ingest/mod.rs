@@ -210,8 +210,8 @@ pub struct Router {
     next_line: u64,
     /// What dropped blocks leave: buffers for sources to fill again, mappings to unmap.
     pool: (Sender<Spent>, Receiver<Spent>),
-    /// The member that holds an event's device id (`[source.fields] device_id`).
-    device_field: Box<str>,
+    /// Finds an event's device id (in the member `[source.fields] device_id` names).
+    device_key: decode::DeviceKey,
 }
 
 impl Router {
@@ -224,13 +224,13 @@ impl Router {
             stop,
             next_line: 1,
             pool,
-            device_field: "deviceId".into(),
+            device_key: decode::DeviceKey::new("deviceId"),
         }
     }
 
     /// Routes by the device ids in member `name` instead of `deviceId`.
     pub fn with_device_field(mut self, name: &str) -> Self {
-        self.device_field = name.into();
+        self.device_key = decode::DeviceKey::new(name);
         self
     }
 
@@ -275,7 +275,7 @@ impl Router {
         let mut start = 0usize;
         if let Some((s, e)) = one_multiline_value(&data, 0) {
             // One pretty-printed event or batch (an HTTP body): one message.
-            route_line(&data, s, &data[s..e], 0, &self.device_field, &mut items);
+            route_line(&data, s, &data[s..e], 0, &self.device_key, &mut items);
             line_no = 1;
             start = data.len();
         }
@@ -285,7 +285,7 @@ impl Router {
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            route_line(&data, start, line, line_no, &self.device_field, &mut items);
+            route_line(&data, start, line, line_no, &self.device_key, &mut items);
             line_no += 1;
             start = end + 1;
         }
@@ -363,7 +363,7 @@ fn route_line(
     offset: usize,
     line: &[u8],
     line_no: u32,
-    device_field: &str,
+    device_key: &decode::DeviceKey,
     items: &mut [Vec<Item>],
 ) {
     let n = items.len();
@@ -372,7 +372,7 @@ fn route_line(
         let p = if item.flags & Item::OVERSIZE != 0 {
             by_line
         } else {
-            decode::device_key(bytes, device_field).map_or(by_line, |d| partition_of(&d, n))
+            device_key.find(bytes).map_or(by_line, |d| partition_of(&d, n))
         };
         items[p].push(item);
     });

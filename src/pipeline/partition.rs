@@ -23,7 +23,7 @@ use super::{Counts, PartitionStats, Settings};
 use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker, id_hash};
 use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
 use crate::hint::{prefetch, prefetch_line};
-use crate::ingest::decode::{DecodeError, Decoder, Event};
+use crate::ingest::decode::{DecodeError, Decoder, Event, MAX_VALUES, Values};
 use crate::ingest::{Block, Item, Msg};
 use crate::rules::{RuleEngine, SeriesNames};
 use crate::sinks::{Checkpoint, Output};
@@ -242,6 +242,8 @@ pub struct Partition {
     /// number, and which members' types are kept (`pipeline.types`).
     metric_types: Vec<u32>,
     kept_metrics: u16,
+    /// The values of the multi-metric events being decoded and processed.
+    metric_values: [Values; 2],
     /// The input has sequence numbers (gaps are counted).
     sequenced: bool,
 }
@@ -278,6 +280,7 @@ impl Partition {
             decoder: Decoder::new(fields.clone()),
             metric_types,
             kept_metrics,
+            metric_values: [[0.0; MAX_VALUES]; 2],
             sequenced: fields.sequence.is_some(),
             event_ids: EventIdSet::new(settings.dedupe_horizon_ms),
             seqs: SeqTracker::default(),
@@ -455,7 +458,7 @@ impl Partition {
     /// id's dedupe check and its device's state need are on their way while the event
     /// before it is processed.
     pub fn on_block(&mut self, block: &Block, items: &[Item]) {
-        let mut current = items.first().map(|it| self.decode_ahead(block, it));
+        let mut current = items.first().map(|it| self.decode_ahead(block, it, 0));
         for (i, it) in items.iter().enumerate() {
             let Some(this) = current.take() else { break };
             self.counts.received += 1;
@@ -463,12 +466,12 @@ impl Partition {
                 if let Some(after) = items.get(i + 2) {
                     prefetch(block.bytes(after));
                 }
-                self.decode_ahead(block, next)
+                self.decode_ahead(block, next, (i + 1) & 1)
             });
             let raw = block.bytes(it);
             match this {
                 Ahead::Event(ev, id_hash, device) => {
-                    self.on_event(ev, id_hash, device, raw, block, it)
+                    self.on_event(ev, id_hash, device, i & 1, raw, block, it)
                 }
                 Ahead::Rejected(reason, e) => self.reject(reason, e, raw, block, it),
             }
@@ -487,14 +490,18 @@ impl Partition {
     /// Decodes an item (see [`Self::on_block`]); for an event, hashes its id and
     /// prefetches where the dedupe check will look, when ids are deduplicated, and
     /// numbers its device and type (unless the type is filtered out) and prefetches the
-    /// device's state.
+    /// device's state. A multi-metric event's values go to `metric_values[slot]`
+    /// (items alternate between the two slots: one is decoded ahead of the other).
     #[inline]
-    fn decode_ahead<'b>(&mut self, block: &'b Block, it: &Item) -> Ahead<'b> {
+    fn decode_ahead<'b>(&mut self, block: &'b Block, it: &Item, slot: usize) -> Ahead<'b> {
         if it.flags & Item::OVERSIZE != 0 {
             let e = format!("message exceeds {} bytes", crate::ingest::MAX_MESSAGE);
             return Ahead::Rejected(Reason::Parse, e);
         }
-        match self.decoder.decode(block.bytes(it)) {
+        match self
+            .decoder
+            .decode_into(block.bytes(it), &mut self.metric_values[slot])
+        {
             Ok(ev) => {
                 let mut hash = 0;
                 if self.settings.dedupe.by_event_id() {
@@ -538,13 +545,16 @@ impl Partition {
     }
 
     /// One accepted-so-far event; `id_hash` is its id's [`id_hash`] when ids are
-    /// deduplicated, `device` its device's and type's numbers if its type is kept.
+    /// deduplicated, `device` its device's and type's numbers if its type is kept,
+    /// `slot` where its values are if it is a multi-metric event.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn on_event(
         &mut self,
         ev: Event<'_>,
         id_hash: u64,
         device: Option<(u32, u32)>,
+        slot: usize,
         raw: &[u8],
         block: &Block,
         it: &Item,
@@ -599,9 +609,8 @@ impl Partition {
             while metrics != 0 {
                 let i = metrics.trailing_zeros() as usize;
                 metrics &= metrics - 1;
-                let t = self.metric_types[i];
-                accepted |=
-                    self.update_series(device, t, &ev, ev.values[i], block.arrived_ns, offset);
+                let (t, v) = (self.metric_types[i], self.metric_values[slot][i]);
+                accepted |= self.update_series(device, t, &ev, v, block.arrived_ns, offset);
             }
             accepted
         };

@@ -24,7 +24,7 @@ impl DeadLetterSink {
                     .brokers
                     .as_deref()
                     .expect("validated: kafka dead letters have brokers");
-                let config = super::kafka::producer_config(brokers, c.properties.as_ref());
+                let config = super::kafka::producer_config(brokers, Some(&c.kafka_properties()));
                 let w = KafkaWriter::new(&config, 10).map_err(|source| SinkError::Kafka {
                     sink: "dead_letter",
                     source,
@@ -72,6 +72,11 @@ impl DeadLetterSink {
             self.w.write_all(b"\n").map_err(err)?;
         }
         Ok(())
+    }
+
+    /// Records sent again after a failed delivery, since the start (Kafka).
+    pub fn retries(&self) -> u64 {
+        self.kafka.as_ref().map_or(0, |(w, _)| w.retries())
     }
 
     /// Flushes; for Kafka, waits for delivery. A dead letter that cannot be delivered

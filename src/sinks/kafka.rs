@@ -87,6 +87,8 @@ pub struct KafkaWriter {
     gave_up: Vec<DeadLetter>,
     /// How long one flush waits before it logs and waits again.
     flush_wait: Duration,
+    /// Records sent again after a failed delivery, since the start.
+    retries: u64,
 }
 
 impl KafkaWriter {
@@ -98,6 +100,7 @@ impl KafkaWriter {
             max_retries,
             gave_up: Vec::new(),
             flush_wait: Duration::from_secs(10),
+            retries: 0,
         })
     }
 
@@ -179,8 +182,14 @@ impl KafkaWriter {
                     "Kafka sink: sending a record again."
                 );
                 self.send(&f.topic, f.key.as_deref(), &f.payload, f.attempt + 1);
+                self.retries += 1;
             }
         }
+    }
+
+    /// Records sent again after a failed delivery, since the start.
+    pub fn retries(&self) -> u64 {
+        self.retries
     }
 
     /// Records given up on since the last call.

@@ -150,7 +150,7 @@ impl Sink {
                     .brokers
                     .as_deref()
                     .expect("validated: kafka sinks have brokers");
-                let config = kafka::producer_config(brokers, c.properties.as_ref());
+                let config = kafka::producer_config(brokers, Some(&c.kafka_properties()));
                 let w = kafka::KafkaWriter::new(&config, c.max_retries.unwrap_or(5)).map_err(
                     |source| SinkError::Kafka {
                         sink: "kafka",
@@ -254,6 +254,15 @@ impl Sink {
                 Ok(())
             }
             Sink::Cosmos(c) => c.write(out),
+        }
+    }
+
+    /// Writes this sink has retried since the start.
+    pub fn retries(&self) -> u64 {
+        match self {
+            Sink::Kafka { w, .. } => w.retries(),
+            Sink::Cosmos(c) => c.stats().retries,
+            Sink::Json { .. } | Sink::Pretty(_) => 0,
         }
     }
 
@@ -399,6 +408,9 @@ fn flush_all(
     dead.flush()?;
     if let Some(h) = hub {
         h.sinks.flushes.fetch_add(1, Ordering::Relaxed);
+        // Each sink counts its own retries from the start: the total is their sum.
+        let retries = sinks.iter().map(Sink::retries).sum::<u64>() + dead.retries();
+        h.sinks.retries.store(retries, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::process::Command;
 
 use eventide_simulator::{Generator, SimConfig, time};
 use serde_json::Value;
@@ -322,4 +323,39 @@ pub fn assert_alerts(records: &[Value], expected: &BTreeMap<String, (String, f64
         assert_eq!(&got[id].0, state, "{id}");
         assert!(close(got[id].1, *value), "{id}: {} vs {value}", got[id].1);
     }
+}
+
+/// `command`, installing Debian's `package` with apt-get first when it is missing (as
+/// root, or through `sudo -n`). Panics, naming the package, if that fails.
+pub fn debian_tool(command: &'static str, package: &str) -> &'static str {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let have = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return command;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let sudo = if root { vec![] } else { vec!["sudo", "-n"] };
+    for args in [
+        vec!["apt-get", "update", "-q"],
+        vec!["apt-get", "install", "-y", "-q", package],
+    ] {
+        let all: Vec<&str> = sudo.iter().copied().chain(args).collect();
+        let status = Command::new(all[0])
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .unwrap_or_else(|e| panic!("running apt-get to install {package}: {e}"));
+        assert!(status.success(), "installing {package} failed: {all:?}");
+    }
+    assert!(have(), "{command} is still missing after installing {package}");
+    command
 }

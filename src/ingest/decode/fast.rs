@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use super::{Event, Fields, MAX_VALUES, Role, TimeFormat, digits, epoch_ms, string_stop_words};
+use super::{Event, Fields, Role, TimeFormat, Values, digits, epoch_ms, string_stop_words};
 use crate::event::MinuteCache;
 
 /// Deeper nesting than this goes to the scalar decoder (which allows up to 128).
@@ -56,19 +56,30 @@ impl Reader {
     /// The event in `b`, if the fast reader takes it; `None` means "ask the scalar
     /// decoder" (which may well accept it).
     #[inline]
-    pub fn event<'a>(&mut self, b: &'a [u8], fields: &Fields) -> Option<Event<'a>> {
+    /// A multi-metric event's values go to `values`.
+    pub fn event<'a>(
+        &mut self,
+        b: &'a [u8],
+        fields: &Fields,
+        values: &mut Values,
+    ) -> Option<Event<'a>> {
         #[cfg(target_arch = "x86_64")]
         if self.simd {
             // SAFETY: the CPU has the features (`simd`).
-            return unsafe { read_avx2(b, fields, &mut self.minutes) };
+            return unsafe { read_avx2(b, fields, &mut self.minutes, values) };
         }
-        read::<Words>(b, fields, &mut self.minutes)
+        read::<Words>(b, fields, &mut self.minutes, values)
     }
 
     /// [`Self::event`] without the vector scans (as on a CPU without AVX2).
     #[cfg(test)]
-    pub fn event_without_simd<'a>(&mut self, b: &'a [u8], fields: &Fields) -> Option<Event<'a>> {
-        read::<Words>(b, fields, &mut self.minutes)
+    pub fn event_without_simd<'a>(
+        &mut self,
+        b: &'a [u8],
+        fields: &Fields,
+        values: &mut Values,
+    ) -> Option<Event<'a>> {
+        read::<Words>(b, fields, &mut self.minutes, values)
     }
 }
 
@@ -103,8 +114,9 @@ struct Avx2;
 impl Scan for Avx2 {
     #[inline(always)]
     fn stop(b: &[u8], i: usize) -> Option<(usize, bool)> {
-        // SAFETY: only used on a CPU with AVX2 (see the type's docs).
-        unsafe { super::string_stop_avx2(b, i) }
+        // SAFETY: only used on a CPU with AVX2 (see the type's docs), where it is
+        // inlined into code that has the feature.
+        unsafe { super::string_stop_inline(b, i) }
     }
     #[inline(always)]
     fn flat(b: &[u8]) -> Option<usize> {
@@ -120,8 +132,13 @@ impl Scan for Avx2 {
 /// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
-unsafe fn read_avx2<'a>(b: &'a [u8], f: &Fields, minutes: &mut MinuteCache) -> Option<Event<'a>> {
-    read::<Avx2>(b, f, minutes)
+unsafe fn read_avx2<'a>(
+    b: &'a [u8],
+    f: &Fields,
+    minutes: &mut MinuteCache,
+    values: &mut Values,
+) -> Option<Event<'a>> {
+    read::<Avx2>(b, f, minutes, values)
 }
 
 #[inline(always)]
@@ -267,9 +284,26 @@ fn time<S: Scan>(
     Some((epoch_ms(text, format)?, e))
 }
 
+/// A string field's value at `p` into `slot`: `None` unless it is a string not seen
+/// before. Where after it.
+#[inline(always)]
+fn text<'a, S: Scan>(b: &'a [u8], p: usize, slot: &mut Option<&'a str>) -> Option<usize> {
+    if slot.is_some() || at(b, p) != b'"' {
+        return None;
+    }
+    let (s, e) = string::<S>(b, p + 1)?;
+    *slot = Some(s);
+    Some(e)
+}
+
 /// The whole message as an event, if the fast reader takes it (see the module docs).
 #[inline(always)]
-fn read<'a, S: Scan>(b: &'a [u8], f: &Fields, minutes: &mut MinuteCache) -> Option<Event<'a>> {
+fn read<'a, S: Scan>(
+    b: &'a [u8],
+    f: &Fields,
+    minutes: &mut MinuteCache,
+    values: &mut Values,
+) -> Option<Event<'a>> {
     let mut p = ws(b, 0);
     if at(b, p) != b'{' {
         return None;
@@ -277,7 +311,6 @@ fn read<'a, S: Scan>(b: &'a [u8], f: &Fields, minutes: &mut MinuteCache) -> Opti
     p = ws(b, p + 1);
     let (mut event_id, mut device_id, mut kind) = (None, None, None);
     let (mut seq, mut value, mut ts) = (None, None, None);
-    let mut values = [0.0; MAX_VALUES];
     // Value members seen (null ones too), and those with a number.
     let (mut seen, mut present) = (0u32, 0u16);
     let mut complex = false;
@@ -297,18 +330,10 @@ fn read<'a, S: Scan>(b: &'a [u8], f: &Fields, minutes: &mut MinuteCache) -> Opti
         if is_ws(at(b, p)) {
             p = ws(b, p);
         }
-        let text = |p: usize, slot: &mut Option<&'a str>| -> Option<usize> {
-            if slot.is_some() || at(b, p) != b'"' {
-                return None;
-            }
-            let (s, e) = string::<S>(b, p + 1)?;
-            *slot = Some(s);
-            Some(e)
-        };
         p = match f.role(key.as_bytes()) {
-            Role::EventId => text(p, &mut event_id)?,
-            Role::DeviceId => text(p, &mut device_id)?,
-            Role::Type => text(p, &mut kind)?,
+            Role::EventId => text::<S>(b, p, &mut event_id)?,
+            Role::DeviceId => text::<S>(b, p, &mut device_id)?,
+            Role::Type => text::<S>(b, p, &mut kind)?,
             Role::Time => {
                 if ts.is_some() {
                     return None;
@@ -408,7 +433,6 @@ fn read<'a, S: Scan>(b: &'a [u8], f: &Fields, minutes: &mut MinuteCache) -> Opti
         value,
         ts: ts?,
         present,
-        values,
     })
 }
 

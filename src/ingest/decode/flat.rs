@@ -311,6 +311,110 @@ pub unsafe fn container_end(b: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether byte `k` of the message `b` (an object) is outside every string and directly
+/// inside the top-level object: the quotes and brackets before it, counted 64 bytes at
+/// a time, leave it outside strings at depth 1. `false` also when a backslash comes
+/// before it (the caller then reads member by member).
+///
+/// # Safety
+/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2.
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
+pub unsafe fn at_top_level(b: &[u8], k: usize) -> bool {
+    let Some((depth, in_string)) = (unsafe { brackets(b, 0, k) }) else {
+        return false;
+    };
+    depth == 1 && in_string == 0
+}
+
+/// [`at_top_level`] read from the other end, for a `k` nearer the end of `b`: in a
+/// valid message the brackets after `k` close exactly one more than they open, with
+/// `k` opening a string (the caller checks that no backslash escapes it). A message
+/// that is not valid JSON may be judged wrongly; its decode refuses it anyway.
+///
+/// # Safety
+/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2.
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
+pub unsafe fn at_top_level_from_end(b: &[u8], k: usize) -> bool {
+    let Some((depth, in_string)) = (unsafe { brackets(b, k, b.len()) }) else {
+        return false;
+    };
+    depth == -1 && in_string == 0
+}
+
+/// Over `b[from..to]`: opening brackets minus closing ones outside strings, and all
+/// ones if `to` is inside a string (quotes counted from `from`, outside any string).
+/// `None` if a backslash comes in between.
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
+unsafe fn brackets(b: &[u8], from: usize, to: usize) -> Option<(i64, u64)> {
+    let k = to;
+    let quote = _mm256_set1_epi8(b'"' as i8);
+    let backslash = _mm256_set1_epi8(b'\\' as i8);
+    // `[` and `]` are `{` and `}` with bit 5 clear.
+    let (lower, open, close) = (
+        _mm256_set1_epi8(0x20),
+        _mm256_set1_epi8(b'{' as i8),
+        _mm256_set1_epi8(b'}' as i8),
+    );
+    let mut depth = 0i64;
+    let mut in_string = 0u64;
+    let mut escapes = _mm256_setzero_si256();
+    // One block: its quote, opening and closing bitmaps (backslashes gathered).
+    let block = |chunk: &[u8; 64]| {
+        // SAFETY: `chunk` holds 64 bytes; unaligned loads.
+        let (v0, v1) = unsafe {
+            (
+                _mm256_loadu_si256(chunk.as_ptr().cast()),
+                _mm256_loadu_si256(chunk.as_ptr().add(32).cast()),
+            )
+        };
+        let bits = |m0: __m256i, m1: __m256i| {
+            _mm256_movemask_epi8(m0) as u32 as u64 | (_mm256_movemask_epi8(m1) as u32 as u64) << 32
+        };
+        let (l0, l1) = (_mm256_or_si256(v0, lower), _mm256_or_si256(v1, lower));
+        let (e0, e1) = (_mm256_cmpeq_epi8(v0, backslash), _mm256_cmpeq_epi8(v1, backslash));
+        (
+            bits(_mm256_cmpeq_epi8(v0, quote), _mm256_cmpeq_epi8(v1, quote)),
+            bits(_mm256_cmpeq_epi8(l0, open), _mm256_cmpeq_epi8(l1, open)),
+            bits(_mm256_cmpeq_epi8(l0, close), _mm256_cmpeq_epi8(l1, close)),
+            _mm256_or_si256(e0, e1),
+        )
+    };
+    let mut at = from;
+    while let Some(chunk) = b.get(at..k).and_then(|r| r.first_chunk::<64>()) {
+        let (q, o, c, e) = block(chunk);
+        escapes = _mm256_or_si256(escapes, e);
+        let s = prefix_xor(q) ^ in_string;
+        in_string = ((s as i64) >> 63) as u64;
+        depth += (o & !s).count_ones() as i64 - (c & !s).count_ones() as i64;
+        at += 64;
+    }
+    if _mm256_testz_si256(escapes, escapes) == 0 {
+        return None;
+    }
+    if at < k {
+        // The last bytes before `k`, from a block of `b` (or a copy padded with spaces).
+        let mut tail = [b' '; 64];
+        let chunk = match b[at..].first_chunk::<64>() {
+            Some(c) => c,
+            None => {
+                tail[..b.len() - at].copy_from_slice(&b[at..]);
+                &tail
+            }
+        };
+        let valid = (1u64 << (k - at)) - 1;
+        let (q, o, c, e) = block(chunk);
+        let e = _mm256_movemask_epi8(e) as u32 as u64;
+        // (`e` folds the two halves: bit i is byte i or byte 32 + i.)
+        if e & (valid | valid >> 32) != 0 {
+            return None;
+        }
+        let s = prefix_xor(q & valid) ^ in_string;
+        in_string = ((s as i64) >> 63) as u64;
+        depth += (o & !s & valid).count_ones() as i64 - (c & !s & valid).count_ones() as i64;
+    }
+    Some((depth, in_string))
+}
+
 /// Whether `b` is valid UTF-8 without backslashes or control characters.
 #[cold]
 fn plain_utf8(b: &[u8]) -> bool {
@@ -441,6 +545,26 @@ mod tests {
             prop_assert_eq!(want, Some(text.len()), "{}", text);
             // SAFETY: the features were just checked; `b[0]` is a bracket.
             prop_assert_eq!(unsafe { super::container_end(b) }, want, "{}", padded);
+            // Every position's depth and string state, byte by byte, against the
+            // 64-byte count (for an object: depth 1 is its top level).
+            let (mut depth, mut in_string) = (0i64, false);
+            for (k, &c) in b.iter().enumerate() {
+                // SAFETY: as above; `k` is within `b`.
+                let fast = unsafe { super::at_top_level(b, k) };
+                prop_assert_eq!(fast, depth == 1 && !in_string, "at {} of {}", k, padded);
+                if c == b'"' && !in_string && !array && b.len() == text.len() {
+                    // A string's opening quote, in a valid object: the same from the end.
+                    // SAFETY: as above.
+                    let from_end = unsafe { super::at_top_level_from_end(b, k) };
+                    prop_assert_eq!(from_end, depth == 1, "from the end at {} of {}", k, padded);
+                }
+                match c {
+                    b'"' => in_string = !in_string,
+                    b'{' | b'[' if !in_string => depth += 1,
+                    b'}' | b']' if !in_string => depth -= 1,
+                    _ => {}
+                }
+            }
         }
     }
 

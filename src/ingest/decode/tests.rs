@@ -214,27 +214,39 @@ fn fast_agrees(b: &[u8]) -> bool {
 }
 
 fn fast_agrees_with(b: &[u8], fields: &Fields) -> bool {
-    let with = fast::Reader::default().event(b, fields);
-    let without = fast::Reader::default().event_without_simd(b, fields);
+    let (mut v1, mut v2) = ([f64::NAN; MAX_VALUES], [f64::NAN; MAX_VALUES]);
+    let with = fast::Reader::default().event(b, fields, &mut v1);
+    let without = fast::Reader::default().event_without_simd(b, fields, &mut v2);
     let taken = with.is_some();
     if fast::simd_available() {
-        // Without the flat check, objects are walked member by member: it may take
-        // more (no), never less, than... both must agree on what they take.
+        // Without the flat check objects are walked member by member: the same
+        // messages are taken either way.
         assert_eq!(taken, without.is_some(), "{}", String::from_utf8_lossy(b));
     }
-    for fast in [with, without].into_iter().flatten() {
-        agrees_with_scalar_with(b, fast, fields);
+    for (fast, values) in [(with, &v1), (without, &v2)] {
+        if let Some(fast) = fast {
+            agrees_with_scalar_with(b, fast, values, fields);
+        }
     }
     taken
 }
 
 /// `fast`, a fast path's event from `b`, is the scalar decoder's.
 fn agrees_with_scalar(b: &[u8], fast: Event<'_>) {
-    agrees_with_scalar_with(b, fast, contract_fields())
+    agrees_with_scalar_with(b, fast, &[0.0; MAX_VALUES], contract_fields())
 }
 
-fn agrees_with_scalar_with(b: &[u8], fast: Event<'_>, fields: &Fields) {
-    let slow = decode_scalar_with(b, fields).unwrap_or_else(|e| {
+/// The values of the members an event has, by member (as bits).
+fn present_values(present: u16, values: &Values) -> Vec<(usize, u64)> {
+    (0..MAX_VALUES)
+        .filter(|i| present >> i & 1 != 0)
+        .map(|i| (i, values[i].to_bits()))
+        .collect()
+}
+
+fn agrees_with_scalar_with(b: &[u8], fast: Event<'_>, fast_values: &Values, fields: &Fields) {
+    let mut slow_values = [f64::NAN; MAX_VALUES];
+    let slow = decode_scalar_into(b, fields, &mut slow_values).unwrap_or_else(|e| {
         panic!(
             "fast path accepted what the scalar decoder rejects ({e}): {}",
             String::from_utf8_lossy(b)
@@ -249,12 +261,17 @@ fn agrees_with_scalar_with(b: &[u8], fast: Event<'_>, fields: &Fields) {
             e.value.to_bits(),
             e.ts,
             e.present,
-            e.values.map(f64::to_bits),
         )
     };
     assert_eq!(
         fields(&fast),
         fields(&slow),
+        "{}",
+        String::from_utf8_lossy(b)
+    );
+    assert_eq!(
+        present_values(fast.present, fast_values),
+        present_values(slow.present, &slow_values),
         "{}",
         String::from_utf8_lossy(b)
     );
@@ -279,7 +296,7 @@ fn the_fast_path_takes_ordinary_events() {
     let mut reader = fast::Reader::default();
     for ev in simulated(2_000, 5) {
         assert!(fast_agrees(&ev), "{}", String::from_utf8_lossy(&ev));
-        let taken = reader.event(&ev, contract_fields());
+        let taken = reader.event(&ev, contract_fields(), &mut [0.0; MAX_VALUES]);
         assert!(taken.is_some(), "{}", String::from_utf8_lossy(&ev));
         agrees_with_scalar(&ev, taken.unwrap());
     }
@@ -322,7 +339,9 @@ fn the_fast_path_takes_ordinary_events() {
 }
 
 fn takes_bytes(b: &[u8]) -> bool {
-    fast::Reader::default().event(b, contract_fields()).is_some()
+    fast::Reader::default()
+        .event(b, contract_fields(), &mut [0.0; MAX_VALUES])
+        .is_some()
 }
 
 #[test]
@@ -545,9 +564,9 @@ impl<'de> serde::Deserialize<'de> for Keys {
 }
 
 /// What an event reads as, field by field (values as bits, so that -0 and 0 differ).
-type Read = (String, String, u64, String, u64, i64, u16, [u64; MAX_VALUES]);
+type Read = (String, String, u64, String, u64, i64, Vec<(usize, u64)>);
 
-fn read_of(e: &Event<'_>) -> Read {
+fn read_of(e: &Event<'_>, values: &Values) -> Read {
     (
         e.event_id.to_string(),
         e.device_id.to_string(),
@@ -555,8 +574,7 @@ fn read_of(e: &Event<'_>) -> Read {
         e.kind.to_string(),
         e.value.to_bits(),
         e.ts,
-        e.present,
-        e.values.map(f64::to_bits),
+        present_values(e.present, values),
     )
 }
 
@@ -634,8 +652,7 @@ fn reference_with(bytes: &[u8], f: &Fields) -> Result<Read, &'static str> {
         kind.into(),
         value.to_bits(),
         ts,
-        present,
-        values.map(f64::to_bits),
+        present_values(present, &values),
     ))
 }
 
@@ -756,11 +773,13 @@ proptest! {
             .collect();
         let text = format!("{}{{{}}}{}", g.next().unwrap(), body.join(","), g.next().unwrap());
         let b = text.as_bytes();
-        let ours = Decoder::new(std::sync::Arc::new(fields.clone())).decode(b);
+        let mut decoder = Decoder::new(std::sync::Arc::new(fields.clone()));
+        let mut values = [f64::NAN; MAX_VALUES];
+        let ours = decoder.decode_into(b, &mut values);
         match reference_with(b, fields) {
             Ok(want) => {
                 let e = ours.unwrap_or_else(|e| panic!("{e} for {text}"));
-                prop_assert_eq!(read_of(&e), want, "{}", text);
+                prop_assert_eq!(read_of(&e, &values), want, "{}", text);
                 let key = device_key(b, &fields.device_id);
                 prop_assert_eq!(key.as_deref(), Some(&*e.device_id), "{}", text);
                 // Escapes and exponents are the scalar decoder's; nothing else is.
@@ -811,10 +830,12 @@ fn mapped_fields_are_read_by_their_names() {
     let mut d = Decoder::new(std::sync::Arc::new(multi));
     let b = br#"{"device_id":"boiler/7","ts":1767225600123,"seq":4,"temperature":21.5,"humidity":null,"eventId":"ignored"}"#;
     let e = d.decode(b).unwrap();
-    assert_eq!((&*e.device_id, e.ts, e.seq, e.present, e.values[0]), ("boiler/7", 1_767_225_600_123, 4, 0b01, 21.5));
+    let (device, ts, seq, present) = (e.device_id.to_string(), e.ts, e.seq, e.present);
+    assert_eq!((&*device, ts, seq, present, d.values()[0]), ("boiler/7", 1_767_225_600_123, 4, 0b01, 21.5));
     assert_eq!((&*e.event_id, &*e.kind), ("", ""));
     let e = d.decode(br#"{"humidity": 40, "ts": "1767225600000", "device_id": "b", "seq": 0, "temperature": -3}"#).unwrap();
-    assert_eq!((e.present, e.values[0], e.values[1]), (0b11, -3.0, 40.0));
+    let present = e.present;
+    assert_eq!((present, d.values()[0], d.values()[1]), (0b11, -3.0, 40.0));
     let err = |d: &mut Decoder, b: &[u8]| d.decode(b).unwrap_err().to_string();
     assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"seq":0}"#), "none of the value members is present: temperature, humidity");
     assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"temperature":1}"#), "missing field `seq`");
