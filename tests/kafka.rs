@@ -1035,7 +1035,7 @@ fn tls_and_sasl_for_every_kafka_client() {
     let other_ca = certs.other_ca.display().to_string();
     for (name, login, error) in [
         ("wrong-ca", login("SCRAM-SHA-256", env_password).replace(&ca, &other_ca), "certificate verify failed"),
-        ("wrong-password", login("SCRAM-SHA-256", "sasl_password = \"not the password\""), "Authentication failed"),
+        ("wrong-password", login("SCRAM-SHA-256", "sasl_password = \"not the password\""), "SASL authentication error"),
     ] {
         let cfg = write_config(dir, name, &source(name, &login), &jsonl_sinks(dir, name));
         let out = spawn(&cfg).wait_with_output().unwrap();

@@ -82,19 +82,25 @@ struct Probe {
 impl ClientContext for Probe {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Kafka: client error.");
-        *self.last_error.lock() = Some(reason.to_string());
+        // "All brokers are down" follows the error that brought them down: keep that.
+        let all_down = error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        let mut last = self.last_error.lock();
+        if !all_down || last.is_none() {
+            *last = Some(reason.to_string());
+        }
     }
 }
 
 impl ConsumerContext for Probe {}
 
-impl Probe {
-    /// A request's error, with the client error behind it if there was one.
-    fn explain(&self, e: rdkafka::error::KafkaError) -> KafkaSourceError {
-        match self.last_error.lock().take() {
-            Some(reason) => KafkaSourceError::Unreachable(e, reason),
-            None => KafkaSourceError::Client(e),
-        }
+/// A probe request's error, with the client error behind it if there was one (the
+/// client's errors are delivered by polling it).
+fn explain(probe: &BaseConsumer<Probe>, e: rdkafka::error::KafkaError) -> KafkaSourceError {
+    let _ = probe.poll(Duration::from_millis(200));
+    match probe.context().last_error.lock().take() {
+        Some(reason) => KafkaSourceError::Unreachable(e, reason),
+        None => KafkaSourceError::Client(e),
     }
 }
 
@@ -798,7 +804,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     for t in &topics {
         let md = match probe.fetch_metadata(Some(t), REQUEST_TIMEOUT) {
             Ok(m) => m,
-            Err(e) => return (Err(probe.context().explain(e)), Vec::new()),
+            Err(e) => return (Err(explain(&probe, e)), Vec::new()),
         };
         match md.topics().iter().find(|mt| mt.name() == t) {
             Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
@@ -816,7 +822,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
                 Ok((_, high)) => {
                     ends.insert(tp.clone(), high);
                 }
-                Err(e) => return (Err(probe.context().explain(e)), Vec::new()),
+                Err(e) => return (Err(explain(&probe, e)), Vec::new()),
             }
         }
         tracing::info!(
