@@ -81,7 +81,10 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
             share * 100.0
         );
     }
-    println!("  dedupe:       {:?}", cfg.pipeline.dedupe(&cfg.source.fields()));
+    println!(
+        "  dedupe:       {:?}",
+        cfg.pipeline.dedupe(&cfg.source.fields())
+    );
     println!("  outcome:      {}", report.counts);
     println!(
         "  throughput:   {:.0} events/s ({:.1} MB/s), wall {wall:.2} s",
@@ -115,7 +118,9 @@ fn every_layout() {
     let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
     for layout in LAYOUTS {
         let mut child = Command::new(std::env::current_exe().expect("this harness"));
-        child.args(std::env::args().skip(1)).env("EVENTIDE_BENCH_LAYOUT", layout);
+        child
+            .args(std::env::args().skip(1))
+            .env("EVENTIDE_BENCH_LAYOUT", layout);
         if let Some(base) = &input {
             child.env("EVENTIDE_BENCH_INPUT", format!("{base}-{layout}"));
         }
@@ -126,15 +131,27 @@ fn every_layout() {
             "layout {layout} failed: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        print!("{}", text.lines().filter(|l| !l.starts_with("result ")).map(|l| format!("{l}\n")).collect::<String>());
-        let row = text.lines().find_map(|l| l.strip_prefix("result ")).expect("a result line");
+        print!(
+            "{}",
+            text.lines()
+                .filter(|l| !l.starts_with("result "))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        );
+        let row = text
+            .lines()
+            .find_map(|l| l.strip_prefix("result "))
+            .expect("a result line");
         let f: Vec<&str> = row.split(' ').collect();
         let num = |i: usize| f[i].parse::<f64>().expect("a number");
         rows.push((f[0].to_string(), num(1), num(2), num(3)));
     }
     let fastest = rows.iter().map(|r| r.1).fold(0.0, f64::max);
     println!("\nlayouts ({}):", machine());
-    println!("  {:<9} {:>12} {:>10} {:>9} {:>11}", "layout", "events/s", "CPU-s/M", "peak RSS", "vs fastest");
+    println!(
+        "  {:<9} {:>12} {:>10} {:>9} {:>11}",
+        "layout", "events/s", "CPU-s/M", "peak RSS", "vs fastest"
+    );
     for (layout, eps, cpu, rss) in &rows {
         println!(
             "  {layout:<9} {eps:>12.0} {cpu:>10.3} {:>5.0} MiB {:>10.1} %",

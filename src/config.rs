@@ -266,11 +266,12 @@ impl PipelineConfig {
     }
     /// The dedupe mode, given which of the roles dedupe reads the input has.
     pub fn dedupe(&self, fields: &Fields) -> DedupeMode {
-        self.dedupe.unwrap_or(match (&fields.event_id, &fields.sequence) {
-            (Some(_), _) => DedupeMode::EventId,
-            (None, Some(_)) => DedupeMode::DeviceSequence,
-            (None, None) => DedupeMode::None,
-        })
+        self.dedupe
+            .unwrap_or(match (&fields.event_id, &fields.sequence) {
+                (Some(_), _) => DedupeMode::EventId,
+                (None, Some(_)) => DedupeMode::DeviceSequence,
+                (None, None) => DedupeMode::None,
+            })
     }
 }
 
@@ -541,7 +542,10 @@ impl SecurityProtocol {
         }
     }
     fn sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
     fn tls(self) -> bool {
         matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
@@ -633,7 +637,10 @@ impl KafkaSecurity<'_> {
             if self.username.is_none_or(str::is_empty) {
                 return Err(ConfigError::invalid(
                     key("sasl_username"),
-                    format!("security_protocol = \"{}\" needs a user name", protocol.librdkafka()),
+                    format!(
+                        "security_protocol = \"{}\" needs a user name",
+                        protocol.librdkafka()
+                    ),
                 ));
             }
             match (self.password, self.password_env) {
@@ -677,8 +684,7 @@ impl KafkaSecurity<'_> {
             ("sasl.password", "sasl_password"),
             ("ssl.ca.location", "ssl_ca_location"),
         ] {
-            if properties.as_ref().is_some_and(|p| p.contains_key(k))
-                && self.first_set().is_some()
+            if properties.as_ref().is_some_and(|p| p.contains_key(k)) && self.first_set().is_some()
             {
                 return Err(ConfigError::invalid(
                     format!("{table}.properties.{k}"),
@@ -693,7 +699,9 @@ impl KafkaSecurity<'_> {
             .and_then(|p| p.get("security.protocol"))
             .map(|v| v.to_ascii_lowercase());
         let needs_tls = protocol.tls()
-            || given_protocol.as_deref().is_some_and(|p| p == "ssl" || p == "sasl_ssl");
+            || given_protocol
+                .as_deref()
+                .is_some_and(|p| p == "ssl" || p == "sasl_ssl");
         if needs_tls && !features.split(',').any(|f| f == "ssl") {
             return Err(ConfigError::invalid(
                 key("security_protocol"),
@@ -730,7 +738,10 @@ impl KafkaSecurity<'_> {
         if protocol.sasl() {
             let m = self.mechanism.unwrap_or(SaslMechanism::Plain);
             p.push(("sasl.mechanism".into(), m.librdkafka().into()));
-            p.push(("sasl.username".into(), self.username.unwrap_or_default().into()));
+            p.push((
+                "sasl.username".into(),
+                self.username.unwrap_or_default().into(),
+            ));
             if let Some(pw) = self.password {
                 p.push(("sasl.password".into(), pw.0.clone()));
             }
@@ -751,12 +762,19 @@ pub fn kafka_features() -> String {
         let conf = rd::rd_kafka_conf_new();
         let mut buf = [0 as std::ffi::c_char; 1024];
         let mut size = buf.len();
-        let ok = rd::rd_kafka_conf_get(conf, c"builtin.features".as_ptr(), buf.as_mut_ptr(), &mut size);
+        let ok = rd::rd_kafka_conf_get(
+            conf,
+            c"builtin.features".as_ptr(),
+            buf.as_mut_ptr(),
+            &mut size,
+        );
         rd::rd_kafka_conf_destroy(conf);
         if ok != rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK {
             return String::new();
         }
-        std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -1352,7 +1370,8 @@ impl Config {
                     }
                 }
                 check_properties(&key("properties"), &s.properties, KAFKA_SINK_OWNED)?;
-                s.security().validate(&format!("sinks[{i}]"), &s.properties)?;
+                s.security()
+                    .validate(&format!("sinks[{i}]"), &s.properties)?;
                 let file_keys = [
                     ("path", s.path.is_some()),
                     ("append", s.append.is_some()),
@@ -1367,7 +1386,10 @@ impl Config {
         if s.kind != SinkKind::Kafka
             && let Some(k) = s.security().first_set()
         {
-            return Err(ConfigError::invalid(key(k), "only kafka sinks have this key"));
+            return Err(ConfigError::invalid(
+                key(k),
+                "only kafka sinks have this key",
+            ));
         }
         if s.kind != SinkKind::Kafka {
             let misplaced = [

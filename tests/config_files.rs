@@ -34,9 +34,11 @@ fn every_example_config_validates() {
 /// before it connects, naming the key (exit 2); the secrets are never printed.
 #[test]
 fn an_unset_sasl_password_variable_is_a_clear_error_naming_its_key() {
-    let kafka =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/event-hubs.toml"))
-            .unwrap();
+    let kafka = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/event-hubs.toml"
+    ))
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("eh.toml");
     std::fs::write(&path, &kafka).unwrap();
@@ -48,7 +50,11 @@ fn an_unset_sasl_password_variable_is_a_clear_error_naming_its_key() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("source.sasl_password_env:") && stderr.contains("EVENTHUBS_CONNECTION_STRING"), "{stderr}");
+    assert!(
+        stderr.contains("source.sasl_password_env:")
+            && stderr.contains("EVENTHUBS_CONNECTION_STRING"),
+        "{stderr}"
+    );
     // An inline password is never shown by the config's Debug form either.
     let inline = kafka.replace(
         "sasl_password_env = \"EVENTHUBS_CONNECTION_STRING\"",
@@ -58,7 +64,10 @@ fn an_unset_sasl_password_variable_is_a_clear_error_naming_its_key() {
     assert!(!format!("{c:?}").contains("secret-value"));
     assert!(c.source.kafka_properties()["sasl.password"].contains("secret-value"));
     assert_eq!(c.source.kafka_properties()["security.protocol"], "sasl_ssl");
-    assert_eq!(c.source.kafka_properties()["sasl.username"], "$ConnectionString");
+    assert_eq!(
+        c.source.kafka_properties()["sasl.username"],
+        "$ConnectionString"
+    );
 }
 
 #[test]
@@ -173,20 +182,39 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
     let topics = "topics = [\"telemetry\"]";
     let sec = |lines: &str| format!("{topics}\n{lines}");
     let security_cases = [
-        (sec("security_protocol = \"tls\""), "source.security_protocol"),
-        (sec("security_protocol = \"sasl_ssl\"\nsasl_password = \"x\""), "source.sasl_username"),
-        (sec("security_protocol = \"sasl_ssl\"\nsasl_username = \"u\""), "source.sasl_password"),
         (
-            sec("security_protocol = \"sasl_ssl\"\nsasl_username = \"u\"\nsasl_password = \"p\"\nsasl_password_env = \"P\""),
+            sec("security_protocol = \"tls\""),
+            "source.security_protocol",
+        ),
+        (
+            sec("security_protocol = \"sasl_ssl\"\nsasl_password = \"x\""),
+            "source.sasl_username",
+        ),
+        (
+            sec("security_protocol = \"sasl_ssl\"\nsasl_username = \"u\""),
+            "source.sasl_password",
+        ),
+        (
+            sec(
+                "security_protocol = \"sasl_ssl\"\nsasl_username = \"u\"\nsasl_password = \"p\"\nsasl_password_env = \"P\"",
+            ),
             "source.sasl_password_env",
         ),
-        (sec("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\""), "source.sasl_mechanism"),
+        (
+            sec("security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\""),
+            "source.sasl_mechanism",
+        ),
         (sec("sasl_username = \"u\""), "source.sasl_username"),
-        (sec("security_protocol = \"ssl\"\nssl_ca_location = \"/no/such/ca.pem\""), "source.ssl_ca_location"),
+        (
+            sec("security_protocol = \"ssl\"\nssl_ca_location = \"/no/such/ca.pem\""),
+            "source.ssl_ca_location",
+        ),
         (sec("ssl_ca_location = \"/etc\""), "source.ssl_ca_location"),
     ];
-    let mut security_cases: Vec<(&str, &str, &str)> =
-        security_cases.iter().map(|(to, key)| (topics, to.as_str(), *key)).collect();
+    let mut security_cases: Vec<(&str, &str, &str)> = security_cases
+        .iter()
+        .map(|(to, key)| (topics, to.as_str(), *key))
+        .collect();
     security_cases.push((
         "properties = { \"session.timeout.ms\" = \"10000\" }",
         "properties = { \"security.protocol\" = \"ssl\" }\nsecurity_protocol = \"ssl\"",
@@ -196,7 +224,11 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
     assert_bad_keys(
         dir.path(),
         &good,
-        &[("path = \"events.ndjson\"", "path = \"events.ndjson\"\nsecurity_protocol = \"ssl\"", "source.security_protocol")],
+        &[(
+            "path = \"events.ndjson\"",
+            "path = \"events.ndjson\"\nsecurity_protocol = \"ssl\"",
+            "source.security_protocol",
+        )],
     );
     let cosmos =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/cosmos.toml"))
@@ -277,4 +309,160 @@ fn assert_bad_keys(dir: &std::path::Path, good: &str, cases: &[(&str, &str, &str
             "expected the key {key} in: {stderr}"
         );
     }
+}
+
+/// A Python venv under target/ with kubernetes-validate (from PyPI), made once.
+fn deploy_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("deploy-venv");
+    let python = venv.join("bin").join("python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import kubernetes_validate, yaml"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "python3 -m venv");
+        let ok = Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "kubernetes-validate"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pip install kubernetes-validate");
+    }
+    python
+}
+
+/// deploy/: the Kubernetes manifests validate against the Kubernetes schemas, the KEDA
+/// ScaledObject and TriggerAuthentication hold only fields KEDA documents and point at
+/// the Deployment and eventide's consumer group, and the ConfigMap's config passes
+/// check-config. (The Dockerfile is not built: no container engine here.)
+#[test]
+fn the_kubernetes_manifests_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("eventide.toml");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(deploy_python())
+        .arg(format!("{root}/tests/deploy/check.py"))
+        .arg(format!("{root}/deploy"))
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .env("EVENTIDE_TOKEN", "a-token")
+        .env("EVENTIDE_PG_PASSWORD", "a-password")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// GET `path` on loopback `port` with a bearer token: the body, if the answer is 200.
+fn http_get(port: u16, path: &str, token: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
+}
+
+/// Every metric the Grafana dashboard in deploy/ queries is in a real `/metrics`
+/// scrape of a running eventide.
+#[test]
+fn every_metric_the_dashboard_queries_is_scraped() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("eventide_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("metrics.toml");
+    let text = std::fs::read_to_string(format!("{root}/config/simulator.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:5433", "127.0.0.1:0");
+    std::fs::write(&config, format!("{text}\ntoken = \"t0ken\"\n")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut scrape = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Some(body) = http_get(port, "/metrics", "t0ken")
+            && body.contains("eventide_windows_closed_total")
+            && body.contains("eventide_window_close_latency_seconds_bucket")
+        {
+            scrape = body;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!scrape.is_empty(), "no /metrics scrape");
+    let scraped: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !scraped.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the scrape: {missing:?}\n{scrape}"
+    );
 }

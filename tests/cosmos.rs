@@ -336,11 +336,16 @@ fn assert_matches_reference(cosmos: &Cosmos, db: &str, dir: &Path, input: &[u8])
     // Device ids with every character Cosmos refuses in an id, and too long ones.
     for c in ['/', '\\', '?', '#', '%', ' ', 'à'] {
         assert!(
-            windows.values().any(|w| w["deviceId"].as_str().unwrap().contains(c)),
+            windows
+                .values()
+                .any(|w| w["deviceId"].as_str().unwrap().contains(c)),
             "a test needs device ids with {c:?}"
         );
     }
-    assert!(windows.keys().any(|id| doc_id(id).contains('~')), "a test needs long ids");
+    assert!(
+        windows.keys().any(|id| doc_id(id).contains('~')),
+        "a test needs long ids"
+    );
     let stored = [
         ("windows", cosmos.documents(db, "windows")),
         ("alerts", cosmos.documents(db, "alerts")),
@@ -348,7 +353,10 @@ fn assert_matches_reference(cosmos: &Cosmos, db: &str, dir: &Path, input: &[u8])
     ];
     for (what, docs) in &stored {
         for (id, doc) in docs {
-            assert!(id.len() <= 255 && !id.contains(['/', '\\', '?', '#']), "{what}: {id}");
+            assert!(
+                id.len() <= 255 && !id.contains(['/', '\\', '?', '#']),
+                "{what}: {id}"
+            );
             // The id reads back as the record's own id (or device id), unless it was cut.
             if !id.contains('~') {
                 let raw = eventide::sinks::cosmos::doc::raw_id(id).unwrap();
@@ -356,7 +364,11 @@ fn assert_matches_reference(cosmos: &Cosmos, db: &str, dir: &Path, input: &[u8])
                     "devices" => doc["deviceId"].as_str().unwrap().to_owned(),
                     _ => format!(
                         "{}|{}|",
-                        doc.get("rule").or(doc.get("window")).unwrap().as_str().unwrap(),
+                        doc.get("rule")
+                            .or(doc.get("window"))
+                            .unwrap()
+                            .as_str()
+                            .unwrap(),
                         doc["deviceId"].as_str().unwrap()
                     ),
                 };
@@ -493,7 +505,10 @@ fn an_outage_past_max_retries_dead_letters_every_record_with_reason_sink() {
         by_source("cosmos:windows"),
         as_documents(windows).keys().cloned().collect()
     );
-    assert_eq!(by_source("cosmos:alerts"), as_documents(alerts).keys().cloned().collect());
+    assert_eq!(
+        by_source("cosmos:alerts"),
+        as_documents(alerts).keys().cloned().collect()
+    );
     let devices = expected_devices(&events, dir.path());
     assert_eq!(
         by_source("cosmos:devices"),
@@ -533,7 +548,12 @@ fn the_test_server_refuses_the_ids_the_service_refuses() {
     run(&cfg); // creates the database and containers
     let post = |id: &str| {
         let body = json!({"id": id, "deviceId": "d"}).to_string();
-        harness::http(cosmos.server, "POST", "/dbs/rules/colls/windows/docs", &body)
+        harness::http(
+            cosmos.server,
+            "POST",
+            "/dbs/rules/colls/windows/docs",
+            &body,
+        )
     };
     for id in ["a/b", "a\\b", "a?b", "a#b", &"x".repeat(256)] {
         let (status, body) = post(id);

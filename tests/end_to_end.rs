@@ -603,8 +603,22 @@ fn matches_the_model(input: &[u8], model_input: &[u8], fields: &str, what: &str)
     let c = report.counts;
     assert!(c.balanced(), "{what}: {c}");
     assert_eq!(
-        (c.received, c.aggregated, c.duplicate, c.filtered, c.late, c.dead_lettered),
-        (exp.received, exp.aggregated, exp.duplicate, exp.filtered, exp.late, exp.parse + exp.schema),
+        (
+            c.received,
+            c.aggregated,
+            c.duplicate,
+            c.filtered,
+            c.late,
+            c.dead_lettered
+        ),
+        (
+            exp.received,
+            exp.aggregated,
+            exp.duplicate,
+            exp.filtered,
+            exp.late,
+            exp.parse + exp.schema
+        ),
         "{what}"
     );
     assert_eq!(c.gaps, exp.gaps, "{what}: sequence gaps");
@@ -613,7 +627,11 @@ fn matches_the_model(input: &[u8], model_input: &[u8], fields: &str, what: &str)
     assert_alerts(&out, &exp.alerts);
     let dead = read_jsonl(&dir.path().join("dead.jsonl"));
     let by = |r: &str| dead.iter().filter(|d| d["reason"] == r).count() as u64;
-    assert_eq!((by("parse"), by("schema"), by("late")), (exp.parse, exp.schema, exp.late), "{what}");
+    assert_eq!(
+        (by("parse"), by("schema"), by("late")),
+        (exp.parse, exp.schema, exp.late),
+        "{what}"
+    );
 }
 
 fn messy_input_in(layout: eventide_simulator::Layout, events: u64, seed: u64) -> Vec<u8> {
@@ -642,7 +660,12 @@ fn messy_input_in(layout: eventide_simulator::Layout, events: u64, seed: u64) ->
 #[test]
 fn every_layout_matches_the_reference_model() {
     use eventide_simulator::Layout;
-    for layout in [Layout::Sas, Layout::Compact, Layout::Pretty, Layout::Shuffled] {
+    for layout in [
+        Layout::Sas,
+        Layout::Compact,
+        Layout::Pretty,
+        Layout::Shuffled,
+    ] {
         let input = messy_input_in(layout, 12_000, 21);
         matches_the_model(&input, &input, "", &format!("{layout:?}"));
     }
@@ -700,7 +723,11 @@ fn mapped(input: &[u8]) -> Vec<u8> {
 fn a_mapped_schema_matches_the_reference_model() {
     let input = messy_input_in(eventide_simulator::Layout::Sas, 12_000, 22);
     let renamed = mapped(&input);
-    assert!(std::str::from_utf8(&renamed).unwrap().contains(r#""device":"contoso://device-id-"#));
+    assert!(
+        std::str::from_utf8(&renamed)
+            .unwrap()
+            .contains(r#""device":"contoso://device-id-"#)
+    );
     let fields = r#"
 [source.fields]
 event_id = "id"

@@ -827,14 +827,66 @@ fn make_certs(dir: &Path) -> Certs {
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    for (key, pem, cn) in [("ca.key", "ca.pem", "eventide test CA"), ("other.key", "other.pem", "another CA")] {
-        sh(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", pem, "-days", "2", "-subj", &format!("/CN={cn}")]);
+    for (key, pem, cn) in [
+        ("ca.key", "ca.pem", "eventide test CA"),
+        ("other.key", "other.pem", "another CA"),
+    ] {
+        sh(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            pem,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
     }
-    sh(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
-    sh(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    sh(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
     Certs {
         ca: dir.join("ca.pem"),
         other_ca: dir.join("other.pem"),
@@ -844,7 +896,11 @@ fn make_certs(dir: &Path) -> Certs {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// tansu requiring SASL (`--authentication`), behind a TLS-terminating proxy (socat,
@@ -861,14 +917,27 @@ struct SecureTansu {
 }
 
 impl SecureTansu {
-    fn start(dir: &Path, certs: &Certs, topics: &[(&str, i32)], user: &str, password: &str) -> SecureTansu {
+    fn start(
+        dir: &Path,
+        certs: &Certs,
+        topics: &[(&str, i32)],
+        user: &str,
+        password: &str,
+    ) -> SecureTansu {
         let socat = common::debian_tool("socat", "socat");
         let (plain, tls) = (free_port(), free_port());
         let broker = |advertised: u16, auth: bool| {
             let mut c = Command::new(tansu_bin());
             c.current_dir(dir)
-                .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{plain}")])
-                .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{advertised}")])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &format!("tcp://127.0.0.1:{plain}"),
+                ])
+                .args([
+                    "--advertised-listener-url",
+                    &format!("tcp://127.0.0.1:{advertised}"),
+                ])
                 .args(["--storage-engine", "sqlite://tansu.db"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -910,7 +979,11 @@ impl SecureTansu {
             .spawn()
             .expect("starting socat");
         wait_for_port(tls);
-        SecureTansu { tansu, proxy, addr: format!("127.0.0.1:{tls}") }
+        SecureTansu {
+            tansu,
+            proxy,
+            addr: format!("127.0.0.1:{tls}"),
+        }
     }
 
     /// Client properties for TLS (verified with `ca`) and a SASL login.
@@ -950,12 +1023,16 @@ fn consume_all_secure(broker: &SecureTansu, ca: &Path, topic: &str) -> Vec<Value
         .set("group.id", "reader")
         .create()
         .unwrap();
-    let parts = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap().topics()[0]
+    let parts = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap()
+        .topics()[0]
         .partitions()
         .len() as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -983,7 +1060,13 @@ fn tls_and_sasl_for_every_kafka_client() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let certs = make_certs(dir);
-    let topics = [(TOPIC, 2), ("out-windows", 2), ("out-alerts", 1), ("out-dead", 1), (CHECKPOINTS, 1)];
+    let topics = [
+        (TOPIC, 2),
+        ("out-windows", 2),
+        ("out-alerts", 1),
+        ("out-dead", 1),
+        (CHECKPOINTS, 1),
+    ];
     let broker = SecureTansu::start(dir, &certs, &topics, "alice", "s3cret pass");
     // SAFETY: the Kafka tests run one at a time (`serial`), and nothing else here
     // reads the environment meanwhile.
@@ -991,13 +1074,30 @@ fn tls_and_sasl_for_every_kafka_client() {
 
     let ca = certs.ca.display().to_string();
     let args = [
-        "eventide-simulator", "--devices", "60", "--count", "6000", "--seed", "4",
-        "--interval", "5s", "--malformed", "0.01",
-        "--security-protocol", "sasl_ssl", "--sasl-mechanism", "SCRAM-SHA-256",
-        "--sasl-username", "alice", "--sasl-password-env", "EVENTIDE_TEST_SCRAM_PASSWORD",
-        "--ssl-ca-location", &ca,
+        "eventide-simulator",
+        "--devices",
+        "60",
+        "--count",
+        "6000",
+        "--seed",
+        "4",
+        "--interval",
+        "5s",
+        "--malformed",
+        "0.01",
+        "--security-protocol",
+        "sasl_ssl",
+        "--sasl-mechanism",
+        "SCRAM-SHA-256",
+        "--sasl-username",
+        "alice",
+        "--sasl-password-env",
+        "EVENTIDE_TEST_SCRAM_PASSWORD",
+        "--ssl-ca-location",
+        &ca,
         // tansu skips the rest of a batch when a fetch starts inside it (see `Tansu`).
-        "--kafka-property", "batch.num.messages=1",
+        "--kafka-property",
+        "batch.num.messages=1",
     ];
     let file = simulate(&args, &broker.addr, dir);
     let (expected, expected_dead) = reference(dir, &std::fs::read(&file).unwrap());
@@ -1020,7 +1120,12 @@ fn tls_and_sasl_for_every_kafka_client() {
         sink_login = login("SCRAM-SHA-512", env_password),
         dead_login = login("SCRAM-SHA-256", env_password),
     );
-    let cfg = write_config(dir, "secure", &source("secure", &login("SCRAM-SHA-256", env_password)), &sinks);
+    let cfg = write_config(
+        dir,
+        "secure",
+        &source("secure", &login("SCRAM-SHA-256", env_password)),
+        &sinks,
+    );
     let log = run(&cfg, "the run over TLS and SASL");
     assert!(log.contains(" 6000 events"), "{log}");
     assert!(!log.contains("s3cret"), "the password is never logged");
@@ -1034,15 +1139,29 @@ fn tls_and_sasl_for_every_kafka_client() {
     // Trusting another CA, and a wrong password: clear errors, nothing committed.
     let other_ca = certs.other_ca.display().to_string();
     for (name, login, error) in [
-        ("wrong-ca", login("SCRAM-SHA-256", env_password).replace(&ca, &other_ca), "certificate verify failed"),
-        ("wrong-password", login("SCRAM-SHA-256", "sasl_password = \"not the password\""), "SASL authentication error"),
+        (
+            "wrong-ca",
+            login("SCRAM-SHA-256", env_password).replace(&ca, &other_ca),
+            "certificate verify failed",
+        ),
+        (
+            "wrong-password",
+            login("SCRAM-SHA-256", "sasl_password = \"not the password\""),
+            "SASL authentication error",
+        ),
     ] {
         let cfg = write_config(dir, name, &source(name, &login), &jsonl_sinks(dir, name));
         let out = spawn(&cfg).wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: {stderr}");
-        assert!(stderr.contains("cannot reach the brokers") && stderr.contains(error), "{name}: {stderr}");
-        assert!(!stderr.contains("not the password"), "{name}: the password is never logged");
+        assert!(
+            stderr.contains("cannot reach the brokers") && stderr.contains(error),
+            "{name}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("not the password"),
+            "{name}: the password is never logged"
+        );
         let c: BaseConsumer = broker
             .client(&certs.ca, "SCRAM-SHA-256", "alice", "s3cret pass")
             .set("group.id", name)
@@ -1053,7 +1172,10 @@ fn tls_and_sasl_for_every_kafka_client() {
         tpl.add_partition(TOPIC, 1);
         let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
         assert!(
-            committed.elements().iter().all(|e| e.offset() == Offset::Invalid),
+            committed
+                .elements()
+                .iter()
+                .all(|e| e.offset() == Offset::Invalid),
             "{name}: nothing committed: {committed:?}"
         );
     }

@@ -106,7 +106,10 @@ impl Args {
         if let Some(v) = &self.security_protocol {
             p.push(("security.protocol".to_string(), v.clone()));
             if v.starts_with("sasl_") {
-                let m = self.sasl_mechanism.clone().unwrap_or_else(|| "PLAIN".into());
+                let m = self
+                    .sasl_mechanism
+                    .clone()
+                    .unwrap_or_else(|| "PLAIN".into());
                 p.push(("sasl.mechanism".to_string(), m));
             }
         }

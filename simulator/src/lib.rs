@@ -83,7 +83,11 @@ impl std::str::FromStr for Layout {
             "compact" => Layout::Compact,
             "pretty" => Layout::Pretty,
             "shuffled" => Layout::Shuffled,
-            _ => return Err(format!("expected sas, compact, pretty or shuffled, got {s:?}")),
+            _ => {
+                return Err(format!(
+                    "expected sas, compact, pretty or shuffled, got {s:?}"
+                ));
+            }
         })
     }
 }
@@ -203,7 +207,7 @@ impl Generator {
             stats: SimStats::default(),
             scratch: Vec::with_capacity(1024),
             members: Vec::with_capacity(1024),
-            order_rng: Rng::new(cfg.seed ^ 0x5EED_0F_0DE5),
+            order_rng: Rng::new(cfg.seed ^ 0x005E_ED0F_0DE5),
             cfg: SimConfig { devices, ..cfg },
         }
     }
@@ -606,15 +610,24 @@ mod tests {
             String::from_utf8(out).unwrap()
         };
         let values = |text: &str| -> Vec<serde_json::Value> {
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
         };
         let sas = lines(Layout::Sas, IdStyle::Sas);
         let first = sas.lines().find(|l| l.starts_with('{')).unwrap();
         assert!(first.starts_with(r#"{"eventId":""#), "{first}");
-        let order: Vec<usize> = ["\"complexData\":{", "\"value\":", "\"deviceId\":\"contoso://device-id-", "\"deviceSequenceNumber\":", "\"type\":", "\"createdAt\":"]
-            .iter()
-            .map(|k| first.find(k).unwrap_or_else(|| panic!("{k} in {first}")))
-            .collect();
+        let order: Vec<usize> = [
+            "\"complexData\":{",
+            "\"value\":",
+            "\"deviceId\":\"contoso://device-id-",
+            "\"deviceSequenceNumber\":",
+            "\"type\":",
+            "\"createdAt\":",
+        ]
+        .iter()
+        .map(|k| first.find(k).unwrap_or_else(|| panic!("{k} in {first}")))
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{first}");
         let pretty = lines(Layout::Pretty, IdStyle::Sas);
         assert!(pretty.contains(r#"{"eventId": ""#) && pretty.contains(", \"moreData1\": "));

@@ -642,7 +642,8 @@ pub fn decode_scalar_into<'a>(
     if let Some(e) = schema {
         return Err(DecodeError::Schema(e));
     }
-    let missing = |role: Role| DecodeError::Schema(format!("missing field `{}`", fields.name(role)));
+    let missing =
+        |role: Role| DecodeError::Schema(format!("missing field `{}`", fields.name(role)));
     let mut take = |i: usize| found[i].take();
     let text = |f: Option<Found<'a>>, role: Role| match f {
         Some(Found::Text(t)) => Ok(t),
@@ -652,7 +653,10 @@ pub fn decode_scalar_into<'a>(
         Some(_) => {
             let id = text(take(SLOT_EVENT_ID), Role::EventId)?;
             if id.is_empty() {
-                return Err(DecodeError::Schema(format!("{} is empty", fields.name(Role::EventId))));
+                return Err(DecodeError::Schema(format!(
+                    "{} is empty",
+                    fields.name(Role::EventId)
+                )));
             }
             id
         }
@@ -660,7 +664,10 @@ pub fn decode_scalar_into<'a>(
     };
     let device_id = text(take(SLOT_DEVICE_ID), Role::DeviceId)?;
     if device_id.is_empty() {
-        return Err(DecodeError::Schema(format!("{} is empty", fields.device_id)));
+        return Err(DecodeError::Schema(format!(
+            "{} is empty",
+            fields.device_id
+        )));
     }
     let seq = match (&fields.sequence, take(SLOT_SEQUENCE)) {
         (None, _) => 0,
@@ -697,9 +704,14 @@ pub fn decode_scalar_into<'a>(
         (_, None | Some(Found::Null)) => return Err(missing(Role::Time)),
         (_, Some(Found::Time(ms))) => ms,
         (TimeFormat::Rfc3339, Some(Found::Text(t))) => parse_rfc3339_ms(&t).ok_or_else(|| {
-            DecodeError::Schema(format!("{} is not an RFC 3339 timestamp: {t:?}", fields.time))
+            DecodeError::Schema(format!(
+                "{} is not an RFC 3339 timestamp: {t:?}",
+                fields.time
+            ))
         })?,
-        (format, Some(Found::Text(t))) => epoch_ms(&t, format).ok_or_else(|| bad_epoch(fields, &t))?,
+        (format, Some(Found::Text(t))) => {
+            epoch_ms(&t, format).ok_or_else(|| bad_epoch(fields, &t))?
+        }
         (_, Some(Found::Int(_) | Found::Num(_))) => unreachable!("times are read as Time"),
     };
     Ok(Event {
@@ -1102,10 +1114,10 @@ pub fn skip_structure(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod flat;
 mod fast;
 mod fields;
+#[cfg(target_arch = "x86_64")]
+mod flat;
 #[cfg(test)]
 mod tests;
 

@@ -83,8 +83,8 @@ impl ClientContext for Probe {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Kafka: client error.");
         // "All brokers are down" follows the error that brought them down: keep that.
-        let all_down = error.rdkafka_error_code()
-            == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        let all_down =
+            error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
         let mut last = self.last_error.lock();
         if !all_down || last.is_none() {
             *last = Some(reason.to_string());

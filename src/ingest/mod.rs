@@ -372,7 +372,9 @@ fn route_line(
         let p = if item.flags & Item::OVERSIZE != 0 {
             by_line
         } else {
-            device_key.find(bytes).map_or(by_line, |d| partition_of(&d, n))
+            device_key
+                .find(bytes)
+                .map_or(by_line, |d| partition_of(&d, n))
         };
         items[p].push(item);
     });
@@ -426,7 +428,10 @@ pub fn split_line(
 /// lines with nothing but whitespace after it: a pretty-printed message, which is one
 /// message, not one per line. `None` for anything else (single lines, NDJSON).
 fn one_multiline_value(data: &[u8], start: usize) -> Option<(usize, usize)> {
-    let first = start + data[start..].iter().position(|b| !b.is_ascii_whitespace())?;
+    let first = start
+        + data[start..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
     let newline = first + memchr::memchr(b'\n', &data[first..])?;
     if !matches!(data[first], b'{' | b'[') || data[newline..].iter().all(u8::is_ascii_whitespace) {
         return None;
@@ -526,7 +531,10 @@ mod tests {
         let mut out = Vec::new();
         split_message(pretty.as_bytes(), 0, pretty.len(), 7, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].start, out[0].end), (1, pretty.trim_end().len() as u32));
+        assert_eq!(
+            (out[0].start, out[0].end),
+            (1, pretty.trim_end().len() as u32)
+        );
         let batch = "[\n  {\"device\": \"a\"},\n  {\"device\": \"b\"}\n]";
         out.clear();
         split_message(batch.as_bytes(), 0, batch.len(), 0, &mut out);
@@ -538,12 +546,20 @@ mod tests {
         let broken = "{\n  \"device\": \"a\"\n";
         out.clear();
         split_message(broken.as_bytes(), 0, broken.len(), 0, &mut out);
-        assert_eq!(out.len(), 2, "an unterminated value is read line by line (and refused)");
+        assert_eq!(
+            out.len(),
+            2,
+            "an unterminated value is read line by line (and refused)"
+        );
 
         let (t0, r0) = bounded(8);
         let (t1, r1) = bounded(8);
-        let mut router = Router::new(vec![t0, t1], Instant::now(), Arc::new(AtomicBool::new(false)))
-            .with_device_field("device");
+        let mut router = Router::new(
+            vec![t0, t1],
+            Instant::now(),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .with_device_field("device");
         for d in ["a/b", "é #?\\\\", "c"] {
             let body = format!("{{\n  \"device\": \"{d}\",\n  \"v\": 1\n}}\n");
             router.route(body.into_bytes(), &Arc::from("http")).unwrap();

@@ -668,7 +668,8 @@ impl Partition {
                 self.changed.push(device);
             }
         }
-        self.windows.update(series, ev.ts, value, arrived_ns, offset)
+        self.windows
+            .update(series, ev.ts, value, arrived_ns, offset)
     }
 
     fn reject(&mut self, reason: Reason, error: String, raw: &[u8], block: &Block, it: &Item) {

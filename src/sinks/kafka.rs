@@ -197,3 +197,31 @@ impl KafkaWriter {
         into.append(&mut self.gave_up);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::{KafkaWriter, producer_config};
+
+    /// A record whose delivery fails for good (message too large) is sent again, and
+    /// each resend is counted (the `eventide_sink_retries_total` metric sums these).
+    #[test]
+    fn failed_deliveries_are_sent_again_and_counted() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("out", 1, 1).unwrap();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2],
+        );
+        let config = producer_config(&cluster.bootstrap_servers(), None);
+        let mut w = KafkaWriter::new(&config, 5).unwrap();
+        w.send("out", Some(b"d"), b"{}", 0);
+        w.flush();
+        assert_eq!(w.retries(), 2);
+        let mut gave_up = Vec::new();
+        w.take_failed(&mut gave_up);
+        assert!(gave_up.is_empty(), "delivered on the third attempt");
+    }
+}

@@ -356,6 +356,9 @@ pub fn debian_tool(command: &'static str, package: &str) -> &'static str {
             .unwrap_or_else(|e| panic!("running apt-get to install {package}: {e}"));
         assert!(status.success(), "installing {package} failed: {all:?}");
     }
-    assert!(have(), "{command} is still missing after installing {package}");
+    assert!(
+        have(),
+        "{command} is still missing after installing {package}"
+    );
     command
 }

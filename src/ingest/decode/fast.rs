@@ -352,7 +352,11 @@ fn read<'a, S: Scan>(
                 if matches!(at(b, e), b'.' | b'e' | b'E') {
                     return None;
                 }
-                seq = Some(b[p..e].iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64));
+                seq = Some(
+                    b[p..e]
+                        .iter()
+                        .fold(0u64, |n, &d| n * 10 + (d - b'0') as u64),
+                );
                 e
             }
             Role::Value(i) => {

@@ -244,11 +244,16 @@ pub fn epoch_ms(text: &str, format: TimeFormat) -> Option<i64> {
     // Integers (the usual case) exactly; anything else through f64.
     let ms = if !t.is_empty()
         && t.len() <= 18
-        && t.bytes().enumerate().all(|(i, c)| c.is_ascii_digit() || (i == 0 && c == b'-' && t.len() > 1))
+        && t.bytes()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_digit() || (i == 0 && c == b'-' && t.len() > 1))
     {
         t.parse::<i64>().ok()?.checked_mul(unit)?
     } else {
-        if !t.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')) {
+        if !t
+            .bytes()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E'))
+        {
             return None; // not "inf", "NaN", " 1" …
         }
         let v = t.parse::<f64>().ok()? * unit as f64;
@@ -323,16 +328,34 @@ mod tests {
     fn bad_mappings_name_the_role() {
         let e = |r: Result<Fields, (&'static str, String)>| r.unwrap_err().0;
         let t = TimeFormat::Rfc3339;
-        assert_eq!(e(Fields::new(None, "", None, None, &["v"], "t", t)), "device_id");
+        assert_eq!(
+            e(Fields::new(None, "", None, None, &["v"], "t", t)),
+            "device_id"
+        );
         assert_eq!(e(Fields::new(None, "d", None, None, &["v"], "", t)), "time");
         assert_eq!(e(Fields::new(None, "d", None, None, &[], "t", t)), "value");
-        assert_eq!(e(Fields::new(None, "d", None, Some("k"), &["a", "b"], "t", t)), "type");
-        assert_eq!(e(Fields::new(Some("d"), "d", None, None, &["v"], "t", t)), "device_id");
-        assert_eq!(e(Fields::new(None, "d", None, None, &["v", "v"], "t", t)), "value");
-        assert_eq!(e(Fields::new(None, "d", None, None, &["complexData"], "t", t)), "value");
+        assert_eq!(
+            e(Fields::new(None, "d", None, Some("k"), &["a", "b"], "t", t)),
+            "type"
+        );
+        assert_eq!(
+            e(Fields::new(Some("d"), "d", None, None, &["v"], "t", t)),
+            "device_id"
+        );
+        assert_eq!(
+            e(Fields::new(None, "d", None, None, &["v", "v"], "t", t)),
+            "value"
+        );
+        assert_eq!(
+            e(Fields::new(None, "d", None, None, &["complexData"], "t", t)),
+            "value"
+        );
         let many: Vec<String> = (0..17).map(|i| format!("m{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert_eq!(e(Fields::new(None, "d", None, None, &many, "t", t)), "value");
+        assert_eq!(
+            e(Fields::new(None, "d", None, None, &many, "t", t)),
+            "value"
+        );
     }
 
     #[test]
@@ -341,11 +364,23 @@ mod tests {
         assert_eq!(epoch_ms("1767225600123", EpochMs), Some(1_767_225_600_123));
         assert_eq!(epoch_ms("1767225600", EpochS), Some(1_767_225_600_000));
         assert_eq!(epoch_ms("1767225600.1239", EpochS), Some(1_767_225_600_123));
-        assert_eq!(epoch_ms("1767225600123.9", EpochMs), Some(1_767_225_600_123));
+        assert_eq!(
+            epoch_ms("1767225600123.9", EpochMs),
+            Some(1_767_225_600_123)
+        );
         assert_eq!(epoch_ms("-1", EpochMs), Some(-1));
         assert_eq!(epoch_ms("-0.5", EpochS), Some(-500));
         assert_eq!(epoch_ms("1.7672256e9", EpochS), Some(1_767_225_600_000));
-        for bad in ["", "-", "x", "1e400", "NaN", "inf", "99999999999999999", "1 2"] {
+        for bad in [
+            "",
+            "-",
+            "x",
+            "1e400",
+            "NaN",
+            "inf",
+            "99999999999999999",
+            "1 2",
+        ] {
             assert_eq!(epoch_ms(bad, EpochS), None, "{bad}");
         }
         assert_eq!(epoch_ms("1767225600", Rfc3339), None);

@@ -145,8 +145,7 @@ fn block<const WHOLE: bool>(
 ) -> Option<Option<usize>> {
     let new = !0u64 << first;
     // The bytes classified, in the order of the bitmaps below (digits come last).
-    let splat =
-        [b'"', b':', b',', b'}', b'.', b'-', b'0', b' '].map(|c| _mm256_set1_epi8(c as i8));
+    let splat = [b'"', b':', b',', b'}', b'.', b'-', b'0', b' '].map(|c| _mm256_set1_epi8(c as i8));
     let nine = _mm256_set1_epi8(9);
     // Backslashes, control characters and non-ASCII bytes (the unusual: checked byte
     // by byte when there are any), gathered in a vector; the bitmap is made only for
@@ -371,7 +370,10 @@ unsafe fn brackets(b: &[u8], from: usize, to: usize) -> Option<(i64, u64)> {
             _mm256_movemask_epi8(m0) as u32 as u64 | (_mm256_movemask_epi8(m1) as u32 as u64) << 32
         };
         let (l0, l1) = (_mm256_or_si256(v0, lower), _mm256_or_si256(v1, lower));
-        let (e0, e1) = (_mm256_cmpeq_epi8(v0, backslash), _mm256_cmpeq_epi8(v1, backslash));
+        let (e0, e1) = (
+            _mm256_cmpeq_epi8(v0, backslash),
+            _mm256_cmpeq_epi8(v1, backslash),
+        );
         (
             bits(_mm256_cmpeq_epi8(v0, quote), _mm256_cmpeq_epi8(v1, quote)),
             bits(_mm256_cmpeq_epi8(l0, open), _mm256_cmpeq_epi8(l1, open)),

@@ -92,7 +92,10 @@ fn errors_are_classified_as_parse_or_schema() {
 
 #[test]
 fn the_router_finds_the_top_level_device_id_only() {
-    assert_eq!(device_key(EV.as_bytes(), "deviceId").as_deref(), Some("dev-1"));
+    assert_eq!(
+        device_key(EV.as_bytes(), "deviceId").as_deref(),
+        Some("dev-1")
+    );
     let nested_first = r#"{"complexData":{"deviceId":"inner","x":"a\"}"},"deviceId" : "outer"}"#;
     assert_eq!(
         device_key(nested_first.as_bytes(), "deviceId").as_deref(),
@@ -165,7 +168,14 @@ fn reference(bytes: &[u8]) -> Result<(String, String, u64, String, f64, i64), &'
     }
     // serde_json keeps the last of duplicate keys; an event must not have them.
     let text = std::str::from_utf8(bytes).unwrap();
-    for f in ["eventId", "deviceId", "deviceSequenceNumber", "type", "value", "createdAt"] {
+    for f in [
+        "eventId",
+        "deviceId",
+        "deviceSequenceNumber",
+        "type",
+        "value",
+        "createdAt",
+    ] {
         if text.matches(&format!("\"{f}\"")).count() > 1 {
             return Err("dup");
         }
@@ -582,7 +592,9 @@ fn read_of(e: &Event<'_>, values: &Values) -> Read {
 fn reference_with(bytes: &[u8], f: &Fields) -> Result<Read, &'static str> {
     let v: Value = serde_json::from_slice(bytes).map_err(|_| "parse")?;
     let o = v.as_object().ok_or("schema")?;
-    let keys = serde_json::from_slice::<Keys>(bytes).map_err(|_| "schema")?.0;
+    let keys = serde_json::from_slice::<Keys>(bytes)
+        .map_err(|_| "schema")?
+        .0;
     let named: Vec<&str> = [
         f.event_id.as_deref(),
         Some(&*f.device_id),
@@ -632,7 +644,10 @@ fn reference_with(bytes: &[u8], f: &Fields) -> Result<Read, &'static str> {
             return Err("schema");
         }
     } else {
-        value = o.get(&*f.values[0]).and_then(Value::as_f64).ok_or("schema")?;
+        value = o
+            .get(&*f.values[0])
+            .and_then(Value::as_f64)
+            .ok_or("schema")?;
     }
     let ts = match (f.time_format, o.get(&*f.time)) {
         (TimeFormat::Rfc3339, Some(Value::String(s))) => parse_rfc3339_ms(s),
@@ -642,7 +657,10 @@ fn reference_with(bytes: &[u8], f: &Fields) -> Result<Read, &'static str> {
         _ => None,
     }
     .ok_or("schema")?;
-    if !matches!(o.get("complexData"), None | Some(Value::Null | Value::Object(_))) {
+    if !matches!(
+        o.get("complexData"),
+        None | Some(Value::Null | Value::Object(_))
+    ) {
         return Err("schema");
     }
     Ok((
@@ -658,7 +676,9 @@ fn reference_with(bytes: &[u8], f: &Fields) -> Result<Read, &'static str> {
 
 /// Whitespace between tokens: mostly none or one space, sometimes more, newlines, tabs.
 fn gap() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["", "", "", " ", " ", "  ", "\n", "\n    ", "\t", "\r\n"])
+    prop::sample::select(vec![
+        "", "", "", " ", " ", "  ", "\n", "\n    ", "\t", "\r\n",
+    ])
 }
 
 /// Any JSON value (some invalid: a leading zero, a lone minus), nested a few deep.
@@ -674,12 +694,17 @@ fn any_value() -> impl Strategy<Value = String> {
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec((inner.clone(), gap(), gap()), 0..6).prop_map(|v| {
-                let items: Vec<String> = v.into_iter().map(|(x, a, b)| format!("{a}{x}{b}")).collect();
+                let items: Vec<String> = v
+                    .into_iter()
+                    .map(|(x, a, b)| format!("{a}{x}{b}"))
+                    .collect();
                 format!("[{}]", items.join(","))
             }),
             prop::collection::vec(("[a-zA-Z0-9 ]{0,8}", inner, gap(), gap()), 0..6).prop_map(|v| {
-                let items: Vec<String> =
-                    v.into_iter().map(|(k, x, a, b)| format!("\"{k}\"{a}:{b}{x}")).collect();
+                let items: Vec<String> = v
+                    .into_iter()
+                    .map(|(k, x, a, b)| format!("\"{k}\"{a}:{b}{x}"))
+                    .collect();
                 format!("{{{}}}", items.join(","))
             }),
         ]
@@ -705,14 +730,27 @@ fn complex_data() -> impl Strategy<Value = String> {
 fn role_value(role: Role, fields: &Fields, i: u64) -> String {
     let good = match role {
         Role::EventId => format!("\"e-{i}\""),
-        Role::DeviceId => ["\"contoso://device-id-7\"", "\"dev/é #?\\\\x\"", "\"d\""][i as usize % 3].into(),
+        Role::DeviceId => {
+            ["\"contoso://device-id-7\"", "\"dev/é #?\\\\x\"", "\"d\""][i as usize % 3].into()
+        }
         Role::Sequence => (i * 7919 % 100_000).to_string(),
         Role::Type => ["\"CO2\"", "\"TEMP\""][i as usize % 2].into(),
-        Role::Value(_) => ["1001.5", "-0.25", "42", "57.739726013343247", "null"][i as usize % 5].into(),
+        Role::Value(_) => {
+            ["1001.5", "-0.25", "42", "57.739726013343247", "null"][i as usize % 5].into()
+        }
         Role::Time => match fields.time_format {
-            TimeFormat::Rfc3339 => ["\"2026-01-01T00:00:01.250Z\"", "\"2019-05-16T17:16:40.000003Z\"", "\"2026-01-01T01:00:00+01:00\""][i as usize % 3].into(),
-            TimeFormat::EpochMs => ["1767225600123", "\"1767225600123\"", "1767225600123.7"][i as usize % 3].into(),
-            TimeFormat::EpochS => ["1767225600", "\"1767225600.5\"", "1767225600.123456"][i as usize % 3].into(),
+            TimeFormat::Rfc3339 => [
+                "\"2026-01-01T00:00:01.250Z\"",
+                "\"2019-05-16T17:16:40.000003Z\"",
+                "\"2026-01-01T01:00:00+01:00\"",
+            ][i as usize % 3]
+                .into(),
+            TimeFormat::EpochMs => {
+                ["1767225600123", "\"1767225600123\"", "1767225600123.7"][i as usize % 3].into()
+            }
+            TimeFormat::EpochS => {
+                ["1767225600", "\"1767225600.5\"", "1767225600.123456"][i as usize % 3].into()
+            }
         },
         Role::ComplexData | Role::Other => "1".into(),
     };
@@ -804,12 +842,25 @@ fn the_fast_reader_takes_every_common_layout() {
     if !fast::simd_available() {
         return;
     }
-    for layout in [Layout::Sas, Layout::Compact, Layout::Pretty, Layout::Shuffled] {
+    for layout in [
+        Layout::Sas,
+        Layout::Compact,
+        Layout::Pretty,
+        Layout::Shuffled,
+    ] {
         for id_style in [IdStyle::Sas, IdStyle::Plain] {
-            let events = Generator::new(SimConfig { layout, id_style, ..SimConfig::default() })
-                .single_events(300);
+            let events = Generator::new(SimConfig {
+                layout,
+                id_style,
+                ..SimConfig::default()
+            })
+            .single_events(300);
             for ev in &events {
-                assert!(fast_agrees(ev), "{layout:?}: {}", String::from_utf8_lossy(ev));
+                assert!(
+                    fast_agrees(ev),
+                    "{layout:?}: {}",
+                    String::from_utf8_lossy(ev)
+                );
             }
         }
     }
@@ -818,7 +869,10 @@ fn the_fast_reader_takes_every_common_layout() {
     let pretty = "{\n  \"eventId\": \"b81d241f-5187-40b0-ab2a-940faf9757c0\",\n  \"complexData\": {\n    \"moreData0\": 57.739726013343247,\n    \"moreData1\": 52.230732688620829\n  },\n  \"value\": 49.02278128887753,\n  \"deviceId\": \"contoso://device-id-154\",\n  \"deviceSequenceNumber\": 0,\n  \"type\": \"CO2\",\n  \"createdAt\": \"2019-05-16T17:16:40.000003Z\"\n}\n";
     assert!(fast_agrees(pretty.as_bytes()), "{pretty}");
     let e = decode(pretty.as_bytes()).unwrap();
-    assert_eq!((&*e.device_id, e.value), ("contoso://device-id-154", 49.02278128887753));
+    assert_eq!(
+        (&*e.device_id, e.value),
+        ("contoso://device-id-154", 49.02278128887753)
+    );
     assert_eq!(e.ts, parse_rfc3339_ms("2019-05-16T17:16:40.000Z").unwrap());
 }
 
@@ -831,19 +885,54 @@ fn mapped_fields_are_read_by_their_names() {
     let b = br#"{"device_id":"boiler/7","ts":1767225600123,"seq":4,"temperature":21.5,"humidity":null,"eventId":"ignored"}"#;
     let e = d.decode(b).unwrap();
     let (device, ts, seq, present) = (e.device_id.to_string(), e.ts, e.seq, e.present);
-    assert_eq!((&*device, ts, seq, present, d.values()[0]), ("boiler/7", 1_767_225_600_123, 4, 0b01, 21.5));
+    assert_eq!(
+        (&*device, ts, seq, present, d.values()[0]),
+        ("boiler/7", 1_767_225_600_123, 4, 0b01, 21.5)
+    );
     assert_eq!((&*e.event_id, &*e.kind), ("", ""));
     let e = d.decode(br#"{"humidity": 40, "ts": "1767225600000", "device_id": "b", "seq": 0, "temperature": -3}"#).unwrap();
     let present = e.present;
     assert_eq!((present, d.values()[0], d.values()[1]), (0b11, -3.0, 40.0));
     let err = |d: &mut Decoder, b: &[u8]| d.decode(b).unwrap_err().to_string();
-    assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"seq":0}"#), "none of the value members is present: temperature, humidity");
-    assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"temperature":1}"#), "missing field `seq`");
-    assert!(err(&mut d, br#"{"device_id":"b","ts":"soon","seq":0,"temperature":1}"#).starts_with("ts is not a time in milliseconds"));
-    assert_eq!(err(&mut d, br#"{"device_id":"b","ts":1,"seq":0,"temperature":"hot"}"#), "invalid type: a string, expected a number for `temperature`");
+    assert_eq!(
+        err(&mut d, br#"{"device_id":"b","ts":1,"seq":0}"#),
+        "none of the value members is present: temperature, humidity"
+    );
+    assert_eq!(
+        err(&mut d, br#"{"device_id":"b","ts":1,"temperature":1}"#),
+        "missing field `seq`"
+    );
+    assert!(
+        err(
+            &mut d,
+            br#"{"device_id":"b","ts":"soon","seq":0,"temperature":1}"#
+        )
+        .starts_with("ts is not a time in milliseconds")
+    );
+    assert_eq!(
+        err(
+            &mut d,
+            br#"{"device_id":"b","ts":1,"seq":0,"temperature":"hot"}"#
+        ),
+        "invalid type: a string, expected a number for `temperature`"
+    );
     let mut d = Decoder::new(std::sync::Arc::new(single));
-    let e = d.decode(br#"{"id":"x","dev":"d","kind":"TEMP","reading":1.5,"time":1767225600.25}"#).unwrap();
-    assert_eq!((&*e.event_id, &*e.kind, e.value, e.ts, e.present), ("x", "TEMP", 1.5, 1_767_225_600_250, 0));
-    assert_eq!(err(&mut d, br#"{"id":"x","dev":"d","kind":"TEMP","time":1}"#), "missing field `reading`");
-    assert_eq!(err(&mut d, br#"{"id":"x","dev":"d","kind":"TEMP","reading":1,"time":1,"time":2}"#), "duplicate field `time`");
+    let e = d
+        .decode(br#"{"id":"x","dev":"d","kind":"TEMP","reading":1.5,"time":1767225600.25}"#)
+        .unwrap();
+    assert_eq!(
+        (&*e.event_id, &*e.kind, e.value, e.ts, e.present),
+        ("x", "TEMP", 1.5, 1_767_225_600_250, 0)
+    );
+    assert_eq!(
+        err(&mut d, br#"{"id":"x","dev":"d","kind":"TEMP","time":1}"#),
+        "missing field `reading`"
+    );
+    assert_eq!(
+        err(
+            &mut d,
+            br#"{"id":"x","dev":"d","kind":"TEMP","reading":1,"time":1,"time":2}"#
+        ),
+        "duplicate field `time`"
+    );
 }

@@ -337,14 +337,20 @@ mod id_tests {
                 assert_eq!(raw_id(&id).as_deref(), Some(raw), "{raw} -> {id}");
             }
         }
-        assert_eq!(doc_id("contoso://device-id-154"), "contoso:%2F%2Fdevice-id-154");
+        assert_eq!(
+            doc_id("contoso://device-id-154"),
+            "contoso:%2F%2Fdevice-id-154"
+        );
         assert_eq!(doc_id("a%b"), "a%25b");
         assert!(matches!(doc_id("plain"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
     fn long_ids_are_cut_with_a_hash_and_stay_distinct() {
-        let a = format!("tumbling_1m|{}|CO2|2026-01-01T00:00:00.000Z", "é/".repeat(100));
+        let a = format!(
+            "tumbling_1m|{}|CO2|2026-01-01T00:00:00.000Z",
+            "é/".repeat(100)
+        );
         let b = a.replace("CO2", "TEMP");
         let (ia, ib) = (doc_id(&a), doc_id(&b));
         assert!(ia.len() <= MAX_ID_LEN && ib.len() <= MAX_ID_LEN);

@@ -420,8 +420,8 @@ fn with_id(json: &str, id: &str) -> Result<Box<RawValue>, SinkError> {
     let mut record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
         .map_err(|e| SinkError::Cosmos(format!("record is not a JSON object: {e}")))?;
     record.insert("id".into(), id.into());
-    let text = serde_json::to_string(&record)
-        .map_err(|e| SinkError::Cosmos(format!("record: {e}")))?;
+    let text =
+        serde_json::to_string(&record).map_err(|e| SinkError::Cosmos(format!("record: {e}")))?;
     RawValue::from_string(text).map_err(|e| SinkError::Cosmos(format!("record is not JSON: {e}")))
 }
 
@@ -651,7 +651,10 @@ impl Writer {
                     self.retrying(|| c.upsert_item(&device, &id, &doc, Some(options.clone())))
                         .await
                 }
-                None => self.retrying(|| c.create_item(&device, &id, &doc, None)).await,
+                None => {
+                    self.retrying(|| c.create_item(&device, &id, &doc, None))
+                        .await
+                }
             };
             match result {
                 Ok(r) => {
