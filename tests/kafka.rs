@@ -1018,11 +1018,15 @@ impl Drop for SecureTansu {
 
 /// Every record of `topic`, read over TLS with a SCRAM login.
 fn consume_all_secure(broker: &SecureTansu, ca: &Path, topic: &str) -> Vec<Value> {
-    let c: BaseConsumer = broker
-        .client(ca, "SCRAM-SHA-256", "alice", "s3cret pass")
-        .set("group.id", "reader")
-        .create()
-        .unwrap();
+    consume_all_with(
+        broker.client(ca, "SCRAM-SHA-256", "alice", "s3cret pass"),
+        topic,
+    )
+}
+
+/// Every record of `topic`, read by a client with `config`.
+fn consume_all_with(mut config: ClientConfig, topic: &str) -> Vec<Value> {
+    let c: BaseConsumer = config.set("group.id", "reader").create().unwrap();
     let parts = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap()
@@ -1052,8 +1056,8 @@ fn consume_all_secure(broker: &SecureTansu, ca: &Path, topic: &str) -> Vec<Value
 /// made by the test signed, against a tansu that requires SASL. The records written
 /// are the file run's. A client that trusts another CA, and one with a wrong SCRAM
 /// password, stop with a clear error and a non-zero exit, having committed nothing.
-/// (PLAIN, Event Hubs' mechanism, is not tested against a broker: tansu does not serve
-/// it with authentication on, and librdkafka's mock cluster speaks no SASL.)
+/// (PLAIN, Event Hubs' mechanism, is in `sasl_plain_as_event_hubs_asks`: tansu does
+/// not serve it with authentication on, and librdkafka's mock cluster speaks no SASL.)
 #[test]
 fn tls_and_sasl_for_every_kafka_client() {
     let _serial = serial();
@@ -1178,5 +1182,285 @@ fn tls_and_sasl_for_every_kafka_client() {
                 .all(|e| e.offset() == Offset::Invalid),
             "{name}: nothing committed: {committed:?}"
         );
+    }
+}
+
+/// The server side of SASL PLAIN for one user, in front of a broker that has no
+/// authentication: it answers a connection's SaslHandshake and SaslAuthenticate
+/// requests itself (checking the user name and password), passes its ApiVersions
+/// requests on, and once the login succeeds pipes the connection to the broker.
+/// (Neither tansu, which serves only SCRAM with authentication on, nor librdkafka's
+/// mock cluster, which has no SASL, speaks PLAIN.) Listens on a loopback port.
+struct PlainGate {
+    port: u16,
+}
+
+impl PlainGate {
+    fn start(upstream: u16, user: &'static str, password: &'static str) -> PlainGate {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let _ = Self::serve(client, upstream, user, password);
+                });
+            }
+        });
+        PlainGate { port }
+    }
+
+    fn serve(
+        mut client: std::net::TcpStream,
+        upstream: u16,
+        user: &str,
+        password: &str,
+    ) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let mut broker = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+        let frame = |s: &mut std::net::TcpStream| -> std::io::Result<Vec<u8>> {
+            let mut size = [0; 4];
+            s.read_exact(&mut size)?;
+            let mut f = vec![0; i32::from_be_bytes(size) as usize];
+            s.read_exact(&mut f)?;
+            Ok(f)
+        };
+        let send = |s: &mut std::net::TcpStream, body: &[u8]| {
+            let mut out = (body.len() as i32).to_be_bytes().to_vec();
+            out.extend_from_slice(body);
+            s.write_all(&out)
+        };
+        loop {
+            let req = frame(&mut client)?;
+            let api = i16::from_be_bytes([req[0], req[1]]);
+            let version = i16::from_be_bytes([req[2], req[3]]);
+            let corr = &req[4..8];
+            // The body starts after the client id (and the tag buffer of flexible
+            // request headers: SaslAuthenticate v2).
+            let id_len = i16::from_be_bytes([req[8], req[9]]).max(0) as usize;
+            let flexible = api == 36 && version >= 2;
+            let body = &req[10 + id_len + flexible as usize..];
+            match api {
+                17 => {
+                    // SaslHandshake: PLAIN only.
+                    let mut r = corr.to_vec();
+                    r.extend_from_slice(&0i16.to_be_bytes());
+                    r.extend_from_slice(&1i32.to_be_bytes());
+                    r.extend_from_slice(&5i16.to_be_bytes());
+                    r.extend_from_slice(b"PLAIN");
+                    send(&mut client, &r)?;
+                }
+                36 => {
+                    // SaslAuthenticate: `authzid NUL user NUL password`.
+                    let token = if flexible {
+                        let n = body[0] as usize - 1; // (a one-byte varint here)
+                        &body[1..1 + n]
+                    } else {
+                        let n = i32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+                        &body[4..4 + n]
+                    };
+                    let parts: Vec<&[u8]> = token.split(|&b| b == 0).collect();
+                    let ok = parts.len() == 3
+                        && parts[1] == user.as_bytes()
+                        && parts[2] == password.as_bytes();
+                    let (code, message) = if ok {
+                        (0i16, None)
+                    } else {
+                        (58i16, Some("invalid user name or password"))
+                    };
+                    let mut r = corr.to_vec();
+                    if flexible {
+                        r.push(0);
+                    }
+                    r.extend_from_slice(&code.to_be_bytes());
+                    match (message, flexible) {
+                        (None, false) => r.extend_from_slice(&(-1i16).to_be_bytes()),
+                        (None, true) => r.push(0),
+                        (Some(m), false) => {
+                            r.extend_from_slice(&(m.len() as i16).to_be_bytes());
+                            r.extend_from_slice(m.as_bytes());
+                        }
+                        (Some(m), true) => {
+                            r.push(m.len() as u8 + 1);
+                            r.extend_from_slice(m.as_bytes());
+                        }
+                    }
+                    if flexible {
+                        r.push(1); // empty auth bytes
+                    } else {
+                        r.extend_from_slice(&0i32.to_be_bytes());
+                    }
+                    if version >= 1 {
+                        r.extend_from_slice(&0i64.to_be_bytes());
+                    }
+                    if flexible {
+                        r.push(0);
+                    }
+                    send(&mut client, &r)?;
+                    if !ok {
+                        return Ok(());
+                    }
+                    // Logged in: from here on the broker answers everything.
+                    let (mut c2, mut b2) = (client.try_clone()?, broker.try_clone()?);
+                    std::thread::spawn(move || std::io::copy(&mut b2, &mut c2));
+                    std::io::copy(&mut client, &mut broker)?;
+                    return Ok(());
+                }
+                _ => {
+                    // ApiVersions and anything else before the login: the broker's.
+                    send(&mut broker, &req)?;
+                    let answer = frame(&mut broker)?;
+                    send(&mut client, &answer)?;
+                }
+            }
+        }
+    }
+}
+
+/// SASL PLAIN over TLS, as Azure Event Hubs asks for (`$ConnectionString` as the user
+/// name, the connection string as the password): the simulator produces, eventide
+/// consumes and writes its Kafka sink, through a TLS proxy and a PLAIN gate in front
+/// of tansu; the records are the file run's. A wrong password stops the run with a
+/// clear error and a non-zero exit, nothing committed.
+#[test]
+fn sasl_plain_as_event_hubs_asks() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let certs = make_certs(dir);
+    let socat = common::debian_tool("socat", "socat");
+    let (plain, tls) = (free_port(), free_port());
+    let connection =
+        "Endpoint=sb://test.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k3y=";
+    let gate = PlainGate::start(plain, "$ConnectionString", connection);
+    let mut tansu = Command::new(tansu_bin())
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{plain}"),
+        ])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{tls}"),
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tansu");
+    wait_for_port(plain);
+    for (t, p) in [
+        (TOPIC, 2),
+        ("out-windows", 1),
+        ("out-alerts", 1),
+        (CHECKPOINTS, 1),
+    ] {
+        let ok = Command::new(tansu_bin())
+            .args(["topic", "create", t, "--partitions", &p.to_string()])
+            .args(["--broker", &format!("tcp://127.0.0.1:{plain}")])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tansu topic create {t}");
+    }
+    let mut proxy = Command::new(socat)
+        .arg(format!(
+            "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            certs.cert.display(),
+            certs.key.display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{}", gate.port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting socat");
+    wait_for_port(tls);
+    let brokers = format!("127.0.0.1:{tls}");
+    // SAFETY: the Kafka tests run one at a time (`serial`), and nothing else here
+    // reads the environment meanwhile.
+    unsafe { std::env::set_var("EVENTIDE_TEST_EH_CONNECTION", connection) };
+    let ca = certs.ca.display().to_string();
+    let args = [
+        "eventide-simulator",
+        "--devices",
+        "40",
+        "--count",
+        "3000",
+        "--seed",
+        "8",
+        "--interval",
+        "5s",
+        "--security-protocol",
+        "sasl_ssl",
+        "--sasl-mechanism",
+        "PLAIN",
+        "--sasl-username",
+        "$ConnectionString",
+        "--sasl-password-env",
+        "EVENTIDE_TEST_EH_CONNECTION",
+        "--ssl-ca-location",
+        &ca,
+        "--kafka-property",
+        "batch.num.messages=1",
+    ];
+    let file = simulate(&args, &brokers, dir);
+    let (expected, _) = reference(dir, &std::fs::read(&file).unwrap());
+    let login = |password: &str| {
+        format!(
+            "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"$ConnectionString\"\n{password}\nssl_ca_location = \"{ca}\"\n"
+        )
+    };
+    let good = login("sasl_password_env = \"EVENTIDE_TEST_EH_CONNECTION\"");
+    let source = |group: &str, login: &str| {
+        format!(
+            "{}\ncheckpoint_topic = \"{CHECKPOINTS}\"\n{login}",
+            kafka_source(&brokers, group, true)
+        )
+    };
+    let sinks = format!(
+        "[[sinks]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\nwindows_topic = \"out-windows\"\nalerts_topic = \"out-alerts\"\n{good}\n[dead_letter]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        dir.join("plain.dead.jsonl").display()
+    );
+    let log = run(
+        &write_config(dir, "plain", &source("plain", &good), &sinks),
+        "the run with PLAIN",
+    );
+    assert!(log.contains(" 3000 events"), "{log}");
+    assert!(
+        !log.contains("k3y="),
+        "the connection string is never logged"
+    );
+
+    let bad = login("sasl_password = \"Endpoint=sb://x/;SharedAccessKey=wrong\"");
+    let cfg = write_config(dir, "bad", &source("bad", &bad), &jsonl_sinks(dir, "bad"));
+    let out = spawn(&cfg).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the brokers")
+            && stderr.contains("invalid user name or password"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("SharedAccessKey=wrong"),
+        "the password is never logged"
+    );
+
+    let reader = || {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &brokers)
+            .set("security.protocol", "sasl_ssl")
+            .set("ssl.ca.location", &ca)
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "$ConnectionString")
+            .set("sasl.password", connection);
+        c
+    };
+    let mut written = consume_all_with(reader(), "out-windows");
+    written.extend(consume_all_with(reader(), "out-alerts"));
+    assert_eq!(written.len(), expected.len(), "each record once");
+    assert_same(&upsert(written), &expected);
+    for c in [&mut proxy, &mut tansu] {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
