@@ -6,6 +6,8 @@
 #   cargo bench --bench throughput --no-run   # then copy target/release/deps/throughput-<hash>
 #   EVENTIDE_BENCH_INPUT=/tmp/bench-1m.ndjson benches/ab.sh 8 /tmp/throughput-a /tmp/throughput-b
 set -euo pipefail
+# One layout per run (the harness runs every layout when none is named).
+export EVENTIDE_BENCH_LAYOUT=${EVENTIDE_BENCH_LAYOUT:-sas}
 n=$1
 shift
 declare -A rate cpu
