@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 # DuckDB's side: the same windows eventide computes, from the same NDJSON file.
 DUCKDB = r"""
@@ -40,43 +41,21 @@ COPY (
 ''')
 """
 
-CONFIG = """
-[source]
-kind = "file"
-path = "{input}"
+# eventide's side: the example config's windows and rule, dedupe by eventId (as DuckDB
+# is asked to), the input and outputs in the run's directory.
+CONFIG = Path(__file__).resolve().parent.parent / "config" / "file.toml"
 
-[pipeline]
-partitions = 2
-max_out_of_order = "5s"
-dedupe = "event_id"
 
-[[windows]]
-name = "tumbling_1m"
-kind = "tumbling"
-size = "1m"
-
-[[windows]]
-name = "sliding_5m"
-kind = "sliding"
-size = "5m"
-slide = "1m"
-
-[[rules]]
-name = "co2_high"
-window = "sliding_5m"
-filter = "type = 'CO2'"
-when = "avg > 1000"
-clear = "avg < 950"
-
-[[sinks]]
-kind = "jsonl"
-path = "{out}"
-streams = ["windows", "alerts"]
-
-[dead_letter]
-kind = "jsonl"
-path = "{dead}"
-"""
+def eventide_config(data, out, dead):
+    text = CONFIG.read_text()
+    for old, new in [('path = "events.ndjson"', f'path = "{data}"'),
+                     ('dedupe = "both"', 'dedupe = "event_id"'),
+                     ('path = "out/windows.jsonl"', f'path = "{out}"'),
+                     ('path = "out/dead-letter.jsonl"', f'path = "{dead}"')]:
+        if old not in text:
+            sys.exit(f"config/file.toml has no {old!r}")
+        text = text.replace(old, new)
+    return text
 
 
 def run(cmd, env=None):
@@ -128,7 +107,7 @@ def main():
         cfg = os.path.join(d, "eventide.toml")
         out, dead = os.path.join(d, "out.jsonl"), os.path.join(d, "dead.jsonl")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(input=data, out=out, dead=dead))
+            f.write(eventide_config(data, out, dead))
         script = os.path.join(d, "duck.py")
         with open(script, "w") as f:
             f.write(DUCKDB)
