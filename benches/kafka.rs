@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use eventide::config::Config;
+use eventide::live::Hub;
 use eventide::pipeline::{self, Status};
-use eventide::sql::state::Hub;
 use eventide_simulator::kafka::KafkaOut;
 use eventide_simulator::{Generator, SimConfig};
 use hdrhistogram::Histogram;

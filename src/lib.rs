@@ -1,27 +1,48 @@
 //! eventide: windowed complex-event processing for IoT telemetry.
 //!
+//! Data flows one way: sources produce blocks for partitions, the runtime runs one
+//! actor per partition, the actors hand outputs to the sink thread. The live board
+//! sits below all of them; SQL reads it.
+//!
 //! ```text
-//!  ingest/                 one actor per partition                         sinks/
-//!  ┌─────────────┐ route  ┌───────────────────────────────────────────┐  ┌──────────────┐
-//!  │ file        │ hash of│ decode → filter → dedupe → watermark       │  │ jsonl        │
-//!  │ stdin       │deviceId│ → panes (columns) → close windows → rules │─▶│ stdout       │
-//!  │ simulator   │───────▶│ (windows/, rules/)                        │  │ dead-letter  │
-//!  └─────────────┘        └───────────────────────────────────────────┘  └──────────────┘
+//!  ingest/                  pipeline/ (the runtime)                        sinks/
+//!  ┌──────────────┐ Feed   ┌───────────────────────────────────────────┐  ┌──────────────┐
+//!  │ file, stdin, │ per    │ one actor per partition, one loop:        │  │ jsonl stdout │
+//!  │ simulator,   │ part-  │ decode → filter → dedupe → watermark      │─▶│ kafka cosmos │
+//!  │ http (routed │ ition  │ → panes → close windows → rules           │  │ retention    │
+//!  │ by deviceId) │───────▶│ (windows/, rules/, dedupe)                │  │ dead-letter  │
+//!  │ kafka        │ Host   └───────────────────────────────────────────┘  └──────────────┘
+//!  └──────────────┘                  │ snapshots, counts                      │ retained
+//!                                    ▼                                        ▼
+//!          live (the board: Hub, counts, snapshots)  ◀── sql/ (DataFusion, HTTP, PostgreSQL)
+//!          output (Output, Checkpoint)   kafka (librdkafka plumbing)   config   event
 //! ```
 //!
 //! # Layout
 //!
 //! - [`config`]: the TOML configuration, strict parsing and `validate()`.
-//! - [`event`]: the shared data model: decoded event, alert, dead letter, the Arrow
-//!   schema of closed windows.
-//! - [`ingest`]: sources (file, stdin, simulator), de-batching, routing, decoding.
+//! - [`event`]: the shared data model: alert, dead letter, device update, the Arrow
+//!   schema of closed windows, time formatting.
+//! - [`output`]: what partitions hand the sinks ([`output::Output`]) and a source
+//!   position safe to commit once written ([`output::Checkpoint`]).
+//! - [`live`]: the live board: partition snapshots, counts, retained windows and
+//!   alerts, sink counters, the run's phase, the `http` source's queue.
+//! - [`kafka`]: librdkafka plumbing shared by the Kafka source, its checkpoint log
+//!   and the Kafka sinks.
+//! - [`ingest`]: sources (file, stdin, simulator, http, kafka), de-batching, routing,
+//!   decoding, and the source/runtime contract ([`ingest::feed`]: `Feed`, `Host`).
 //! - [`dedupe`]: duplicate detection by event id and by device sequence number.
 //! - [`windows`]: panes, tumbling and sliding windows, closing by watermark.
 //! - [`rules`]: threshold rules with hysteresis, and their expression language.
-//! - [`sinks`]: JSONL and stdout sinks, the dead-letter sink.
-//! - [`pipeline`]: wiring, the partition actor, accounting.
-//! - [`sql`]: DataFusion tables over the live state, HTTP and PostgreSQL endpoints,
-//!   metrics, and the `http` source's ingest endpoint.
+//! - [`pipeline`]: the runtime (every partition actor, the one actor loop), the
+//!   partition state machine, wiring and accounting.
+//! - [`sinks`]: JSONL, stdout, Kafka, Cosmos DB, retention for queries; dead letters.
+//! - [`sql`]: DataFusion tables over the live board, HTTP and PostgreSQL endpoints,
+//!   metrics.
+//!
+//! Imports go down this list's dependency order: `ingest` imports none of
+//! `pipeline`, `sinks` or `sql`; `pipeline` and `sinks` do not import `sql`; no module
+//! imports one that imports it back (`.ci/import-cycles.py` checks).
 //!
 //! Errors: hot-path errors are plain enums ([`ingest::decode::DecodeError`]); the rest
 //! are `thiserror` enums beside the code that raises them; `anyhow` only in `main.rs`.
@@ -31,6 +52,9 @@ pub mod dedupe;
 pub mod event;
 pub(crate) mod hint;
 pub mod ingest;
+pub mod kafka;
+pub mod live;
+pub mod output;
 pub mod pipeline;
 pub mod rules;
 pub mod sinks;

@@ -2,7 +2,7 @@
 //! that accept offset-commit metadata but do not return it (tansu 0.6, for one).
 //!
 //! One record per checkpoint: key `{group}/{topic}/{partition}`, value
-//! `{offset};{metadata}` where `metadata` is the [`super::kafka::Resume`] encoding
+//! `{offset};{metadata}` where `metadata` is the [`super::kafka::Metadata`] encoding
 //! that commit metadata would carry. The records are written (and their delivery
 //! awaited) before the offsets are committed, so a record is never behind its
 //! commit; the latest record of a partition is its checkpoint. The topic is created
@@ -21,9 +21,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::kafka::cached_high_watermark;
-use crate::sinks::Checkpoint;
-use crate::sinks::kafka::{KafkaWriter, producer_config};
+use crate::kafka::{KafkaWriter, cached_high_watermark, producer_config};
+use crate::output::Checkpoint;
 
 /// Records read back per step when looking for a partition's latest checkpoint.
 const CHUNK: i64 = 10_000;

@@ -4,20 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
-use super::{BLOCK_SIZE, Disconnected, MAX_MESSAGE, Router};
-
-/// How reading a finite source ended.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("reading {origin}: {source}")]
-    Io {
-        origin: Arc<str>,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Disconnected(#[from] Disconnected),
-}
+use super::{BLOCK_SIZE, MAX_MESSAGE, ReadError, Router};
 
 /// Reads `r` to its end (or until a shutdown is requested), routing whole lines.
 /// Returns whether the input was read to its end. A regular file is mapped rather than

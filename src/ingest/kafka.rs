@@ -1,11 +1,11 @@
-//! The `kafka` source: a consumer-group member with one partition actor per assigned
-//! Kafka partition.
+//! The `kafka` source: a consumer-group member that asks the runtime for one partition
+//! actor per assigned Kafka partition, each reading its own partition queue.
 //!
 //! ```text
 //!  main thread: consumer.poll ── rebalance callbacks ── commits safe offsets
-//!      │ on assign: split_partition_queue(topic, p) → spawn an actor
+//!      │ on assign: split_partition_queue(topic, p) → Host::start(slot, KafkaFeed)
 //!      ▼
-//!  actor thread per (topic, partition): queue.poll → Block → Partition::on_block
+//!  actor thread per (topic, partition): KafkaFeed::next (queue.poll → Block)
 //!      │ every commit_interval: a Checkpoint behind its outputs
 //!      ▼
 //!  sink thread: writes, flushes, then hands the checkpoint back as durable
@@ -24,12 +24,11 @@
 //! not produced again, and the watermark continues exactly where it was), the
 //! position read up to (events before it that fall only into closed windows are
 //! re-deliveries, counted as duplicates), and the raised alerts (so a raised alert
-//! is not raised twice). See [`Resume`].
+//! is not raised twice). See [`Metadata`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -40,12 +39,11 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::checkpoint_log::CheckpointLog;
+use super::feed::{Actor, Feed, Held, Host, Next, Resume};
 use super::{BLOCK_SIZE, Block, Item, split_message};
 use crate::config::SourceConfig;
-use crate::pipeline::partition::{Partition, PartitionReport};
-use crate::pipeline::{PartitionStats, Settings, StatsRegistry};
-use crate::sinks::{Checkpoint, Output};
-use crate::sql::state::{Hub, PartitionSnapshot};
+use crate::kafka::cached_high_watermark;
+use crate::output::Checkpoint;
 
 /// Longest time a request to the brokers may take at start-up or at a rebalance.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,7 +104,7 @@ fn explain(probe: &BaseConsumer<Probe>, e: rdkafka::error::KafkaError) -> KafkaS
 
 /// What a checkpoint's commit metadata records (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resume {
+pub struct Metadata {
     /// Highest event time seen (`i64::MIN`: none yet).
     pub max_ts: i64,
     /// The next offset the partition would have read.
@@ -117,7 +115,7 @@ pub struct Resume {
     pub truncated: bool,
 }
 
-impl Resume {
+impl Metadata {
     const TAG: &'static str = "eventide1";
 
     pub fn encode(&self) -> String {
@@ -133,7 +131,7 @@ impl Resume {
     }
 
     /// `None` for metadata eventide did not write (another tool's commit).
-    pub fn decode(s: &str) -> Option<Resume> {
+    pub fn decode(s: &str) -> Option<Metadata> {
         let mut parts = s.split(';');
         if parts.next()? != Self::TAG {
             return None;
@@ -152,7 +150,7 @@ impl Resume {
         let raised = (0..keys.len() / 12)
             .map(|i| u64::from_str_radix(&keys[i * 12..i * 12 + 12], 16).ok())
             .collect::<Option<Vec<u64>>>()?;
-        Some(Resume {
+        Some(Metadata {
             max_ts,
             position,
             raised,
@@ -161,17 +159,15 @@ impl Resume {
     }
 }
 
-/// Everything a run of the kafka source needs from the pipeline.
+/// Everything a run of the kafka source needs.
 pub struct KafkaRun {
     pub source: SourceConfig,
-    pub settings: Arc<Settings>,
+    /// Set to shut down.
     pub stop: Arc<AtomicBool>,
-    pub out_tx: Sender<Output>,
     /// Checkpoints the sink thread has made durable.
     pub durable: Receiver<Checkpoint>,
-    pub stats: Arc<StatsRegistry>,
-    pub hub: Option<Arc<Hub>>,
-    pub epoch: Instant,
+    /// Starts and stops the partition actors.
+    pub host: Arc<dyn Host>,
 }
 
 type TopicPartition = (Arc<str>, i32);
@@ -184,17 +180,17 @@ fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-struct Actor {
+/// An assigned partition: its actor, and where messages fetched for it before its
+/// queue was split off go.
+struct Assigned {
     generation: u64,
-    stop: Arc<AtomicBool>,
     strays: Sender<OwnedMessage>,
-    handle: JoinHandle<PartitionReport>,
+    actor: Actor,
 }
 
 #[derive(Default)]
 struct State {
-    actors: HashMap<TopicPartition, Actor>,
-    reports: Vec<PartitionReport>,
+    actors: HashMap<TopicPartition, Assigned>,
     generation: u64,
     /// Latest durable checkpoint per partition, not yet committed.
     pending: HashMap<TopicPartition, Checkpoint>,
@@ -285,57 +281,41 @@ impl Shared {
         let generation = st.generation;
         st.pending.remove(&tp);
         let slot = self.slots.get(&tp).copied().unwrap_or(0);
-        let stats = Arc::new(PartitionStats::default());
-        self.run.stats.add(stats.clone());
-        let p = Partition::new(
-            slot,
-            self.run.settings.clone(),
-            stats,
-            self.run.epoch,
-            self.run.out_tx.clone(),
-            self.run.hub.clone(),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
         let (strays_tx, strays_rx) = crossbeam_channel::unbounded();
-        let actor = ActorLoop {
-            p,
+        let feed = KafkaFeed {
+            origin: Arc::from(format!("{}/{}", tp.0, tp.1)),
             log: self.log.clone(),
             queue,
             consumer: consumer.clone(),
             tp: tp.clone(),
             generation,
-            stop: stop.clone(),
             strays: strays_rx,
             end: self.ends.as_ref().and_then(|e| e.get(&tp).copied()),
             end_checked: false,
+            position: None,
+            done: false,
             commit_interval: self.run.source.commit_interval(),
-            idle: Duration::from_millis(self.run.settings.idle_timeout_ms.max(1) as u64),
-            epoch: self.run.epoch,
+            epoch: self.run.host.epoch(),
             finished: self.finished_tx.clone(),
         };
-        let span = tracing::info_span!("partition", topic = %tp.0, partition = tp.1);
-        let handle = std::thread::Builder::new()
-            .name(format!("kafka-{}-{}", tp.0, tp.1))
-            .spawn(move || span.in_scope(|| actor.run()))
-            .expect("spawning a thread");
-        if let Some(h) = &self.run.hub {
-            h.partitions_assigned.fetch_add(1, Ordering::Relaxed);
-        }
+        let actor = self
+            .run
+            .host
+            .start(slot, format!("kafka-{}-{}", tp.0, tp.1), Box::new(feed));
         st.actors.insert(
             tp,
-            Actor {
+            Assigned {
                 generation,
-                stop,
                 strays: strays_tx,
-                handle,
+                actor,
             },
         );
     }
 
-    /// Stops the actors of `parts` (all when `None`): each flushes what has closed and
-    /// waits until its last checkpoint is durable.
+    /// Stops the actors of `parts`: each flushes what has closed and waits until its
+    /// last checkpoint is durable.
     fn stop_actors(&self, parts: &[TopicPartition]) {
-        let actors: Vec<(TopicPartition, Actor)> = {
+        let actors: Vec<(TopicPartition, Assigned)> = {
             let mut st = self.state.lock();
             parts
                 .iter()
@@ -343,23 +323,13 @@ impl Shared {
                 .collect()
         };
         for (_, a) in &actors {
-            a.stop.store(true, Ordering::Relaxed);
+            a.actor.signal();
         }
         let mut stopped = Vec::with_capacity(actors.len());
         for (tp, a) in actors {
             stopped.push((tp.clone(), a.generation));
-            match a.handle.join() {
-                Ok(report) => {
-                    if let Some(h) = &self.run.hub {
-                        h.publish(PartitionSnapshot::empty(report.partition));
-                        h.partitions_assigned.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    self.state.lock().reports.push(report);
-                }
-                Err(_) => {
-                    self.state.lock().failed =
-                        Some(format!("the actor of {}/{} panicked", tp.0, tp.1));
-                }
+            if !self.run.host.stop(a.actor) {
+                self.state.lock().failed = Some(format!("the actor of {}/{} panicked", tp.0, tp.1));
             }
         }
         // Their final checkpoints are durable now: take them in.
@@ -423,31 +393,33 @@ impl Shared {
     }
 }
 
-/// One partition's actor: reads its queue, runs the partition, checkpoints.
-struct ActorLoop {
-    p: Partition,
+/// One Kafka partition's feed: reads its queue (and strays from the main queue),
+/// knows its position, and makes checkpoints of it.
+struct KafkaFeed {
+    origin: Arc<str>,
     log: Option<Arc<CheckpointLog>>,
     queue: PartitionQueue<Ctx>,
     consumer: Arc<BaseConsumer<Ctx>>,
     tp: TopicPartition,
     generation: u64,
-    stop: Arc<AtomicBool>,
     strays: Receiver<OwnedMessage>,
+    /// stop_at_end: the partition's end offset.
     end: Option<i64>,
     /// Whether `end` was compared with the fetch high watermark yet.
     end_checked: bool,
+    /// The next offset to read, once known (resumed from, or read up to).
+    position: Option<i64>,
+    /// stop_at_end: the end is reached.
+    done: bool,
     commit_interval: Duration,
-    idle: Duration,
     epoch: Instant,
     finished: Sender<TopicPartition>,
 }
 
-impl ActorLoop {
-    fn run(mut self) -> PartitionReport {
-        let origin: Arc<str> = Arc::from(format!("{}/{}", self.tp.0, self.tp.1));
-        let mut position = self.resume();
-        let mut done = false;
-        if let (Some(e), None) = (self.end, position) {
+impl Feed for KafkaFeed {
+    fn resume(&mut self) -> Option<Resume> {
+        let resume = self.resume_from_checkpoint();
+        if let (Some(e), None) = (self.end, self.position) {
             // Nothing committed: consumption starts at the beginning of the log.
             if let Ok((low, _)) =
                 self.consumer
@@ -459,82 +431,72 @@ impl ActorLoop {
                     end = e,
                     "Kafka: the partition holds nothing before its end; finished."
                 );
-                done = true;
-                position = Some(low);
+                self.position = Some(low);
             }
         }
-        if done {
-            self.p.finish();
-            // Commit it, so that other members see it consumed.
-            self.checkpoint(position, None);
-            let _ = self.finished.send(self.tp.clone());
-        }
-        let tick = (self.idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
-        let mut last_event = Instant::now();
-        let mut idle_clock = None;
-        let mut next_checkpoint = Instant::now() + self.commit_interval;
-        let mut dirty = false;
-        while !self.stop.load(Ordering::Relaxed) && !self.p.sinks_gone() {
-            if done {
-                std::thread::sleep(tick);
-                continue;
-            }
-            let Some((block, items)) = self.read_block(&origin, tick) else {
-                if self.finish_at_end(position) {
-                    // Resumed at (or past) the end: nothing to read.
-                    done = true;
-                    continue;
-                }
-                self.p.on_idle(self.idle, last_event, &mut idle_clock);
-                if dirty && Instant::now() >= next_checkpoint {
-                    self.checkpoint(position, None);
-                    next_checkpoint = Instant::now() + self.commit_interval;
-                    dirty = false;
-                }
-                continue;
-            };
-            last_event = Instant::now();
-            idle_clock = None;
-            self.p.on_block(&block, &items);
-            position = block.offsets.last().map(|o| o + 1).or(position);
-            dirty = true;
-            if self.finish_at_end(position) {
-                done = true;
-                continue;
-            }
-            if Instant::now() >= next_checkpoint {
-                self.checkpoint(position, None);
-                next_checkpoint = Instant::now() + self.commit_interval;
-                dirty = false;
-            }
-        }
-        // Revoked or shutting down: hand on what has closed and wait until the last
-        // checkpoint is durable, so that it can be committed now.
-        self.p.stop();
-        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        if self.checkpoint(position, Some(ack_tx))
-            && ack_rx.recv_timeout(Duration::from_secs(120)).is_err()
-        {
-            tracing::warn!(
-                "Kafka: the sinks did not confirm the last checkpoint; it is not committed."
-            );
-        }
-        self.p.report()
+        resume
     }
 
-    /// stop_at_end: once `position` is the end it had at the start, closes every
-    /// window, checkpoints and reports the partition finished. Returns whether it did.
-    fn finish_at_end(&mut self, position: Option<i64>) -> bool {
-        let (Some(e), Some(p)) = (self.end, position) else {
+    fn next(&mut self, wait: Duration) -> Next {
+        if self.done {
+            std::thread::sleep(wait);
+            return Next::Idle;
+        }
+        if self.at_end() {
+            // Resumed at (or read up to) the end.
+            self.done = true;
+            return Next::End;
+        }
+        match self.read_block(wait) {
+            Some((block, items)) => {
+                self.position = block.offsets.last().map(|o| o + 1).or(self.position);
+                Next::Block(Arc::new(block), items)
+            }
+            None => Next::Idle,
+        }
+    }
+
+    fn checkpoint_interval(&self) -> Option<Duration> {
+        Some(self.commit_interval)
+    }
+
+    fn checkpoint(&mut self, held: Held) -> Option<Checkpoint> {
+        let position = self.position?;
+        let metadata = Metadata {
+            max_ts: held.max_ts,
+            position,
+            raised: held.raised,
+            truncated: false,
+        };
+        let text = metadata.encode();
+        if text.ends_with('t') {
+            tracing::warn!(
+                raised = metadata.raised.len(),
+                "Kafka: too many raised alerts to checkpoint them all."
+            );
+        }
+        Some(Checkpoint {
+            topic: self.tp.0.clone(),
+            partition: self.tp.1,
+            generation: self.generation,
+            offset: held.min_position.min(position),
+            metadata: text,
+        })
+    }
+
+    fn ended(&mut self) {
+        // Its checkpoint is on its way: the main loop may count the partition done.
+        let _ = self.finished.send(self.tp.clone());
+    }
+}
+
+impl KafkaFeed {
+    /// stop_at_end: whether the position is the end it had at the start.
+    fn at_end(&mut self) -> bool {
+        let (Some(e), Some(p)) = (self.end, self.position) else {
             return false;
         };
-        if p < e || !self.at_end(p) {
-            return false;
-        }
-        self.p.finish();
-        self.checkpoint(position, None);
-        let _ = self.finished.send(self.tp.clone());
-        true
+        p >= e && self.end_confirmed(p)
     }
 
     /// Whether `position`, at or past the end offset listed at start, is the end.
@@ -542,7 +504,7 @@ impl ActorLoop {
     /// batch's base offset + 1), so the first time, the end is compared with the high
     /// watermark of the fetch responses (waiting for one) and moved there if that is
     /// further.
-    fn at_end(&mut self, position: i64) -> bool {
+    fn end_confirmed(&mut self, position: i64) -> bool {
         if self.end_checked {
             return true;
         }
@@ -621,25 +583,29 @@ impl ActorLoop {
         }
     }
 
-    /// Resumes the partition from its checkpoint. Returns the checkpoint's offset, if
-    /// there is one.
-    fn resume(&mut self) -> Option<i64> {
+    /// The checkpoint to resume from, if there is one; its offset becomes the position.
+    fn resume_from_checkpoint(&mut self) -> Option<Resume> {
         let (offset, metadata) = self.checkpoint_to_resume()?;
-        match Resume::decode(&metadata) {
-            Some(r) => {
-                if r.truncated {
+        self.position = Some(offset);
+        match Metadata::decode(&metadata) {
+            Some(m) => {
+                if m.truncated {
                     tracing::warn!(
                         "Kafka: the checkpoint held only part of the raised alerts; some may be raised again."
                     );
                 }
                 tracing::info!(
                     offset,
-                    position = r.position,
-                    max_event_time = r.max_ts,
-                    raised = r.raised.len(),
+                    position = m.position,
+                    max_event_time = m.max_ts,
+                    raised = m.raised.len(),
                     "Kafka: resuming from a checkpoint."
                 );
-                self.p.resume(r.max_ts, r.position, r.raised);
+                Some(Resume {
+                    max_ts: m.max_ts,
+                    position: m.position,
+                    raised: m.raised,
+                })
             }
             None if offset > 0 => {
                 // Committed by another tool, or by a broker that drops commit metadata.
@@ -647,51 +613,15 @@ impl ActorLoop {
                     offset,
                     "Kafka: resuming from a committed offset without eventide's checkpoint metadata: windows open at that offset may be written again with only the events from there on."
                 );
+                None
             }
-            None => {}
+            None => None,
         }
-        Some(offset)
-    }
-
-    /// Sends a checkpoint for `position` behind the outputs so far. Returns whether
-    /// one was sent.
-    fn checkpoint(&mut self, position: Option<i64>, ack: Option<Sender<()>>) -> bool {
-        let Some(position) = position else {
-            if let Some(ack) = ack {
-                // Nothing read: still make sure every output so far is written.
-                self.p.flush_with_ack(ack);
-                return true;
-            }
-            return false;
-        };
-        let (held, max_ts, raised) = self.p.checkpoint_state();
-        let resume = Resume {
-            max_ts,
-            position,
-            raised,
-            truncated: false,
-        };
-        let metadata = resume.encode();
-        if metadata.ends_with('t') {
-            tracing::warn!(
-                raised = resume.raised.len(),
-                "Kafka: too many raised alerts to checkpoint them all."
-            );
-        }
-        let checkpoint = Checkpoint {
-            topic: self.tp.0.clone(),
-            partition: self.tp.1,
-            generation: self.generation,
-            offset: held.min(position),
-            metadata,
-        };
-        self.p.send_checkpoint(checkpoint, ack);
-        true
     }
 
     /// Waits up to `wait` for a message, then takes what else is ready (up to a
     /// block's worth) into one block.
-    fn read_block(&mut self, origin: &Arc<str>, wait: Duration) -> Option<(Block, Vec<Item>)> {
+    fn read_block(&mut self, wait: Duration) -> Option<(Block, Vec<Item>)> {
         let mut b = BlockBuilder::default();
         while let Ok(m) = self.strays.try_recv() {
             b.add(&m);
@@ -713,7 +643,7 @@ impl ActorLoop {
         }
         let mut block = Block::new(
             b.data,
-            origin.clone(),
+            self.origin.clone(),
             self.epoch.elapsed().as_nanos() as u64,
         );
         block.offsets = b.offsets;
@@ -744,30 +674,6 @@ impl BlockBuilder {
     }
 }
 
-/// The high watermark of a partition as last seen in a fetch response (librdkafka's
-/// cache; no request), if known.
-pub(crate) fn cached_high_watermark<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-) -> Option<i64> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a
-    // NUL-terminated string that outlives the call; low/high are valid out-pointers.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-        .then_some(high)
-}
-
 /// The consumer configuration: eventide's settings, then the user's properties.
 fn consumer_config(s: &SourceConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -787,9 +693,8 @@ fn consumer_config(s: &SourceConfig) -> ClientConfig {
 }
 
 /// Runs the source until `stop` is set or, with `stop_at_end`, until every partition is
-/// consumed to its end. Returns whether the input was read to its end, and the reports
-/// of every actor that ran.
-pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionReport>) {
+/// consumed to its end. Returns whether the input was read to its end.
+pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     let (finished_tx, finished_rx) = crossbeam_channel::unbounded();
     let topics: Vec<String> = run.source.topics.clone().unwrap_or_default();
     let config = consumer_config(&run.source);
@@ -798,20 +703,20 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     // Partitions and (for stop_at_end) their end offsets, from a plain client.
     let probe: BaseConsumer<Probe> = match config.create_with_context(Probe::default()) {
         Ok(c) => c,
-        Err(e) => return (Err(e.into()), Vec::new()),
+        Err(e) => return Err(e.into()),
     };
     let mut all: Vec<TopicPartition> = Vec::new();
     for t in &topics {
         let md = match probe.fetch_metadata(Some(t), REQUEST_TIMEOUT) {
             Ok(m) => m,
-            Err(e) => return (Err(explain(&probe, e)), Vec::new()),
+            Err(e) => return Err(explain(&probe, e)),
         };
         match md.topics().iter().find(|mt| mt.name() == t) {
             Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
                 let topic: Arc<str> = Arc::from(t.as_str());
                 all.extend(mt.partitions().iter().map(|p| (topic.clone(), p.id())));
             }
-            _ => return (Err(KafkaSourceError::NoTopic(t.clone())), Vec::new()),
+            _ => return Err(KafkaSourceError::NoTopic(t.clone())),
         }
     }
     all.sort();
@@ -822,7 +727,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
                 Ok((_, high)) => {
                     ends.insert(tp.clone(), high);
                 }
-                Err(e) => return (Err(explain(&probe, e)), Vec::new()),
+                Err(e) => return Err(explain(&probe, e)),
             }
         }
         tracing::info!(
@@ -845,12 +750,10 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
             REQUEST_TIMEOUT,
         ) {
             Ok(log) => Some(Arc::new(log)),
-            Err(e) => return (Err(e.into()), Vec::new()),
+            Err(e) => return Err(e.into()),
         },
     };
-    if let Some(h) = &run.hub {
-        h.ensure_partitions(all.len());
-    }
+    run.host.partitions(all.len());
 
     let shared = Arc::new(Shared {
         slots: all
@@ -869,12 +772,12 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     });
     let consumer: Arc<BaseConsumer<Ctx>> = match config.create_with_context(Ctx(shared.clone())) {
         Ok(c) => Arc::new(c),
-        Err(e) => return (Err(e.into()), Vec::new()),
+        Err(e) => return Err(e.into()),
     };
     let _ = shared.consumer.set(Arc::downgrade(&consumer));
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = consumer.subscribe(&names) {
-        return (Err(e.into()), Vec::new());
+        return Err(e.into());
     }
 
     let interval = shared.run.source.commit_interval();
@@ -910,7 +813,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
             .lock()
             .actors
             .values()
-            .any(|a| a.handle.is_finished())
+            .any(|a| a.actor.is_finished())
         {
             // An actor stops by itself only when the sinks have gone.
             break Err(KafkaSourceError::SinksGone);
@@ -936,8 +839,7 @@ pub fn run(run: KafkaRun) -> (Result<bool, KafkaSourceError>, Vec<PartitionRepor
     shared.stop_actors(&parts);
     shared.commit(&consumer, None, CommitMode::Sync);
     consumer.unsubscribe();
-    let reports = std::mem::take(&mut shared.state.lock().reports);
-    (result, reports)
+    result
 }
 
 /// Whether every partition is consumed to its end: by this instance, or (after a
@@ -994,28 +896,28 @@ mod tests {
 
     #[test]
     fn resume_metadata_round_trips_and_rejects_foreign_text() {
-        let r = Resume {
+        let r = Metadata {
             max_ts: 1_767_225_600_000,
             position: 42,
             raised: vec![0xabc, 0xffff_ffff_ffff],
             truncated: false,
         };
-        assert_eq!(Resume::decode(&r.encode()), Some(r));
-        let none = Resume {
+        assert_eq!(Metadata::decode(&r.encode()), Some(r));
+        let none = Metadata {
             max_ts: i64::MIN,
             position: 0,
             raised: vec![],
             truncated: false,
         };
-        assert_eq!(Resume::decode(&none.encode()), Some(none));
-        assert_eq!(Resume::decode(""), None);
-        assert_eq!(Resume::decode("some other tool"), None);
-        assert_eq!(Resume::decode("eventide1;1;2;abc;c"), None);
+        assert_eq!(Metadata::decode(&none.encode()), Some(none));
+        assert_eq!(Metadata::decode(""), None);
+        assert_eq!(Metadata::decode("some other tool"), None);
+        assert_eq!(Metadata::decode("eventide1;1;2;abc;c"), None);
     }
 
     #[test]
     fn too_many_raised_alerts_are_cut_to_fit_and_flagged() {
-        let r = Resume {
+        let r = Metadata {
             max_ts: 1,
             position: 2,
             raised: (0..1000).collect(),
@@ -1023,10 +925,26 @@ mod tests {
         };
         let m = r.encode();
         assert!(m.len() <= MAX_METADATA, "{}", m.len());
-        let back = Resume::decode(&m).unwrap();
+        let back = Metadata::decode(&m).unwrap();
         assert!(back.truncated);
         assert!(back.raised.len() > 300 && back.raised.len() < 1000);
         assert_eq!(back.raised[..10], r.raised[..10]);
+    }
+
+    /// A host for tests that start no actor.
+    struct NoActors;
+
+    impl Host for NoActors {
+        fn epoch(&self) -> Instant {
+            Instant::now()
+        }
+        fn partitions(&self, _n: usize) {}
+        fn start(&self, _slot: usize, _name: String, _feed: Box<dyn Feed>) -> Actor {
+            unreachable!("this test assigns no partition")
+        }
+        fn stop(&self, _actor: Actor) -> bool {
+            true
+        }
     }
 
     /// stop_at_end ends on other members' committed offsets only once the group has
@@ -1066,20 +984,15 @@ mod tests {
         }
         other.commit(&done, CommitMode::Sync).unwrap();
 
-        let (out_tx, _out_rx) = crossbeam_channel::unbounded();
         let (_durable_tx, durable) = crossbeam_channel::unbounded();
         let (finished_tx, finished_rx) = crossbeam_channel::unbounded();
         let ends: HashMap<TopicPartition, i64> = (0..2).map(|p| ((Arc::from("t"), p), 3)).collect();
         let shared = Arc::new(Shared {
             run: KafkaRun {
                 source: cfg.source.clone(),
-                settings: Arc::new(Settings::from_config(&cfg)),
                 stop: Arc::default(),
-                out_tx,
                 durable,
-                stats: Arc::default(),
-                hub: None,
-                epoch: Instant::now(),
+                host: Arc::new(NoActors),
             },
             slots: HashMap::new(),
             ends: Some(ends.clone()),

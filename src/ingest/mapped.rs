@@ -16,8 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use super::file::ReadError;
-use super::{BLOCK_SIZE, Bytes, Router};
+use super::{BLOCK_SIZE, Bytes, ReadError, Router};
 
 /// How much of a file is mapped at once.
 pub const CHUNK: usize = 8 << 20;

@@ -16,11 +16,14 @@
 
 pub mod checkpoint_log;
 pub mod decode;
+pub mod feed;
 pub mod file;
+pub mod http;
 pub mod kafka;
 pub mod mapped;
 pub mod simulator;
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -189,6 +192,19 @@ pub enum Msg {
     Eof,
 }
 
+/// How reading a finite source ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading {origin}: {source}")]
+    Io {
+        origin: Arc<str>,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Disconnected(#[from] Disconnected),
+}
+
 /// The channel to the partitions is closed: the pipeline is shutting down.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the partitions have stopped")]
@@ -349,6 +365,34 @@ impl Router {
     pub fn finish(self) {
         for tx in &self.senders {
             let _ = tx.send(Msg::Eof);
+        }
+    }
+}
+
+/// The queues from a [`Router`] to `n` partitions: the router's ends, and each
+/// partition's [`Routed`] feed.
+pub fn routes(n: usize) -> (Vec<Sender<Msg>>, Vec<Routed>) {
+    (0..n)
+        .map(|_| {
+            let (tx, rx) = bounded::<Msg>(QUEUE_BLOCKS);
+            (tx, Routed(rx))
+        })
+        .unzip()
+}
+
+/// A partition's feed from the router (file, stdin, simulator, http): blocks until
+/// the end of a finite input, then its end; `Stop` once the router is gone.
+#[derive(Debug)]
+pub struct Routed(Receiver<Msg>);
+
+impl feed::Feed for Routed {
+    fn next(&mut self, wait: std::time::Duration) -> feed::Next {
+        use crossbeam_channel::RecvTimeoutError;
+        match self.0.recv_timeout(wait) {
+            Ok(Msg::Work { block, items }) => feed::Next::Block(block, items),
+            Ok(Msg::Eof) => feed::Next::End,
+            Err(RecvTimeoutError::Timeout) => feed::Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => feed::Next::Stop,
         }
     }
 }

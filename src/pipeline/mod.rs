@@ -1,19 +1,20 @@
-//! Wiring: source → router → partition actors → sink thread.
+//! Wiring: source → partition actors ([`runtime`]) → sink thread.
 //!
 //! ```text
-//!  source thread            partition threads (one each)         sink thread
-//!  read + route ──bounded──▶ decode/dedupe/window/rules ──bounded──▶ jsonl/stdout
-//!                                                                   dead-letter
+//!  source                        partition actors (one thread each)       sink thread
+//!  file/stdin/simulator/http:
+//!    read + route ──bounded──▶ Routed feed ┐
+//!  kafka: a partition queue ─▶ Kafka feed  ┴▶ decode/dedupe/window/rules ──bounded──▶ sinks
 //! ```
 //! Every queue is bounded, so a slow sink slows the partitions and then the source.
 //! Partitions are OS threads (CPU-bound work; no async runtime on the hot path).
 
 pub mod partition;
+pub mod runtime;
 
-use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,16 @@ use hdrhistogram::Histogram;
 
 use crate::config::{Config, DedupeMode, RuleConfig, SourceKind, WindowConfig};
 use crate::ingest::decode::Fields;
-use crate::ingest::file::{ReadError, read_lines};
+use crate::ingest::feed::Host;
+use crate::ingest::file::read_lines;
 use crate::ingest::simulator::SimulatorSource;
-use crate::ingest::{Msg, Router};
+use crate::ingest::{ReadError, Router};
+pub use crate::live::Counts;
+use crate::live::{Hub, Phase, StatsRegistry};
 use crate::sinks::{self, DeadLetterSink, Sink, SinkError, SinkReport};
-use crate::sql::state::{Hub, IngestBody, Phase};
 use crate::windows::END_OF_TIME;
 pub use partition::EmitLatency;
-use partition::{Partition, PartitionReport};
+use runtime::Runtime;
 
 /// What the partitions need from the config, resolved once.
 #[derive(Debug, Clone)]
@@ -76,123 +79,6 @@ impl Settings {
                 .any(|s| s.streams().contains(&crate::config::Stream::Devices)),
             fields: Arc::new(fields),
         }
-    }
-}
-
-/// The accounting: every input event ends in exactly one of aggregated, duplicate,
-/// filtered, late or dead_lettered.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub received: u64,
-    pub aggregated: u64,
-    pub duplicate: u64,
-    pub filtered: u64,
-    pub late: u64,
-    /// Invalid input (parse or schema); late events are counted in `late`.
-    pub dead_lettered: u64,
-    /// Sequence numbers skipped and never seen.
-    pub gaps: u64,
-    /// Closed window rows emitted.
-    pub windows: u64,
-    /// Alert state changes emitted.
-    pub alerts: u64,
-    /// Alerts raised and not cleared.
-    pub open_alerts: u64,
-}
-
-impl Counts {
-    pub fn add(&mut self, o: &Counts) {
-        self.received += o.received;
-        self.aggregated += o.aggregated;
-        self.duplicate += o.duplicate;
-        self.filtered += o.filtered;
-        self.late += o.late;
-        self.dead_lettered += o.dead_lettered;
-        self.gaps += o.gaps;
-        self.windows += o.windows;
-        self.alerts += o.alerts;
-        self.open_alerts += o.open_alerts;
-    }
-
-    /// Whether the outcomes add up to what was received.
-    pub fn balanced(&self) -> bool {
-        self.received
-            == self.aggregated + self.duplicate + self.filtered + self.late + self.dead_lettered
-    }
-}
-
-impl fmt::Display for Counts {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "received={} aggregated={} duplicate={} filtered={} late={} dead_lettered={} gaps={} windows={} alerts={}",
-            self.received,
-            self.aggregated,
-            self.duplicate,
-            self.filtered,
-            self.late,
-            self.dead_lettered,
-            self.gaps,
-            self.windows,
-            self.alerts
-        )
-    }
-}
-
-/// Counts a partition publishes after each block, for status lines and metrics.
-#[derive(Debug, Default)]
-pub struct PartitionStats {
-    pub received: AtomicU64,
-    pub aggregated: AtomicU64,
-    pub duplicate: AtomicU64,
-    pub filtered: AtomicU64,
-    pub late: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub windows: AtomicU64,
-    pub alerts: AtomicU64,
-    pub gaps: AtomicU64,
-    pub watermark: AtomicI64,
-}
-
-impl PartitionStats {
-    pub fn load(&self) -> Counts {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Counts {
-            received: l(&self.received),
-            aggregated: l(&self.aggregated),
-            duplicate: l(&self.duplicate),
-            filtered: l(&self.filtered),
-            late: l(&self.late),
-            dead_lettered: l(&self.dead_lettered),
-            gaps: l(&self.gaps),
-            windows: l(&self.windows),
-            alerts: l(&self.alerts),
-            open_alerts: 0,
-        }
-    }
-}
-
-/// Every partition actor's published counts, for the status line. Actors of a Kafka
-/// source come and go with rebalances; their entries stay, so totals cover the run.
-#[derive(Debug, Default)]
-pub struct StatsRegistry(parking_lot::Mutex<Vec<Arc<PartitionStats>>>);
-
-impl StatsRegistry {
-    pub fn add(&self, s: Arc<PartitionStats>) {
-        self.0.lock().push(s);
-    }
-    /// Summed counts, and the lowest watermark of the actors that have one.
-    pub fn totals(&self) -> (Counts, i64) {
-        let mut c = Counts::default();
-        let mut wm = i64::MAX;
-        for s in self.0.lock().iter() {
-            c.add(&s.load());
-            let w = s.watermark.load(Ordering::Relaxed);
-            if w > i64::MIN {
-                wm = wm.min(w);
-            }
-        }
-        (c, wm)
     }
 }
 
@@ -256,11 +142,15 @@ pub fn run_with(
     hub: Option<Arc<Hub>>,
 ) -> Result<Report, PipelineError> {
     let settings = Arc::new(Settings::from_config(cfg));
-    let sinks = cfg
+    let mut sinks = cfg
         .sinks
         .iter()
         .map(Sink::build)
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(h) = &hub {
+        // Closed windows and alerts kept for queries: one more sink.
+        sinks.push(Sink::Retain(h.clone()));
+    }
     let dead = DeadLetterSink::build(&cfg.dead_letter)?;
     let epoch = Instant::now();
 
@@ -277,27 +167,50 @@ pub fn run_with(
     let registry = Arc::new(StatsRegistry::default());
     let done = Arc::new(AtomicBool::new(false));
     let status_thread = spawn_status(status, registry.clone(), done.clone(), epoch);
+    let runtime = Arc::new(Runtime::new(
+        settings.clone(),
+        epoch,
+        out_tx,
+        hub.clone(),
+        registry,
+    ));
     tracing::info!(source = ?cfg.source.kind, "Pipeline started.");
 
-    let (source_result, reports) = if kafka {
-        if let Some(h) = &hub {
-            h.set_phase(Phase::Running);
-            h.source_connected.store(true, Ordering::Relaxed);
+    let lines = |l| run_routed(cfg, l, &settings, &runtime, stop.clone(), hub.as_ref());
+    let source_result = match cfg.source.kind {
+        SourceKind::Kafka => {
+            if let Some(h) = &hub {
+                h.set_phase(Phase::Running);
+                h.source_connected.store(true, Ordering::Relaxed);
+            }
+            crate::ingest::kafka::run(crate::ingest::kafka::KafkaRun {
+                source: cfg.source.clone(),
+                stop: stop.clone(),
+                durable: durable_rx,
+                host: runtime.clone(),
+            })
+            .map_err(PipelineError::from)
         }
-        let (result, reports) = crate::ingest::kafka::run(crate::ingest::kafka::KafkaRun {
-            source: cfg.source.clone(),
-            settings: settings.clone(),
-            stop: stop.clone(),
-            out_tx,
-            durable: durable_rx,
-            stats: registry.clone(),
-            hub: hub.clone(),
-            epoch,
-        });
-        (result.map_err(PipelineError::from), reports)
-    } else {
-        run_routed(cfg, &settings, stop, out_tx, &registry, hub.as_ref(), epoch)?
+        SourceKind::File => {
+            let path = cfg
+                .source
+                .path
+                .as_deref()
+                .expect("validated: file sources have a path");
+            lines(Lines::File(path))?
+        }
+        SourceKind::Stdin => lines(Lines::Stdin)?,
+        SourceKind::Simulator => lines(Lines::Simulator)?,
+        SourceKind::Http => {
+            let hub = hub
+                .as_ref()
+                .expect("validated: an http source comes with a server");
+            // Bodies are taken from the moment the server reports ready.
+            lines(Lines::Http(crate::ingest::http::open(hub)))?
+        }
     };
+    runtime.close();
+    let reports = runtime.take_reports();
     if let Some(h) = &hub {
         h.source_connected.store(false, Ordering::Relaxed);
     }
@@ -348,129 +261,70 @@ pub fn run_with(
     Ok(report)
 }
 
+/// A line-oriented source.
+enum Lines<'a> {
+    File(&'a std::path::Path),
+    Stdin,
+    Simulator,
+    Http(crossbeam_channel::Receiver<crate::live::IngestBody>),
+}
+
 /// Line-oriented sources (file, stdin, simulator, http): one router thread splits
 /// input into events and routes them by device to `pipeline.partitions` actors.
 fn run_routed(
     cfg: &Config,
-    settings: &Arc<Settings>,
+    lines: Lines<'_>,
+    settings: &Settings,
+    runtime: &Runtime,
     stop: Arc<AtomicBool>,
-    out_tx: crossbeam_channel::Sender<sinks::Output>,
-    registry: &StatsRegistry,
     hub: Option<&Arc<Hub>>,
-    epoch: Instant,
-) -> Result<(Result<bool, PipelineError>, Vec<PartitionReport>), PipelineError> {
+) -> Result<Result<bool, PipelineError>, PipelineError> {
     let n = cfg.pipeline.partitions();
-    let mut senders = Vec::with_capacity(n);
-    let mut workers = Vec::with_capacity(n);
-    for id in 0..n {
-        let (tx, rx) = bounded::<Msg>(crate::ingest::QUEUE_BLOCKS);
-        senders.push(tx);
-        let stats = Arc::new(PartitionStats::default());
-        registry.add(stats.clone());
-        let p = Partition::new(
-            id,
-            settings.clone(),
-            stats,
-            epoch,
-            out_tx.clone(),
-            hub.cloned(),
-        );
-        let span = tracing::info_span!("partition", partition = id);
-        workers.push(
-            thread::Builder::new()
-                .name(format!("partition-{id}"))
-                .spawn(move || span.in_scope(|| p.run(rx)))
-                .expect("spawning a thread"),
-        );
-    }
-    drop(out_tx);
+    let (senders, feeds) = crate::ingest::routes(n);
+    runtime.partitions(n);
+    let actors: Vec<_> = feeds
+        .into_iter()
+        .enumerate()
+        .map(|(id, feed)| runtime.start(id, format!("partition-{id}"), Box::new(feed)))
+        .collect();
     let mut router =
-        Router::new(senders, epoch, stop).with_device_field(&settings.fields.device_id);
-    // An http source takes bodies from the moment the server reports ready.
-    let http_rx = (cfg.source.kind == SourceKind::Http).then(|| {
-        let (tx, rx) = bounded::<IngestBody>(HTTP_QUEUE);
-        if let Some(h) = hub {
-            h.set_ingest(Some(tx));
-        }
-        rx
-    });
+        Router::new(senders, runtime.epoch(), stop).with_device_field(&settings.fields.device_id);
     if let Some(h) = hub {
         h.set_phase(Phase::Running);
         h.source_connected.store(true, Ordering::Relaxed);
     }
-    let source_result = match cfg.source.kind {
-        SourceKind::File => {
-            let path = cfg
-                .source
-                .path
-                .as_deref()
-                .expect("validated: file sources have a path");
-            match std::fs::File::open(path) {
-                Ok(f) => read_lines(f, Arc::from(path.display().to_string()), &mut router)
-                    .map_err(PipelineError::Read),
-                Err(source) => Err(PipelineError::Open {
-                    path: path.display().to_string(),
-                    source,
-                }),
-            }
-        }
-        SourceKind::Stdin => read_lines(io::stdin().lock(), Arc::from("stdin"), &mut router)
+    let source_result = match lines {
+        Lines::File(path) => match std::fs::File::open(path) {
+            Ok(f) => read_lines(f, Arc::from(path.display().to_string()), &mut router)
+                .map_err(PipelineError::Read),
+            Err(source) => Err(PipelineError::Open {
+                path: path.display().to_string(),
+                source,
+            }),
+        },
+        Lines::Stdin => read_lines(io::stdin().lock(), Arc::from("stdin"), &mut router)
             .map_err(PipelineError::Read),
-        SourceKind::Simulator => {
-            let sim = SimulatorSource::from_config(&cfg.source);
-            sim.run(&mut router)
-                .map_err(|e| PipelineError::Read(e.into()))
-        }
-        SourceKind::Http => {
-            let hub = hub.expect("validated: an http source comes with a server");
-            let rx = http_rx.expect("made above for http sources");
-            Ok(http_source(hub, rx, &mut router))
-        }
-        SourceKind::Kafka => unreachable!("kafka sources run in ingest::kafka"),
+        Lines::Simulator => SimulatorSource::from_config(&cfg.source)
+            .run(&mut router)
+            .map_err(|e| PipelineError::Read(e.into())),
+        Lines::Http(rx) => Ok(crate::ingest::http::run(
+            hub.expect("an http source comes with a server"),
+            rx,
+            &mut router,
+        )),
     };
     if matches!(source_result, Ok(true)) {
         router.finish();
     } else {
         drop(router); // interrupted or failed: partitions flush what has closed
     }
-    let mut reports = Vec::with_capacity(n);
-    for w in workers {
-        reports.push(w.join().map_err(|_| PipelineError::Panicked("partition"))?);
-    }
-    Ok((source_result, reports))
-}
-
-/// The `http` source: bodies that `POST /ingest` queued, until `stop`. Never ends by
-/// itself (an HTTP stream has no end), so it always reports an interrupted run.
-fn http_source(
-    hub: &Hub,
-    rx: crossbeam_channel::Receiver<IngestBody>,
-    router: &mut Router,
-) -> bool {
-    let origin: Arc<str> = Arc::from("http");
-    while !router.stopping() {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(body) => {
-                if router.route(body.data, &origin).is_err() {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+    for a in actors {
+        if !a.join() {
+            return Err(PipelineError::Panicked("partition"));
         }
     }
-    hub.set_ingest(None);
-    // Bodies accepted (202) before the stop are still routed: nothing acknowledged is lost.
-    while let Ok(body) = rx.try_recv() {
-        if router.route(body.data, &origin).is_err() {
-            break;
-        }
-    }
-    false
+    Ok(source_result)
 }
-
-/// Bodies `POST /ingest` may queue before it answers 429.
-pub const HTTP_QUEUE: usize = 64;
 
 fn spawn_status(
     status: Status,

@@ -1,33 +1,35 @@
-//! The partition actor: owns every piece of state for its devices.
+//! A partition: every piece of state for its devices, as a state machine with no
+//! thread of its own. The runtime's actor loop (`super::runtime`) drives it.
 //!
-//! In: [`Msg`]s from the router (blocks of events, end of input).
-//! Out: [`Output`]s to the sink thread (closed windows as a `RecordBatch`, alerts,
-//! dead letters), one per block or watermark advance, never per event.
+//! In: blocks of events, idle ticks and the end of input, each with the time it is
+//! (the clock is passed in, so that tests can drive it).
+//! Out: [`Output`]s for the sinks (closed windows as a `RecordBatch`, alerts, dead
+//! letters, device updates), at most one per block or watermark advance, never per
+//! event; snapshots for the live board when asked.
 //!
 //! Per event: decode → type filter → dedupe → watermark → (close due windows) →
 //! pane update. No locks, no logging, no metrics calls, and no allocation except
 //! for a device, type or series seen for the first time, or a rejected event's
-//! dead-letter record. Counts are kept in locals and published per block.
+//! dead-letter record. Counts are kept in locals; the runtime publishes them per block.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt64Array};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 
-use super::{Counts, PartitionStats, Settings};
+use super::Settings;
 use crate::dedupe::{EventIdSet, PreHashedMap, SeqCheck, SeqTracker, id_hash};
 use crate::event::{DeadLetter, DeviceUpdate, Reason, now_ms, rfc3339_ms, window_schema};
 use crate::hint::{prefetch, prefetch_line};
 use crate::ingest::decode::{DecodeError, Decoder, Event, MAX_VALUES, Values};
-use crate::ingest::{Block, Item, Msg};
+use crate::ingest::feed::Held;
+use crate::ingest::{Block, Item};
+use crate::live::{Counts, PartitionSnapshot, devices_schema};
+use crate::output::Output;
 use crate::rules::{RuleEngine, SeriesNames};
-use crate::sinks::{Checkpoint, Output};
-use crate::sql::state::{Hub, PartitionSnapshot, devices_schema};
 use crate::windows::{END_OF_TIME, WindowDef, WindowEngine, WindowOutput};
 
 /// Types whose series a device keeps at hand (see [`DeviceState::series`]).
@@ -214,7 +216,6 @@ pub struct Partition {
     /// max_ts - max_out_of_order, or later when idle; never moves back.
     wm: i64,
     counts: Counts,
-    stats: Arc<PartitionStats>,
     rows: WindowOutput,
     alerts: Vec<crate::event::Alert>,
     dead: Vec<DeadLetter>,
@@ -223,13 +224,14 @@ pub struct Partition {
     /// Closes since the last flush caused by an event: (its entry µs, windows, alerts).
     closed_by: Vec<(i64, u32, u32)>,
     epoch: Instant,
-    tx: Sender<Output>,
-    /// The sink thread has stopped (it failed): stop too, so the source stops and the
-    /// run reports the sink's error instead of computing results nobody stores.
-    sinks_gone: bool,
-    /// Where snapshots for queries go, when a server runs.
-    hub: Option<Arc<Hub>>,
-    next_snapshot: Instant,
+    /// The time it is, as the last call that passed the clock in said.
+    now: Instant,
+    /// When the last block came, and, once idle, up to when the watermark has
+    /// followed the clock.
+    last_event: Instant,
+    idle_clock: Option<Instant>,
+    /// Outputs built and not yet taken by the runtime.
+    outbox: Vec<Output>,
     device_state: Vec<DeviceState>,
     /// Devices whose latest reading changed since the last output (kept only when a
     /// sink takes the `devices` stream).
@@ -249,14 +251,9 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn new(
-        id: usize,
-        settings: Arc<Settings>,
-        stats: Arc<PartitionStats>,
-        epoch: Instant,
-        tx: Sender<Output>,
-        hub: Option<Arc<Hub>>,
-    ) -> Self {
+    /// A partition numbered `id`; `epoch` is when the run started (block arrival
+    /// times count from it) and the clock's first reading.
+    pub fn new(id: usize, settings: Arc<Settings>, epoch: Instant) -> Self {
         let windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
         let rules = RuleEngine::new(&settings.rules, windows.defs())
             .expect("rules were validated with the config");
@@ -290,7 +287,6 @@ impl Partition {
             max_ts: i64::MIN,
             wm: i64::MIN,
             counts: Counts::default(),
-            stats,
             rows: WindowOutput::default(),
             alerts: Vec::new(),
             dead: Vec::new(),
@@ -298,11 +294,11 @@ impl Partition {
             emit: EmitLatency::default(),
             closed_by: Vec::new(),
             epoch,
-            tx,
-            sinks_gone: false,
+            now: epoch,
+            last_event: epoch,
+            idle_clock: None,
+            outbox: Vec::new(),
             settings,
-            hub,
-            next_snapshot: Instant::now(),
             device_state: Vec::new(),
             changed: Vec::new(),
             live_rows: WindowOutput::default(),
@@ -310,54 +306,17 @@ impl Partition {
         }
     }
 
-    /// Runs until end of input (closing every window) or until the router is dropped
-    /// (an interrupted run: what has closed is flushed, open windows are not).
-    pub fn run(mut self, rx: Receiver<Msg>) -> PartitionReport {
+    /// A tick with no block: once no block has come for `pipeline.idle_timeout`, event
+    /// time follows the clock from there (closing windows).
+    pub fn on_idle(&mut self, now: Instant) {
+        self.now = now;
         let idle = Duration::from_millis(self.settings.idle_timeout_ms.max(1) as u64);
-        let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-        let mut last_event = Instant::now();
-        let mut idle_clock: Option<Instant> = None;
-        while !self.sinks_gone {
-            match rx.recv_timeout(tick) {
-                Ok(Msg::Work { block, items }) => {
-                    self.on_block(&block, &items);
-                    last_event = Instant::now();
-                    idle_clock = None;
-                }
-                Ok(Msg::Eof) => {
-                    self.finish();
-                    break;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.on_idle(idle, last_event, &mut idle_clock);
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
-                    break;
-                }
-            }
-        }
-        self.publish();
-        self.snapshot();
-        self.report()
-    }
-
-    /// Between blocks, when none came for a while: past `idle` since `last_event`,
-    /// event time follows the wall clock (closing windows); publishes state.
-    pub fn on_idle(
-        &mut self,
-        idle: Duration,
-        last_event: Instant,
-        idle_clock: &mut Option<Instant>,
-    ) {
-        let now = Instant::now();
-        if self.wm != i64::MIN && now.duration_since(last_event) >= idle {
-            // Idle: event time follows the wall clock from here.
-            let from = idle_clock.unwrap_or(last_event + idle);
-            let advance = now.duration_since(from).as_millis() as i64;
+        if self.wm != i64::MIN && now.saturating_duration_since(self.last_event) >= idle {
+            let from = self.idle_clock.unwrap_or(self.last_event + idle);
+            let advance = now.saturating_duration_since(from).as_millis() as i64;
             // Keep the sub-millisecond remainder for the next tick: the
-            // watermark follows the wall clock without drifting.
-            *idle_clock = Some(from + Duration::from_millis(advance as u64));
+            // watermark follows the clock without drifting.
+            self.idle_clock = Some(from + Duration::from_millis(advance as u64));
             if advance > 0 {
                 self.wm = self.wm.saturating_add(advance);
                 if self.windows.due(self.wm) {
@@ -366,26 +325,23 @@ impl Partition {
                 self.flush();
             }
         }
-        self.publish();
-        self.maybe_snapshot();
     }
 
     /// End of a finite input: closes every window and hands everything on.
-    pub fn finish(&mut self) {
+    pub fn finish(&mut self, now: Instant) {
+        self.now = now;
         self.close(END_OF_TIME);
         self.flush();
-        self.publish();
     }
 
-    /// The state a checkpoint records (see `ingest::kafka`): the smallest source offset
-    /// still held by an open window (`i64::MAX` if none), the highest event time seen,
-    /// and the keys of the raised alerts.
-    pub fn checkpoint_state(&self) -> (i64, i64, Vec<u64>) {
-        (
-            self.windows.min_offset(),
-            self.max_ts,
-            self.rules.raised_keys(&self.names),
-        )
+    /// What a checkpoint must record: the smallest source position still held by an
+    /// open window, the highest event time seen, and the raised alerts.
+    pub fn held(&self) -> Held {
+        Held {
+            min_position: self.windows.min_offset(),
+            max_ts: self.max_ts,
+            raised: self.rules.raised_keys(&self.names),
+        }
     }
 
     /// Continues from a checkpoint: event time resumes at `max_ts` (windows closed
@@ -404,52 +360,38 @@ impl Partition {
         self.rules.restore(raised);
     }
 
-    /// Hands a checkpoint to the sink thread, behind every output sent before it;
-    /// `ack` is answered once the sinks have written all of them.
-    pub fn send_checkpoint(&mut self, checkpoint: Checkpoint, ack: Option<Sender<()>>) {
-        self.flush();
-        let out = Output {
-            checkpoint: Some(checkpoint),
-            ack,
-            ..Output::default()
-        };
-        if self.tx.send(out).is_err() {
-            self.sinks_gone = true;
-        }
+    /// Moves the outputs built since the last call to `into`, oldest first.
+    pub fn take_outputs(&mut self, into: &mut Vec<Output>) {
+        into.append(&mut self.outbox);
     }
 
-    /// Flushes, and has `ack` answered once the sinks have written everything so far.
-    pub fn flush_with_ack(&mut self, ack: Sender<()>) {
-        self.flush();
-        let out = Output {
-            ack: Some(ack),
-            ..Output::default()
-        };
-        if self.tx.send(out).is_err() {
-            self.sinks_gone = true;
-        }
+    /// The counts so far.
+    pub fn counts(&self) -> Counts {
+        let mut c = self.counts;
+        c.gaps = self.seqs.gaps;
+        c.open_alerts = self.rules.open;
+        c
     }
 
-    /// Whether the sink thread has stopped (it failed).
-    pub fn sinks_gone(&self) -> bool {
-        self.sinks_gone
+    /// The watermark (`i64::MIN` before the first event).
+    pub fn watermark(&self) -> i64 {
+        self.wm
     }
 
     pub fn report(&self) -> PartitionReport {
         PartitionReport {
             partition: self.id,
-            counts: self.counts,
+            counts: self.counts(),
             latency: self.latency.clone(),
             emit: self.emit.clone(),
             devices: self.names.device_count(),
         }
     }
 
-    /// Final publication when the actor stops.
+    /// The input stops here (interrupted, or the partition is taken away): what has
+    /// closed is handed on; open windows stay open.
     pub fn stop(&mut self) {
         self.flush();
-        self.publish();
-        self.snapshot();
     }
 
     /// Processes one block's events for this partition, then hands the outputs on.
@@ -457,7 +399,10 @@ impl Partition {
     /// Each event is decoded one step ahead of its turn, so that the cache lines its
     /// id's dedupe check and its device's state need are on their way while the event
     /// before it is processed.
-    pub fn on_block(&mut self, block: &Block, items: &[Item]) {
+    pub fn on_block(&mut self, block: &Block, items: &[Item], now: Instant) {
+        self.now = now;
+        self.last_event = now;
+        self.idle_clock = None;
         let mut current = items.first().map(|it| self.decode_ahead(block, it, 0));
         for (i, it) in items.iter().enumerate() {
             let Some(this) = current.take() else { break };
@@ -483,8 +428,6 @@ impl Partition {
         }
         self.event_ids.advance(self.wm);
         self.flush();
-        self.publish();
-        self.maybe_snapshot();
     }
 
     /// Decodes an item (see [`Self::on_block`]); for an event, hashes its id and
@@ -680,7 +623,7 @@ impl Partition {
     /// Closes the windows the watermark `wm` has passed and runs the rules on them.
     fn close(&mut self, wm: i64) {
         let from = self.rows.len();
-        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let now_ns = self.now.saturating_duration_since(self.epoch).as_nanos() as u64;
         self.windows.close(
             wm,
             self.names.series_count(),
@@ -725,9 +668,7 @@ impl Partition {
             devices: self.device_updates(),
             ..Output::default()
         };
-        if self.tx.send(out).is_err() {
-            self.sinks_gone = true;
-        }
+        self.outbox.push(out);
     }
 
     /// The latest readings of the devices changed since the last output.
@@ -752,41 +693,24 @@ impl Partition {
         window_batch(&self.rows, self.windows.defs(), &self.names)
     }
 
-    fn maybe_snapshot(&mut self) {
-        if self.hub.is_some() && Instant::now() >= self.next_snapshot {
-            self.snapshot();
-        }
-    }
-
-    /// Publishes open windows, devices and counts for queries (every
-    /// `snapshot_interval`, between blocks: never inside the per-event loop).
-    fn snapshot(&mut self) {
-        let Some(hub) = self.hub.clone() else {
-            return;
-        };
-        let started = Instant::now();
+    /// Open windows, devices and counts for queries. Built between blocks, never
+    /// inside the per-event loop.
+    pub fn snapshot(&mut self) -> PartitionSnapshot {
         self.live_rows.clear();
         self.windows
             .open_windows(self.names.series_count(), &mut self.live_rows);
         let live = window_batch(&self.live_rows, self.windows.defs(), &self.names);
         self.live_rows.clear();
-        let mut counts = self.counts;
-        counts.gaps = self.seqs.gaps;
-        counts.open_alerts = self.rules.open;
-        hub.publish(PartitionSnapshot {
+        PartitionSnapshot {
             partition: self.id,
-            counts,
+            counts: self.counts(),
             watermark: self.wm,
             max_event_time: self.max_ts,
             live,
             devices: self.devices_batch(),
             latency: self.latency.clone(),
             published_ms: now_ms(),
-        });
-        // A large state takes long to snapshot: publish less often then, so that
-        // snapshots never take more than about a tenth of the partition's time.
-        let took = started.elapsed();
-        self.next_snapshot = Instant::now() + hub.snapshot_interval.max(took * 9);
+        }
     }
 
     /// The `devices` table rows of this partition.
@@ -830,13 +754,6 @@ impl Partition {
             Arc::new(gaps.finish()),
         ];
         RecordBatch::try_new(devices_schema(), columns).expect("columns match the devices schema")
-    }
-
-    /// Publishes the local counts for status lines and the final report.
-    fn publish(&mut self) {
-        self.counts.gaps = self.seqs.gaps;
-        self.counts.open_alerts = self.rules.open;
-        self.stats.store(&self.counts, self.wm);
     }
 }
 
@@ -882,18 +799,220 @@ fn dead_letter(reason: Reason, error: String, raw: &[u8], block: &Block, it: &It
     }
 }
 
-impl PartitionStats {
-    fn store(&self, c: &Counts, wm: i64) {
-        let s = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        s(&self.received, c.received);
-        s(&self.aggregated, c.aggregated);
-        s(&self.duplicate, c.duplicate);
-        s(&self.filtered, c.filtered);
-        s(&self.late, c.late);
-        s(&self.dead_lettered, c.dead_lettered);
-        s(&self.windows, c.windows);
-        s(&self.alerts, c.alerts);
-        s(&self.gaps, c.gaps);
-        self.watermark.store(wm, Ordering::Relaxed);
+#[cfg(test)]
+mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, UInt64Type};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::event::AlertState;
+    use crate::ingest::split_message;
+
+    const CONFIG: &str = r#"
+[source]
+kind = "stdin"
+
+[pipeline]
+max_out_of_order = "5s"
+allowed_lateness = "0s"
+idle_timeout = "10s"
+dedupe = "both"
+
+[[windows]]
+name = "t1m"
+kind = "tumbling"
+size = "1m"
+
+[[rules]]
+name = "hot"
+window = "t1m"
+when = "avg > 30"
+clear = "avg < 20"
+"#;
+
+    fn partition(epoch: Instant) -> Partition {
+        let cfg = Config::parse(CONFIG).expect("valid config");
+        Partition::new(0, Arc::new(Settings::from_config(&cfg)), epoch)
+    }
+
+    /// An event of device `d` at `2026-01-01T00:mm:ss`.
+    fn event(id: &str, d: &str, seq: u64, mm: u32, ss: u32, value: f64) -> String {
+        format!(
+            r#"{{"eventId":"{id}","deviceId":"{d}","deviceSequenceNumber":{seq},"type":"temp","value":{value},"createdAt":"2026-01-01T00:{mm:02}:{ss:02}Z"}}"#
+        )
+    }
+
+    fn block(lines: &[String]) -> (Block, Vec<Item>) {
+        let (mut data, mut items) = (Vec::new(), Vec::new());
+        for (i, l) in lines.iter().enumerate() {
+            let start = data.len();
+            data.extend_from_slice(l.as_bytes());
+            split_message(&data, start, data.len(), i as u32, &mut items);
+            data.push(b'\n');
+        }
+        (Block::new(data, Arc::from("test"), 0), items)
+    }
+
+    fn feed(p: &mut Partition, lines: &[String], now: Instant) -> Vec<Output> {
+        let (b, items) = block(lines);
+        p.on_block(&b, &items, now);
+        let mut out = Vec::new();
+        p.take_outputs(&mut out);
+        out
+    }
+
+    /// (window start as mm, count, avg) of every closed window in `outs`.
+    fn windows(outs: &[Output]) -> Vec<(i64, u64, f64)> {
+        let mut rows = Vec::new();
+        for b in outs.iter().filter_map(|o| o.windows.as_ref()) {
+            let starts = b
+                .column(crate::event::col::WINDOW_START)
+                .as_primitive::<arrow_array::types::TimestampMillisecondType>();
+            let counts = b
+                .column(crate::event::col::COUNT)
+                .as_primitive::<UInt64Type>();
+            let avgs = b
+                .column(crate::event::col::AVG)
+                .as_primitive::<Float64Type>();
+            for r in 0..b.num_rows() {
+                let mm = (starts.value(r) - 1_767_225_600_000) / 60_000;
+                rows.push((mm, counts.value(r), avgs.value(r)));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn a_window_closes_when_event_time_passes_its_end_and_the_rule_fires() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        let out = feed(
+            &mut p,
+            &[
+                event("a", "d1", 1, 0, 10, 31.0),
+                event("b", "d1", 2, 0, 50, 35.0),
+            ],
+            t0,
+        );
+        assert!(windows(&out).is_empty(), "nothing has closed yet");
+        // 01:04 minus 5 s out-of-order is past 01:00, the window's end.
+        let out = feed(&mut p, &[event("c", "d1", 3, 1, 4, 10.0)], t0);
+        assert!(windows(&out).is_empty(), "the watermark is 00:59");
+        let out = feed(&mut p, &[event("d", "d1", 4, 1, 6, 10.0)], t0);
+        assert_eq!(windows(&out), vec![(0, 2, 33.0)]);
+        let alerts: Vec<_> = out.iter().flat_map(|o| &o.alerts).collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].state, AlertState::Raised);
+        assert_eq!(p.counts().aggregated, 4);
+        assert!(p.counts().balanced());
+    }
+
+    #[test]
+    fn an_idle_partition_follows_the_clock_passed_in() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        feed(&mut p, &[event("a", "d1", 1, 0, 10, 20.0)], t0);
+        let wm = p.watermark();
+        // Before idle_timeout (10 s) nothing moves, however often it ticks.
+        for s in 1..10 {
+            p.on_idle(t0 + Duration::from_secs(s));
+        }
+        assert_eq!(p.watermark(), wm);
+        // Past it, event time follows the clock from the moment it became idle: the
+        // window (end 01:00, watermark 00:05) closes 55 s after that.
+        p.on_idle(t0 + Duration::from_secs(10 + 54));
+        let mut out = Vec::new();
+        p.take_outputs(&mut out);
+        assert!(windows(&out).is_empty());
+        assert_eq!(p.watermark(), wm + 54_000);
+        p.on_idle(t0 + Duration::from_secs(10 + 56));
+        p.take_outputs(&mut out);
+        assert_eq!(windows(&out), vec![(0, 1, 20.0)]);
+        // A block resets the idle clock.
+        feed(
+            &mut p,
+            &[event("b", "d1", 2, 1, 30, 20.0)],
+            t0 + Duration::from_secs(70),
+        );
+        let wm = p.watermark();
+        p.on_idle(t0 + Duration::from_secs(75));
+        assert_eq!(p.watermark(), wm);
+    }
+
+    #[test]
+    fn duplicates_late_events_and_bad_json_are_counted_and_dead_lettered() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        let out = feed(
+            &mut p,
+            &[
+                event("a", "d1", 1, 2, 0, 1.0),
+                event("a", "d1", 1, 2, 0, 1.0),
+                event("b", "d1", 2, 0, 1, 1.0), // behind the watermark (01:55)
+                "{not json".into(),
+            ],
+            t0,
+        );
+        let c = p.counts();
+        assert_eq!(
+            (
+                c.received,
+                c.aggregated,
+                c.duplicate,
+                c.late,
+                c.dead_lettered
+            ),
+            (4, 1, 1, 1, 1)
+        );
+        let reasons: Vec<Reason> = out.iter().flat_map(|o| &o.dead).map(|d| d.reason).collect();
+        assert_eq!(reasons, vec![Reason::Late, Reason::Parse]);
+        let sources: Vec<&str> = out
+            .iter()
+            .flat_map(|o| &o.dead)
+            .map(|d| d.source.as_str())
+            .collect();
+        assert_eq!(sources, vec!["test:3", "test:4"]);
+    }
+
+    #[test]
+    fn finish_closes_every_window_and_a_resumed_partition_does_not_produce_them_again() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        let mut out = feed(
+            &mut p,
+            &[
+                event("a", "d1", 1, 0, 10, 40.0),
+                event("b", "d2", 1, 3, 10, 5.0),
+            ],
+            t0,
+        );
+        let held = p.held();
+        assert_eq!(held.max_ts, 1_767_225_600_000 + 190_000);
+        // The 00:00 window closed with the block (watermark 03:05); finish closes the
+        // rest.
+        assert_eq!(windows(&out), vec![(0, 1, 40.0)]);
+        p.finish(t0);
+        out.clear();
+        p.take_outputs(&mut out);
+        assert_eq!(windows(&out), vec![(3, 1, 5.0)]);
+
+        // A new partition resumed from that state: the 00:00 window closed before the
+        // checkpoint, so an event of it read again is a re-delivery, not late.
+        let mut q = partition(t0);
+        q.resume(held.max_ts, 10, held.raised);
+        let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 40.0)]);
+        b.offsets = vec![5];
+        q.on_block(&b, &items, t0);
+        let mut out = Vec::new();
+        q.take_outputs(&mut out);
+        assert!(windows(&out).is_empty());
+        assert_eq!(q.counts().duplicate, 1);
+        assert!(out.iter().all(|o| o.dead.is_empty()));
+        // Past the replayed positions the same lateness is late.
+        let (mut b, items) = block(&[event("c", "d1", 2, 0, 20, 40.0)]);
+        b.offsets = vec![10];
+        q.on_block(&b, &items, t0);
+        assert_eq!(q.counts().late, 1);
     }
 }

@@ -2,10 +2,10 @@
 
 use std::io::{self, BufWriter, Write};
 
-use super::kafka::KafkaWriter;
 use super::{SinkError, open_file};
 use crate::config::{DeadLetterConfig, DeadLetterKind};
 use crate::event::DeadLetter;
+use crate::kafka::{self, KafkaWriter};
 
 pub struct DeadLetterSink {
     w: BufWriter<Box<dyn Write + Send>>,
@@ -24,7 +24,7 @@ impl DeadLetterSink {
                     .brokers
                     .as_deref()
                     .expect("validated: kafka dead letters have brokers");
-                let config = super::kafka::producer_config(brokers, Some(&c.kafka_properties()));
+                let config = kafka::producer_config(brokers, Some(&c.kafka_properties()));
                 let w = KafkaWriter::new(&config, 10).map_err(|source| SinkError::Kafka {
                     sink: "dead_letter",
                     source,

@@ -10,7 +10,6 @@
 pub mod cosmos;
 pub mod dead_letter;
 pub mod json;
-pub mod kafka;
 pub mod stdout;
 
 use std::fs::{File, OpenOptions};
@@ -20,42 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::config::{SinkConfig, SinkKind, StdoutFormat, Stream};
-use crate::event::{Alert, DeadLetter, DeviceUpdate};
-use crate::sql::state::Hub;
+use crate::event::DeadLetter;
+use crate::kafka;
+use crate::live::Hub;
+pub use crate::output::{Checkpoint, Output};
 pub use dead_letter::DeadLetterSink;
-
-/// What a partition actor hands to the sinks after a block or a watermark advance.
-#[derive(Debug, Default)]
-pub struct Output {
-    pub windows: Option<RecordBatch>,
-    pub alerts: Vec<Alert>,
-    pub dead: Vec<DeadLetter>,
-    /// Latest readings of the devices that changed (only when a sink takes the
-    /// `devices` stream).
-    pub devices: Vec<DeviceUpdate>,
-    /// A source position that becomes safe to commit once everything before it (and
-    /// this output's records) is written by every sink.
-    pub checkpoint: Option<Checkpoint>,
-    /// Answered once this output and everything before it are written (flushed).
-    pub ack: Option<crossbeam_channel::Sender<()>>,
-}
-
-/// A Kafka partition's safe position: `offset` is where a replay must start so that
-/// every window still open is rebuilt; `metadata` carries what the replay cannot
-/// rebuild (see `ingest::kafka`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    /// Which assignment of the partition produced it (a later one supersedes it).
-    pub generation: u64,
-    pub offset: i64,
-    pub metadata: String,
-}
 
 /// A sink failure. Local files and pipes do not recover by retrying, so any
 /// failure stops the run (it exits non-zero).
@@ -123,6 +94,8 @@ pub enum Sink {
     },
     /// Windows, alerts and device documents to Azure Cosmos DB.
     Cosmos(Box<cosmos::CosmosSink>),
+    /// Closed windows and alerts kept on the live board for queries (`server.retention`).
+    Retain(Arc<Hub>),
 }
 
 impl Sink {
@@ -194,6 +167,7 @@ impl Sink {
             Sink::Pretty(_) => "stdout",
             Sink::Kafka { .. } => "kafka",
             Sink::Cosmos(_) => "cosmos",
+            Sink::Retain(_) => "retention",
         }
     }
 
@@ -254,6 +228,13 @@ impl Sink {
                 Ok(())
             }
             Sink::Cosmos(c) => c.write(out),
+            Sink::Retain(hub) => {
+                if let Some(b) = &out.windows {
+                    hub.retain_windows(b);
+                }
+                hub.retain_alerts(&out.alerts);
+                Ok(())
+            }
         }
     }
 
@@ -262,7 +243,7 @@ impl Sink {
         match self {
             Sink::Kafka { w, .. } => w.retries(),
             Sink::Cosmos(c) => c.stats().retries,
-            Sink::Json { .. } | Sink::Pretty(_) => 0,
+            Sink::Json { .. } | Sink::Pretty(_) | Sink::Retain(_) => 0,
         }
     }
 
@@ -272,7 +253,7 @@ impl Sink {
         match self {
             Sink::Kafka { w, .. } => w.take_failed(into),
             Sink::Cosmos(c) => c.take_failed(into),
-            Sink::Json { .. } | Sink::Pretty(_) => {}
+            Sink::Json { .. } | Sink::Pretty(_) | Sink::Retain(_) => {}
         }
     }
 
@@ -289,6 +270,7 @@ impl Sink {
                 Ok(())
             }
             Sink::Cosmos(c) => c.flush(last, durable),
+            Sink::Retain(_) => Ok(()),
         }
     }
 }
@@ -348,10 +330,6 @@ fn write_all(
                 report.alerts += out.alerts.len() as u64;
                 report.dead_letters += out.dead.len() as u64;
                 if let Some(h) = hub {
-                    if let Some(b) = &out.windows {
-                        h.retain_windows(b);
-                    }
-                    h.retain_alerts(&out.alerts);
                     h.sinks.windows.fetch_add(windows, Ordering::Relaxed);
                     h.sinks
                         .alerts

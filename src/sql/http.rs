@@ -22,8 +22,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::state::{IngestRefused, Phase};
 use super::{Engine, QueryError};
+use crate::live::{IngestRefused, Phase};
 
 /// Largest request body accepted (an ingest batch or a query).
 pub const MAX_BODY: usize = 32 << 20;
@@ -142,7 +142,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render(&ctx.engine.hub),
+        super::metrics::render(&ctx.engine.hub, &ctx.engine.queries),
     )
         .into_response()
 }

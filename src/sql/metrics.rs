@@ -6,15 +6,15 @@ use std::sync::atomic::Ordering;
 
 use hdrhistogram::Histogram;
 
-use super::Hub;
-use crate::pipeline::Counts;
+use super::{Hub, QueryStats};
+use crate::live::Counts;
 
 /// Bucket bounds of the latency histograms, in seconds.
 const BUCKETS: [f64; 15] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-pub fn render(hub: &Hub) -> String {
+pub fn render(hub: &Hub, queries: &QueryStats) -> String {
     let snaps = hub.snapshots();
     let mut total = Counts::default();
     let mut latency = Histogram::<u64>::new(3).expect("valid");
@@ -188,11 +188,8 @@ pub fn render(hub: &Hub) -> String {
         "eventide_queries_total",
         "counter",
         "SQL queries over HTTP, by result.",
-        &[
-            ("ok", l(&hub.queries_ok)),
-            ("error", l(&hub.queries_failed)),
-        ]
-        .map(|(r, v)| (format!("{{result=\"{r}\"}}"), v as f64)),
+        &[("ok", l(&queries.ok)), ("error", l(&queries.failed))]
+            .map(|(r, v)| (format!("{{result=\"{r}\"}}"), v as f64)),
     );
     metric(
         "eventide_uptime_seconds",
@@ -206,7 +203,7 @@ pub fn render(hub: &Hub) -> String {
         "Event arrival to the close of a window holding it.",
         &latency,
     );
-    let queries = hub.query_latency.lock().clone();
+    let queries = queries.latency.lock().clone();
     histogram(
         &mut o,
         "eventide_query_latency_seconds",

@@ -1,7 +1,7 @@
-//! Stage 5: SQL over the running pipeline.
+//! Stage 5: SQL over the running pipeline, read from the live board ([`crate::live`]).
 //!
 //! ```text
-//!  partition actors ─snapshots─▶ state::Hub ◀─closed windows, alerts─ sink thread
+//!  partition actors ─snapshots─▶ live::Hub ◀─closed windows, alerts─ retention sink
 //!                                   │
 //!                     tables: live_windows windows alerts devices stats
 //!                                   │  (DataFusion SessionContext, read-only)
@@ -19,7 +19,6 @@
 pub mod http;
 pub mod metrics;
 pub mod pg;
-pub mod state;
 pub mod tables;
 
 use std::sync::Arc;
@@ -33,7 +32,42 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
-pub use state::Hub;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use crate::live::Hub;
+
+/// What the query side counts of itself (per query, not the hot path).
+#[derive(Debug)]
+pub struct QueryStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// Query latency, µs.
+    pub latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for QueryStats {
+    fn default() -> Self {
+        QueryStats {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latency: Mutex::new(
+                hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"),
+            ),
+        }
+    }
+}
+
+impl QueryStats {
+    pub fn record(&self, ok: bool, took: Duration) {
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.latency.lock().record((took.as_micros() as u64).max(1));
+    }
+}
 
 /// Per-query limits.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +95,7 @@ pub struct Engine {
     pub ctx: Arc<SessionContext>,
     pub hub: Arc<Hub>,
     pub limits: Limits,
+    pub queries: QueryStats,
 }
 
 impl Engine {
@@ -91,6 +126,7 @@ impl Engine {
             ctx: Arc::new(ctx),
             hub,
             limits,
+            queries: QueryStats::default(),
         })
     }
 
@@ -100,7 +136,7 @@ impl Engine {
         let result = tokio::time::timeout(self.limits.timeout, self.run(sql))
             .await
             .unwrap_or(Err(QueryError::Timeout(self.limits.timeout)));
-        self.hub.record_query(result.is_ok(), started.elapsed());
+        self.queries.record(result.is_ok(), started.elapsed());
         result
     }
 

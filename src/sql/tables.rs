@@ -24,8 +24,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use super::Hub;
-use super::state::{alerts_schema, devices_schema, stats_batch, stats_schema};
 use crate::event::window_schema;
+use crate::live::{alerts_schema, devices_schema, stats_batch, stats_schema};
 
 /// Which table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

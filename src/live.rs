@@ -1,9 +1,11 @@
-//! What the query side can see of a running pipeline, and how it gets there without
-//! ever blocking the hot path.
+//! The live board: what a running pipeline shows of itself (counts, open windows,
+//! devices, retained closed windows and alerts, sink counters, its phase), below every
+//! component that writes or reads it. The runtime, the sinks and the sources write it;
+//! the query side (`sql`) reads it. It imports none of them.
 //!
 //! ```text
 //!  partition actor ──every snapshot_interval──▶ ArcSwap<PartitionSnapshot>  (one per partition)
-//!  sink thread ──closed windows, alerts────────▶ Mutex<Retained>           (not the hot path)
+//!  retention sink ──closed windows, alerts─────▶ Mutex<Retained>           (not the hot path)
 //!  queries ── load() / lock-and-clone Arcs ────▶ RecordBatches for DataFusion
 //! ```
 //!
@@ -13,8 +15,9 @@
 //! per partition.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -28,7 +31,6 @@ use hdrhistogram::Histogram;
 use parking_lot::{Mutex, RwLock};
 
 use crate::event::{Alert, AlertState, col, parse_rfc3339_ms, window_schema};
-use crate::pipeline::Counts;
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -98,6 +100,140 @@ pub fn stats_schema() -> SchemaRef {
         ]))
     })
     .clone()
+}
+
+/// The accounting: every input event ends in exactly one of aggregated, duplicate,
+/// filtered, late or dead_lettered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub aggregated: u64,
+    pub duplicate: u64,
+    pub filtered: u64,
+    pub late: u64,
+    /// Invalid input (parse or schema); late events are counted in `late`.
+    pub dead_lettered: u64,
+    /// Sequence numbers skipped and never seen.
+    pub gaps: u64,
+    /// Closed window rows emitted.
+    pub windows: u64,
+    /// Alert state changes emitted.
+    pub alerts: u64,
+    /// Alerts raised and not cleared.
+    pub open_alerts: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        self.received += o.received;
+        self.aggregated += o.aggregated;
+        self.duplicate += o.duplicate;
+        self.filtered += o.filtered;
+        self.late += o.late;
+        self.dead_lettered += o.dead_lettered;
+        self.gaps += o.gaps;
+        self.windows += o.windows;
+        self.alerts += o.alerts;
+        self.open_alerts += o.open_alerts;
+    }
+
+    /// Whether the outcomes add up to what was received.
+    pub fn balanced(&self) -> bool {
+        self.received
+            == self.aggregated + self.duplicate + self.filtered + self.late + self.dead_lettered
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "received={} aggregated={} duplicate={} filtered={} late={} dead_lettered={} gaps={} windows={} alerts={}",
+            self.received,
+            self.aggregated,
+            self.duplicate,
+            self.filtered,
+            self.late,
+            self.dead_lettered,
+            self.gaps,
+            self.windows,
+            self.alerts
+        )
+    }
+}
+
+/// Counts a partition publishes after each block, for status lines and metrics.
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    pub received: AtomicU64,
+    pub aggregated: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub filtered: AtomicU64,
+    pub late: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub windows: AtomicU64,
+    pub alerts: AtomicU64,
+    pub gaps: AtomicU64,
+    pub watermark: AtomicI64,
+}
+
+impl PartitionStats {
+    pub fn load(&self) -> Counts {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            received: l(&self.received),
+            aggregated: l(&self.aggregated),
+            duplicate: l(&self.duplicate),
+            filtered: l(&self.filtered),
+            late: l(&self.late),
+            dead_lettered: l(&self.dead_lettered),
+            gaps: l(&self.gaps),
+            windows: l(&self.windows),
+            alerts: l(&self.alerts),
+            open_alerts: 0,
+        }
+    }
+}
+
+/// Every partition actor's published counts, for the status line. Actors of a Kafka
+/// source come and go with rebalances; their entries stay, so totals cover the run.
+#[derive(Debug, Default)]
+pub struct StatsRegistry(parking_lot::Mutex<Vec<Arc<PartitionStats>>>);
+
+impl StatsRegistry {
+    pub fn add(&self, s: Arc<PartitionStats>) {
+        self.0.lock().push(s);
+    }
+    /// Summed counts, and the lowest watermark of the actors that have one.
+    pub fn totals(&self) -> (Counts, i64) {
+        let mut c = Counts::default();
+        let mut wm = i64::MAX;
+        for s in self.0.lock().iter() {
+            c.add(&s.load());
+            let w = s.watermark.load(Ordering::Relaxed);
+            if w > i64::MIN {
+                wm = wm.min(w);
+            }
+        }
+        (c, wm)
+    }
+}
+
+impl PartitionStats {
+    /// Publishes a partition's counts and watermark.
+    pub fn store(&self, c: &Counts, wm: i64) {
+        let s = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        s(&self.received, c.received);
+        s(&self.aggregated, c.aggregated);
+        s(&self.duplicate, c.duplicate);
+        s(&self.filtered, c.filtered);
+        s(&self.late, c.late);
+        s(&self.dead_lettered, c.dead_lettered);
+        s(&self.windows, c.windows);
+        s(&self.alerts, c.alerts);
+        s(&self.gaps, c.gaps);
+        self.watermark.store(wm, Ordering::Relaxed);
+    }
 }
 
 /// What one partition publishes.
@@ -214,10 +350,6 @@ pub struct Hub {
     ingest: Mutex<Option<Sender<IngestBody>>>,
     pub ingest_requests: AtomicU64,
     pub ingest_refused: AtomicU64,
-    pub queries_ok: AtomicU64,
-    pub queries_failed: AtomicU64,
-    /// Query latency, µs.
-    pub query_latency: Mutex<Histogram<u64>>,
     pub snapshot_interval: Duration,
     pub started: Instant,
 }
@@ -243,9 +375,6 @@ impl Hub {
             ingest: Mutex::new(None),
             ingest_requests: AtomicU64::new(0),
             ingest_refused: AtomicU64::new(0),
-            queries_ok: AtomicU64::new(0),
-            queries_failed: AtomicU64::new(0),
-            query_latency: Mutex::new(Histogram::new(3).expect("valid")),
             snapshot_interval,
             started: Instant::now(),
         }
@@ -283,7 +412,7 @@ impl Hub {
             .collect()
     }
 
-    /// Called by the sink thread with each batch of closed windows.
+    /// Called by the retention sink with each batch of closed windows.
     pub fn retain_windows(&self, batch: &RecordBatch) {
         if batch.num_rows() == 0 {
             return;
@@ -300,7 +429,7 @@ impl Hub {
         r.prune();
     }
 
-    /// Called by the sink thread with each group of alerts.
+    /// Called by the retention sink with each group of alerts.
     pub fn retain_alerts(&self, alerts: &[Alert]) {
         if alerts.is_empty() {
             return;
@@ -371,18 +500,6 @@ impl Hub {
             }
             Err(TrySendError::Disconnected(_)) => Err(IngestRefused::Unavailable),
         }
-    }
-
-    pub fn record_query(&self, ok: bool, took: Duration) {
-        if ok {
-            self.queries_ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.queries_failed.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = self
-            .query_latency
-            .lock()
-            .record((took.as_micros() as u64).max(1));
     }
 }
 

@@ -1,4 +1,6 @@
-//! The `kafka` sink: window, alert and dead-letter records as JSON to topics.
+//! librdkafka plumbing shared by the Kafka source, its checkpoint log, the `kafka` sink
+//! and the Kafka dead-letter sink: the producer that knows what it gave up on
+//! ([`KafkaWriter`]), client configs, and a cached high-watermark read.
 //!
 //! Records are keyed by `deviceId` (so one device's records stay in order in one
 //! partition) and sent through librdkafka's idempotent producer, which retries
@@ -196,6 +198,30 @@ impl KafkaWriter {
     pub fn take_failed(&mut self, into: &mut Vec<DeadLetter>) {
         into.append(&mut self.gave_up);
     }
+}
+
+/// The high watermark of a partition as last seen in a fetch response (librdkafka's
+/// cache; no request), if known.
+pub fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a
+    // NUL-terminated string that outlives the call; low/high are valid out-pointers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            rdkafka::consumer::Consumer::client(consumer).native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 #[cfg(test)]
