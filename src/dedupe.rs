@@ -52,7 +52,7 @@ pub type PreHashedMap<K, V> = HashMap<K, V, BuildHasherDefault<PreHashed>>;
 
 /// Remembers event ids for a horizon of watermark time.
 ///
-/// An open-addressing table of [`Bucket`]s, each one cache line of 7 ids (64-bit
+/// An open-addressing table of `Bucket`s, each one cache line of 7 ids (64-bit
 /// hashes) and their stamps (the watermark they were seen at, in ticks of at most a
 /// 64th of the horizon): a check of a new id touches one line, usually, and
 /// [`EventIdSet::prefetch`] lets the partition ask for it an event ahead. An id's home

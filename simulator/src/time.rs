@@ -58,7 +58,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 }
 
 /// [`parse_rfc3339_ms`] for a stream of timestamps: it remembers the minute of the last
-/// one in the usual form (see [`parse_usual`]), so that the next in the same minute,
+/// one in the usual form (see `parse_usual`), so that the next in the same minute,
 /// the usual case for events from one partition, is read from its last 8 bytes.
 #[derive(Debug, Default, Clone)]
 pub struct MinuteCache {

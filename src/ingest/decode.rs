@@ -5,7 +5,7 @@
 //! structurally. [`Decoder::decode`] is the partition actor's full parse: it reads the
 //! members that fill an event's roles (named by [`Fields`], `[source.fields]`) straight
 //! into an [`Event`] and validates everything else (`complexData`, unknown keys) as
-//! JSON without building it. Its fast reader ([`fast`]) takes a message in one pass
+//! JSON without building it. Its fast reader (`fast`) takes a message in one pass
 //! whatever its member order and whitespace; anything it leaves goes to the scalar
 //! parser ([`decode_scalar_with`]), which also words every error. Nothing is allocated
 //! unless a string contains escapes.
@@ -521,7 +521,7 @@ fn hex4(b: &[u8], i: usize) -> Result<u32, Syntax> {
     Ok(v)
 }
 
-/// Decodes events, keeping scratch space between calls: the fast reader ([`fast`]) for
+/// Decodes events, keeping scratch space between calls: the fast reader (`fast`) for
 /// what it takes, the scalar decoder ([`decode_scalar_with`]) for the rest and for
 /// every error.
 pub struct Decoder {

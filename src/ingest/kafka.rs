@@ -701,10 +701,7 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     let stop_at_end = run.source.stop_at_end.unwrap_or(false);
 
     // Partitions and (for stop_at_end) their end offsets, from a plain client.
-    let probe: BaseConsumer<Probe> = match config.create_with_context(Probe::default()) {
-        Ok(c) => c,
-        Err(e) => return Err(e.into()),
-    };
+    let probe: BaseConsumer<Probe> = config.create_with_context(Probe::default())?;
     let mut all: Vec<TopicPartition> = Vec::new();
     for t in &topics {
         let md = match probe.fetch_metadata(Some(t), REQUEST_TIMEOUT) {
@@ -776,9 +773,7 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     };
     let _ = shared.consumer.set(Arc::downgrade(&consumer));
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    if let Err(e) = consumer.subscribe(&names) {
-        return Err(e.into());
-    }
+    consumer.subscribe(&names)?;
 
     let interval = shared.run.source.commit_interval();
     let mut next_commit = Instant::now() + interval;

@@ -52,7 +52,7 @@ use crate::event::{DeadLetter, Reason, now_ms, rfc3339_ms};
 use crate::sinks::{Output, SinkError, json};
 use doc::DeviceDoc;
 
-/// The three containers, in the order of [`Writer::containers`].
+/// The three containers, in the order of `Writer::containers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
     Devices = 0,
