@@ -2,7 +2,7 @@
 //! HTTP exchange over TCP, the real `psql` client (installed from Debian when
 //! missing) and tokio-postgres for the extended protocol.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

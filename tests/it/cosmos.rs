@@ -7,8 +7,8 @@
 //! exactly its window and alert records, and one device document per device whose
 //! state follows from the input and those records.
 
-mod common;
-#[path = "cosmos/harness.rs"]
+use crate::common;
+#[path = "../cosmos/harness.rs"]
 mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,7 @@
 //! duplicates and batches, the pipeline's windows equal a naive recomputation over the
 //! unique events, whatever the number of partitions.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! End to end: simulator output → eventide → windows, alerts and dead letters,
 //! checked against the independent reference model in `common`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! produce exactly the same windows and alerts (after upserts by id: every copy of a
 //! record must be identical, since a replay re-writes records).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
