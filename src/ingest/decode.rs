@@ -155,24 +155,31 @@ fn string_stop_avx2(b: &[u8], i: usize) -> Option<(usize, bool)> {
 #[inline(always)]
 pub(crate) unsafe fn string_stop_inline(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     use std::arch::x86_64::*;
-    // The stop and non-ASCII bitmaps of 32 bytes.
-    let scan = |chunk: &[u8; 32]| {
-        // SAFETY: `chunk` holds 32 bytes; an unaligned load (and the caller's CPU has
-        // AVX2).
-        unsafe {
-            let v = _mm256_loadu_si256(chunk.as_ptr().cast());
-            let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
-            let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
-            let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
-            let stop =
-                _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(quote, backslash), control));
-            // Bit 7 of each byte: the non-ASCII ones.
-            (stop as u32, _mm256_movemask_epi8(v) as u32)
-        }
-    };
+    // The stop and non-ASCII bitmaps of 32 bytes. A macro, not a closure: a closure
+    // does not take its function's target features, so the intrinsics in it would be
+    // calls (each passing its vectors through memory) instead of one instruction each.
+    macro_rules! scan {
+        ($chunk:expr) => {{
+            let chunk: &[u8; 32] = $chunk;
+            // SAFETY: `chunk` holds 32 bytes; an unaligned load (and the caller's CPU
+            // has AVX2).
+            unsafe {
+                let v = _mm256_loadu_si256(chunk.as_ptr().cast());
+                let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+                let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+                let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+                let stop = _mm256_movemask_epi8(_mm256_or_si256(
+                    _mm256_or_si256(quote, backslash),
+                    control,
+                ));
+                // Bit 7 of each byte: the non-ASCII ones.
+                (stop as u32, _mm256_movemask_epi8(v) as u32)
+            }
+        }};
+    }
     let mut high = 0u32;
     while let Some(chunk) = b.get(i..).and_then(|rest| rest.first_chunk::<32>()) {
-        let (stop, non_ascii) = scan(chunk);
+        let (stop, non_ascii) = scan!(chunk);
         if stop != 0 {
             let n = stop.trailing_zeros();
             let before = non_ascii & ((1u32 << n) - 1);
@@ -187,7 +194,7 @@ pub(crate) unsafe fn string_stop_inline(b: &[u8], mut i: usize) -> Option<(usize
     if let Some(last) = b.last_chunk::<32>() {
         // The 32 bytes that end `b`, of which those from `i` on are new.
         let skip = i - (b.len() - 32);
-        let (stop, non_ascii) = scan(last);
+        let (stop, non_ascii) = scan!(last);
         let (stop, non_ascii) = (stop >> skip, non_ascii >> skip);
         if stop == 0 {
             return None;

@@ -89,6 +89,8 @@ trait Scan {
     fn stop(b: &[u8], i: usize) -> Option<(usize, bool)>;
     /// [`flat::object_len`] of the object at `b[0]`, where available.
     fn flat(b: &[u8]) -> Option<usize>;
+    /// [`skip_nested`] with these scans, out of line (it recurses).
+    fn nested(b: &[u8], p: usize, depth: usize) -> Option<usize>;
 }
 
 /// Word-wise scans only.
@@ -102,6 +104,10 @@ impl Scan for Words {
     #[inline(always)]
     fn flat(_: &[u8]) -> Option<usize> {
         None
+    }
+    #[inline(never)]
+    fn nested(b: &[u8], p: usize, depth: usize) -> Option<usize> {
+        skip_nested::<Words>(b, p, depth)
     }
 }
 
@@ -124,6 +130,23 @@ impl Scan for Avx2 {
         // is a `{` outside any string (every caller reads a value there).
         unsafe { super::flat::object_len(b) }
     }
+    #[inline(always)]
+    fn nested(b: &[u8], p: usize, depth: usize) -> Option<usize> {
+        // SAFETY: only used on a CPU with the features (see the type's docs).
+        unsafe { skip_nested_avx2(b, p, depth) }
+    }
+}
+
+/// [`skip_nested`] with the vector scans inlined: a function of its own with the
+/// features, since the scans inline only into code that has them.
+///
+/// # Safety
+/// The CPU must have AVX2, PCLMULQDQ, BMI1 and BMI2.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+#[target_feature(enable = "avx2,pclmulqdq,bmi1,bmi2")]
+unsafe fn skip_nested_avx2(b: &[u8], p: usize, depth: usize) -> Option<usize> {
+    skip_nested::<Avx2>(b, p, depth)
 }
 
 /// [`read`] with the vector scans inlined.
@@ -211,28 +234,20 @@ fn skip<S: Scan>(b: &[u8], p: usize) -> Option<usize> {
         b'n' => literal(b, p, b"null"),
         b'{' => match S::flat(&b[p..]) {
             Some(len) => Some(p + len),
-            None => skip_nested::<S>(b, p, 1),
+            None => S::nested(b, p, 1),
         },
-        b'[' => skip_nested::<S>(b, p, 1),
+        b'[' => S::nested(b, p, 1),
         _ => None,
     }
 }
 
-/// Skips the object or array at `p`, nested `depth` deep, member by member.
-#[inline(never)]
+/// Skips the object or array at `p`, nested `depth` deep, member by member. Inlined
+/// into [`Scan::nested`], through which it recurses.
+#[inline(always)]
 fn skip_nested<S: Scan>(b: &[u8], p: usize, depth: usize) -> Option<usize> {
     if depth >= MAX_DEPTH {
         return None;
     }
-    let value = |q: usize| match at(b, q) {
-        b'{' | b'[' => skip_nested::<S>(b, q, depth + 1),
-        b'"' => Some(string::<S>(b, q + 1)?.1),
-        b'-' | b'0'..=b'9' => number_end(b, q),
-        b't' => literal(b, q, b"true"),
-        b'f' => literal(b, q, b"false"),
-        b'n' => literal(b, q, b"null"),
-        _ => None,
-    };
     let object = at(b, p) == b'{';
     let close = if object { b'}' } else { b']' };
     let mut q = ws(b, p + 1);
@@ -250,7 +265,18 @@ fn skip_nested<S: Scan>(b: &[u8], p: usize, depth: usize) -> Option<usize> {
             }
             q = ws(b, q + 1);
         }
-        q = ws(b, value(q)?);
+        // (Not a closure: a closure does not take the target features of the function
+        // this is inlined into.)
+        let end = match at(b, q) {
+            b'{' | b'[' => S::nested(b, q, depth + 1),
+            b'"' => Some(string::<S>(b, q + 1)?.1),
+            b'-' | b'0'..=b'9' => number_end(b, q),
+            b't' => literal(b, q, b"true"),
+            b'f' => literal(b, q, b"false"),
+            b'n' => literal(b, q, b"null"),
+            _ => None,
+        };
+        q = ws(b, end?);
         match at(b, q) {
             b',' => q = ws(b, q + 1),
             c if c == close => return Some(q + 1),
