@@ -1,6 +1,6 @@
 //! The Cosmos NoSQL API server for tests and benchmarks: `@vercel/cosmosdb-server`
 //! from npm (installed once into target/tools) run by `server.js` with the fixes the
-//! Rust SDK needs, behind a fault-injecting proxy. Shared by tests/cosmos.rs and
+//! Rust SDK needs, behind a fault-injecting proxy. Shared by tests/it/cosmos.rs and
 //! benches/cosmos.rs through `#[path]`.
 #![allow(dead_code)]
 
