@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use arrow_array::{
     ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
 };
-use eventide::config::Config;
+use eventide::config::{Config, DeadLetterConfig, SourceConfig};
 use eventide::event::window_schema;
 use eventide::sinks::Output;
 use eventide::sinks::cosmos::{CosmosSettings, CosmosSink};
@@ -157,8 +157,10 @@ fn pipeline_run(server: &Cosmos, input: &Path, n: u64, database: &str, streams: 
         "/config/file.toml"
     )))
     .expect("example config");
-    cfg.source.path = Some(input.to_owned());
-    cfg.dead_letter.path = Some(input.with_extension("dead.jsonl"));
+    if let SourceConfig::File(f) = &mut cfg.source {
+        f.path = input.to_owned();
+    }
+    cfg.dead_letter = DeadLetterConfig::file(input.with_extension("dead.jsonl"));
     let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
     // The sink as its own config section (parsed, so it is validated like any other).
     let sink = format!(

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use eventide::config::Config;
+use eventide::config::{Config, DeadLetterConfig, SinkConfig};
 use eventide::live::Hub;
 use eventide::pipeline::{self, Status};
 use eventide_simulator::kafka::KafkaOut;
@@ -73,8 +73,10 @@ fn main() {
     ))
     .expect("kafka source");
     cfg.source = kafka.source;
-    cfg.sinks[0].path = Some(input.dir.path().join("out.jsonl"));
-    cfg.dead_letter.path = Some(input.dir.path().join("dead.jsonl"));
+    if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
+        j.path = input.dir.path().join("out.jsonl");
+    }
+    cfg.dead_letter = DeadLetterConfig::file(input.dir.path().join("dead.jsonl"));
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();

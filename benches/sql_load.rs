@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use eventide::config::{Config, ServerConfig};
+use eventide::config::{Config, DeadLetterConfig, ServerConfig, SinkConfig, SourceConfig};
 use eventide::pipeline::{self, Status};
 use eventide::sql::{Hub, Server};
 use hdrhistogram::Histogram;
@@ -50,9 +50,13 @@ fn main() {
         "/config/file.toml"
     )))
     .expect("example config");
-    cfg.source.path = Some(input.clone());
-    cfg.sinks[0].path = Some(dir.path().join("out.jsonl"));
-    cfg.dead_letter.path = Some(dir.path().join("dead.jsonl"));
+    if let SourceConfig::File(f) = &mut cfg.source {
+        f.path = input.clone();
+    }
+    if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
+        j.path = dir.path().join("out.jsonl");
+    }
+    cfg.dead_letter = DeadLetterConfig::file(dir.path().join("dead.jsonl"));
     let server_cfg = ServerConfig {
         http: Some("127.0.0.1:0".into()),
         postgres: Some("off".into()),

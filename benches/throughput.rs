@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use eventide::config::Config;
+use eventide::config::{Config, DeadLetterConfig, SinkConfig, SourceConfig};
 
 mod common;
 
@@ -47,7 +47,9 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
         "/config/file.toml"
     )))
     .expect("example config");
-    cfg.source.path = Some(input.to_owned());
+    if let SourceConfig::File(f) = &mut cfg.source {
+        f.path = input.to_owned();
+    }
     cfg.pipeline.partitions = Some(partitions as usize);
     if let Ok(mode) = std::env::var("EVENTIDE_BENCH_DEDUPE") {
         cfg.pipeline.dedupe = Config::parse(&format!("[source]\nkind = \"stdin\"\n[pipeline]\ndedupe = \"{mode}\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\""))
@@ -55,8 +57,10 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
             .pipeline
             .dedupe;
     }
-    cfg.sinks[0].path = Some(dir.join("out.jsonl"));
-    cfg.dead_letter.path = Some(dir.join("dead.jsonl"));
+    if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
+        j.path = dir.join("out.jsonl");
+    }
+    cfg.dead_letter = DeadLetterConfig::file(dir.join("dead.jsonl"));
 
     let (report, wall, cpu) = common::run_to_end(&cfg);
     assert_eq!(

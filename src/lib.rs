@@ -20,7 +20,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML configuration, strict parsing and `validate()`.
+//! - [`config`]: the TOML configuration, strict parsing and `validate()`; sources, sinks
+//!   and the dead-letter sink one struct per kind ([`config::source`], [`config::sink`]),
+//!   the Kafka client keys they share ([`config::kafka`]).
 //! - [`event`]: the shared data model: alert, dead letter, device update, the Arrow
 //!   schema of closed windows, time formatting.
 //! - [`output`]: what partitions hand the sinks ([`output::Output`]) and a source

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use eventide::config::{Config, ConfigError};
+use eventide::config::{Config, ConfigError, DeadLetterConfig, SourceConfig};
 use eventide::pipeline::{self, Report, Status};
 use eventide::sql::{Hub, Server};
 
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 println!(
                     "{}: ok ({:?} source, {} windows, {} rules, {} sinks)",
                     file.display(),
-                    c.source.kind,
+                    c.source.kind(),
                     c.windows.len(),
                     c.rules.len(),
                     c.sinks.len()
@@ -117,7 +117,8 @@ fn config_error(path: &std::path::Path, e: &ConfigError) -> ExitCode {
 fn demo_config() -> Config {
     let mut cfg =
         Config::parse(eventide::DEMO_CONFIG).expect("the embedded demo config is valid (tested)");
-    cfg.dead_letter.path = Some(std::env::temp_dir().join("eventide-demo-dead-letter.jsonl"));
+    cfg.dead_letter =
+        DeadLetterConfig::file(std::env::temp_dir().join("eventide-demo-dead-letter.jsonl"));
     cfg
 }
 
@@ -175,8 +176,11 @@ fn run(cfg: Config, demo: bool) -> anyhow::Result<()> {
         eprintln!(
             "eventide demo: {} simulated devices, event clock 10x wall clock; windows tumbling 1m and sliding 5m/1m; \
              rule co2_high: avg CO2 over 5m > 1000 (clears < 950). Dead letters: {}. Ctrl-C to stop.",
-            cfg.source.devices.unwrap_or(0),
-            cfg.dead_letter.path().display()
+            match &cfg.source {
+                SourceConfig::Simulator(s) => s.devices.unwrap_or(0),
+                _ => 0,
+            },
+            cfg.dead_letter.describe()
         );
         Status::Terminal(Duration::from_secs(2))
     } else {

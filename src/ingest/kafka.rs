@@ -41,7 +41,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::checkpoint_log::CheckpointLog;
 use super::feed::{Actor, Feed, Held, Host, Next, Resume};
 use super::{BLOCK_SIZE, Block, Item, split_message};
-use crate::config::SourceConfig;
+use crate::config::source::Kafka as KafkaConfig;
 use crate::kafka::cached_high_watermark;
 use crate::output::Checkpoint;
 
@@ -161,7 +161,7 @@ impl Metadata {
 
 /// Everything a run of the kafka source needs.
 pub struct KafkaRun {
-    pub source: SourceConfig,
+    pub source: KafkaConfig,
     /// Set to shut down.
     pub stop: Arc<AtomicBool>,
     /// Checkpoints the sink thread has made durable.
@@ -675,17 +675,14 @@ impl BlockBuilder {
 }
 
 /// The consumer configuration: eventide's settings, then the user's properties.
-fn consumer_config(s: &SourceConfig) -> ClientConfig {
+fn consumer_config(s: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set(
-        "bootstrap.servers",
-        s.brokers.as_deref().unwrap_or_default(),
-    )
-    .set("group.id", s.group_id())
-    .set("enable.auto.commit", "false")
-    .set("enable.auto.offset.store", "false")
-    .set("auto.offset.reset", "earliest")
-    .set("partition.assignment.strategy", "cooperative-sticky");
+    c.set("bootstrap.servers", &s.brokers)
+        .set("group.id", s.group_id())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
     for (k, v) in s.kafka_properties() {
         c.set(k, v);
     }
@@ -696,7 +693,7 @@ fn consumer_config(s: &SourceConfig) -> ClientConfig {
 /// consumed to its end. Returns whether the input was read to its end.
 pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     let (finished_tx, finished_rx) = crossbeam_channel::unbounded();
-    let topics: Vec<String> = run.source.topics.clone().unwrap_or_default();
+    let topics: Vec<String> = run.source.topics.clone();
     let config = consumer_config(&run.source);
     let stop_at_end = run.source.stop_at_end.unwrap_or(false);
 
@@ -740,7 +737,7 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     let log = match &run.source.checkpoint_topic {
         None => None,
         Some(topic) => match CheckpointLog::open(
-            run.source.brokers.as_deref().unwrap_or_default(),
+            &run.source.brokers,
             Some(&run.source.kafka_properties()),
             topic,
             run.source.group_id(),
@@ -971,7 +968,10 @@ mod tests {
         ))
         .unwrap();
         // Another member consumed both partitions to their ends and committed.
-        let other: BaseConsumer = consumer_config(&cfg.source).create().unwrap();
+        let crate::config::SourceConfig::Kafka(source) = &cfg.source else {
+            unreachable!("a kafka config")
+        };
+        let other: BaseConsumer = consumer_config(source).create().unwrap();
         let mut done = TopicPartitionList::new();
         for p in 0..2 {
             done.add_partition_offset("t", p, Offset::Offset(3))
@@ -984,7 +984,7 @@ mod tests {
         let ends: HashMap<TopicPartition, i64> = (0..2).map(|p| ((Arc::from("t"), p), 3)).collect();
         let shared = Arc::new(Shared {
             run: KafkaRun {
-                source: cfg.source.clone(),
+                source: source.clone(),
                 stop: Arc::default(),
                 durable,
                 host: Arc::new(NoActors),
@@ -997,7 +997,7 @@ mod tests {
             finished_tx,
             finished_rx,
         });
-        let consumer: BaseConsumer<Ctx> = consumer_config(&cfg.source)
+        let consumer: BaseConsumer<Ctx> = consumer_config(source)
             .create_with_context(Ctx(shared.clone()))
             .unwrap();
         assert!(!all_consumed(&shared, &consumer, &ends), "before joining");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use eventide_simulator::{Generator, SimConfig};
 
 use super::{BLOCK_SIZE, Disconnected, Router};
-use crate::config::SourceConfig;
+use crate::config::source::Simulator as SimulatorConfig;
 use crate::event::now_ms;
 
 /// What the simulator source generates and how fast.
@@ -20,7 +20,7 @@ pub struct SimulatorSource {
 }
 
 impl SimulatorSource {
-    pub fn from_config(c: &SourceConfig) -> Self {
+    pub fn from_config(c: &SimulatorConfig) -> Self {
         let d = SimConfig::default();
         let start_ms = match c.start.as_deref() {
             None | Some("now") => now_ms(),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use hdrhistogram::Histogram;
 
-use crate::config::{Config, DedupeMode, RuleConfig, SourceKind, WindowConfig};
+use crate::config::{Config, DedupeMode, RuleConfig, SourceConfig, SourceKind, WindowConfig};
 use crate::ingest::decode::Fields;
 use crate::ingest::feed::Host;
 use crate::ingest::file::read_lines;
@@ -156,7 +156,7 @@ pub fn run_with(
 
     let (out_tx, out_rx) = bounded(64);
     let sink_hub = hub.clone();
-    let kafka = cfg.source.kind == SourceKind::Kafka;
+    let kafka = cfg.source.kind() == SourceKind::Kafka;
     let (durable_tx, durable_rx) = crossbeam_channel::unbounded();
     let durable_tx = kafka.then_some(durable_tx);
     let sink_thread = thread::Builder::new()
@@ -174,34 +174,27 @@ pub fn run_with(
         hub.clone(),
         registry,
     ));
-    tracing::info!(source = ?cfg.source.kind, "Pipeline started.");
+    tracing::info!(source = ?cfg.source.kind(), "Pipeline started.");
 
     let lines = |l| run_routed(cfg, l, &settings, &runtime, stop.clone(), hub.as_ref());
-    let source_result = match cfg.source.kind {
-        SourceKind::Kafka => {
+    let source_result = match &cfg.source {
+        SourceConfig::Kafka(source) => {
             if let Some(h) = &hub {
                 h.set_phase(Phase::Running);
                 h.source_connected.store(true, Ordering::Relaxed);
             }
             crate::ingest::kafka::run(crate::ingest::kafka::KafkaRun {
-                source: cfg.source.clone(),
+                source: source.clone(),
                 stop: stop.clone(),
                 durable: durable_rx,
                 host: runtime.clone(),
             })
             .map_err(PipelineError::from)
         }
-        SourceKind::File => {
-            let path = cfg
-                .source
-                .path
-                .as_deref()
-                .expect("validated: file sources have a path");
-            lines(Lines::File(path))?
-        }
-        SourceKind::Stdin => lines(Lines::Stdin)?,
-        SourceKind::Simulator => lines(Lines::Simulator)?,
-        SourceKind::Http => {
+        SourceConfig::File(f) => lines(Lines::File(&f.path))?,
+        SourceConfig::Stdin(_) => lines(Lines::Stdin)?,
+        SourceConfig::Simulator(s) => lines(Lines::Simulator(s))?,
+        SourceConfig::Http(_) => {
             let hub = hub
                 .as_ref()
                 .expect("validated: an http source comes with a server");
@@ -265,7 +258,7 @@ pub fn run_with(
 enum Lines<'a> {
     File(&'a std::path::Path),
     Stdin,
-    Simulator,
+    Simulator(&'a crate::config::source::Simulator),
     Http(crossbeam_channel::Receiver<crate::live::IngestBody>),
 }
 
@@ -304,7 +297,7 @@ fn run_routed(
         },
         Lines::Stdin => read_lines(io::stdin().lock(), Arc::from("stdin"), &mut router)
             .map_err(PipelineError::Read),
-        Lines::Simulator => SimulatorSource::from_config(&cfg.source)
+        Lines::Simulator(s) => SimulatorSource::from_config(s)
             .run(&mut router)
             .map_err(|e| PipelineError::Read(e.into())),
         Lines::Http(rx) => Ok(crate::ingest::http::run(

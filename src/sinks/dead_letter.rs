@@ -3,7 +3,7 @@
 use std::io::{self, BufWriter, Write};
 
 use super::{SinkError, open_file};
-use crate::config::{DeadLetterConfig, DeadLetterKind};
+use crate::config::DeadLetterConfig;
 use crate::event::DeadLetter;
 use crate::kafka::{self, KafkaWriter};
 
@@ -15,24 +15,19 @@ pub struct DeadLetterSink {
 
 impl DeadLetterSink {
     pub fn build(c: &DeadLetterConfig) -> Result<Self, SinkError> {
-        let w: Box<dyn Write + Send> = match c.kind {
-            DeadLetterKind::Jsonl => Box::new(open_file(&c.path(), c.append.unwrap_or(false))?),
-            DeadLetterKind::Stdout => Box::new(io::stdout()),
-            DeadLetterKind::Stderr => Box::new(io::stderr()),
-            DeadLetterKind::Kafka => {
-                let brokers = c
-                    .brokers
-                    .as_deref()
-                    .expect("validated: kafka dead letters have brokers");
-                let config = kafka::producer_config(brokers, Some(&c.kafka_properties()));
+        let w: Box<dyn Write + Send> = match c {
+            DeadLetterConfig::Jsonl(f) => {
+                Box::new(open_file(&f.path(), f.append.unwrap_or(false))?)
+            }
+            DeadLetterConfig::Stdout => Box::new(io::stdout()),
+            DeadLetterConfig::Stderr => Box::new(io::stderr()),
+            DeadLetterConfig::Kafka(c) => {
+                let config = kafka::producer_config(&c.brokers, Some(&c.kafka_properties()));
                 let w = KafkaWriter::new(&config, 10).map_err(|source| SinkError::Kafka {
                     sink: "dead_letter",
                     source,
                 })?;
-                let topic = c
-                    .topic
-                    .clone()
-                    .unwrap_or_else(|| "eventide-dead-letter".into());
+                let topic = c.topic().to_owned();
                 return Ok(DeadLetterSink {
                     w: BufWriter::new(Box::new(io::sink())),
                     kafka: Some((w, topic)),

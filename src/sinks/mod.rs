@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::config::{SinkConfig, SinkKind, StdoutFormat, Stream};
+use crate::config::{SinkConfig, StdoutFormat, Stream};
 use crate::event::DeadLetter;
 use crate::kafka;
 use crate::live::Hub;
@@ -103,27 +103,17 @@ impl Sink {
         let streams = c.streams();
         let windows = streams.contains(&Stream::Windows);
         let alerts = streams.contains(&Stream::Alerts);
-        let (name, w): (&'static str, Box<dyn Write + Send>) = match c.kind {
-            SinkKind::Jsonl => {
-                let path = c
-                    .path
-                    .as_deref()
-                    .expect("validated: jsonl sinks have a path");
-                (
-                    "jsonl",
-                    Box::new(open_file(path, c.append.unwrap_or(false))?),
-                )
-            }
-            SinkKind::Stdout if c.format == Some(StdoutFormat::Pretty) => {
+        let (name, w): (&'static str, Box<dyn Write + Send>) = match c {
+            SinkConfig::Jsonl(c) => (
+                "jsonl",
+                Box::new(open_file(&c.path, c.append.unwrap_or(false))?),
+            ),
+            SinkConfig::Stdout(c) if c.format == Some(StdoutFormat::Pretty) => {
                 return Ok(Sink::Pretty(stdout::PrettySink::new(windows, alerts)));
             }
-            SinkKind::Stdout => ("stdout", Box::new(io::stdout())),
-            SinkKind::Kafka => {
-                let brokers = c
-                    .brokers
-                    .as_deref()
-                    .expect("validated: kafka sinks have brokers");
-                let config = kafka::producer_config(brokers, Some(&c.kafka_properties()));
+            SinkConfig::Stdout(_) => ("stdout", Box::new(io::stdout())),
+            SinkConfig::Kafka(c) => {
+                let config = kafka::producer_config(&c.brokers, Some(&c.kafka_properties()));
                 let w = kafka::KafkaWriter::new(&config, c.max_retries.unwrap_or(5)).map_err(
                     |source| SinkError::Kafka {
                         sink: "kafka",
@@ -145,7 +135,7 @@ impl Sink {
                     buf: Vec::with_capacity(1024),
                 });
             }
-            SinkKind::Cosmos => {
+            SinkConfig::Cosmos(c) => {
                 let settings = cosmos::CosmosSettings::from_config(c)?;
                 return Ok(Sink::Cosmos(Box::new(cosmos::CosmosSink::connect(
                     settings,

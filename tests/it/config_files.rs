@@ -62,10 +62,13 @@ fn an_unset_sasl_password_variable_is_a_clear_error_naming_its_key() {
     );
     let c = Config::parse(&inline).unwrap();
     assert!(!format!("{c:?}").contains("secret-value"));
-    assert!(c.source.kafka_properties()["sasl.password"].contains("secret-value"));
-    assert_eq!(c.source.kafka_properties()["security.protocol"], "sasl_ssl");
+    let eventide::config::SourceConfig::Kafka(source) = &c.source else {
+        panic!("a kafka source")
+    };
+    assert!(source.kafka_properties()["sasl.password"].contains("secret-value"));
+    assert_eq!(source.kafka_properties()["security.protocol"], "sasl_ssl");
     assert_eq!(
-        c.source.kafka_properties()["sasl.username"],
+        source.kafka_properties()["sasl.username"],
         "$ConnectionString"
     );
 }

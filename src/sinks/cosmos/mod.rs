@@ -47,7 +47,8 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::config::{SinkConfig, Stream};
+use crate::config::Stream;
+use crate::config::sink::Cosmos as CosmosConfig;
 use crate::event::{DeadLetter, Reason, now_ms, rfc3339_ms};
 use crate::sinks::{Output, SinkError, json};
 use doc::DeviceDoc;
@@ -159,7 +160,7 @@ pub struct CosmosSettings {
 
 impl CosmosSettings {
     /// Resolves a validated sink config; reads the key from `key_env` if given.
-    pub fn from_config(c: &SinkConfig) -> Result<Self, SinkError> {
+    pub fn from_config(c: &CosmosConfig) -> Result<Self, SinkError> {
         let key = match (&c.key, &c.key_env) {
             (Some(k), _) => k.clone(),
             (None, Some(var)) => std::env::var(var).map_err(|_| {
@@ -169,22 +170,19 @@ impl CosmosSettings {
             })?,
             (None, None) => unreachable!("validated: cosmos sinks have key or key_env"),
         };
-        let streams = c.streams();
+        let streams = c
+            .streams
+            .clone()
+            .unwrap_or_else(|| vec![Stream::Windows, Stream::Alerts]);
         let container = |s: Stream, name: &Option<String>, default: &str| {
             streams
                 .contains(&s)
                 .then(|| name.clone().unwrap_or_else(|| default.to_owned()))
         };
         Ok(CosmosSettings {
-            endpoint: c
-                .endpoint
-                .clone()
-                .expect("validated: cosmos sinks have an endpoint"),
+            endpoint: c.endpoint.clone(),
             key,
-            database: c
-                .database
-                .clone()
-                .expect("validated: cosmos sinks have a database"),
+            database: c.database.clone(),
             devices: container(Stream::Devices, &c.devices_container, "devices"),
             windows: container(Stream::Windows, &c.windows_container, "windows"),
             alerts: container(Stream::Alerts, &c.alerts_container, "alerts"),
