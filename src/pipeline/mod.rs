@@ -165,8 +165,9 @@ pub fn run_with(
         .expect("spawning a thread");
 
     let registry = Arc::new(StatsRegistry::default());
-    let done = Arc::new(AtomicBool::new(false));
-    let status_thread = spawn_status(status, registry.clone(), done.clone(), epoch);
+    // Dropped when the run is done: the status thread ends at once.
+    let (done, done_rx) = bounded::<()>(0);
+    let status_thread = spawn_status(status, registry.clone(), done_rx, epoch);
     let runtime = Arc::new(Runtime::new(
         settings.clone(),
         epoch,
@@ -220,7 +221,7 @@ pub fn run_with(
         });
     }
     let sink_report = sink_report?;
-    done.store(true, Ordering::Relaxed);
+    drop(done);
     if let Some(t) = status_thread {
         let _ = t.join();
     }
@@ -322,7 +323,7 @@ fn run_routed(
 fn spawn_status(
     status: Status,
     stats: Arc<StatsRegistry>,
-    done: Arc<AtomicBool>,
+    done: crossbeam_channel::Receiver<()>,
     epoch: Instant,
 ) -> Option<thread::JoinHandle<()>> {
     let every = match status {
@@ -335,10 +336,10 @@ fn spawn_status(
             let mut last = Counts::default();
             let mut last_at = epoch;
             let mut next = Instant::now() + every;
-            while !done.load(Ordering::Relaxed) {
-                thread::sleep(Duration::from_millis(100));
-                if Instant::now() < next {
-                    continue;
+            loop {
+                let wait = next.saturating_duration_since(Instant::now());
+                if done.recv_timeout(wait) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+                    break; // the run is done
                 }
                 next += every;
                 let (c, wm) = stats.totals();
