@@ -91,6 +91,7 @@ pub fn stats_schema() -> SchemaRef {
             u("alerts"),
             u("openAlerts"),
             u("gaps"),
+            u("splitDevices"),
             u("devices"),
             u("openWindows"),
             Field::new("watermark", ts_type(), true),
@@ -121,6 +122,9 @@ pub struct Counts {
     pub alerts: u64,
     /// Alerts raised and not cleared.
     pub open_alerts: u64,
+    /// Devices whose events this partition saw after another partition of this
+    /// instance had (input not partitioned by device: their windows are split).
+    pub split_devices: u64,
 }
 
 impl Counts {
@@ -135,6 +139,7 @@ impl Counts {
         self.windows += o.windows;
         self.alerts += o.alerts;
         self.open_alerts += o.open_alerts;
+        self.split_devices += o.split_devices;
     }
 
     /// Whether the outcomes add up to what was received.
@@ -191,6 +196,7 @@ impl PartitionStats {
             windows: l(&self.windows),
             alerts: l(&self.alerts),
             open_alerts: 0,
+            split_devices: 0,
         }
     }
 }
@@ -554,7 +560,7 @@ pub fn alerts_batch(alerts: &[Alert]) -> RecordBatch {
 /// The `stats` table from the partitions' snapshots.
 pub fn stats_batch(snaps: &[Arc<PartitionSnapshot>]) -> RecordBatch {
     let n = snaps.len();
-    let mut cols: Vec<UInt64Builder> = (0..13).map(|_| UInt64Builder::with_capacity(n)).collect();
+    let mut cols: Vec<UInt64Builder> = (0..14).map(|_| UInt64Builder::with_capacity(n)).collect();
     let mut wm = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut max_ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut lag = arrow_array::builder::Int64Builder::with_capacity(n);
@@ -573,6 +579,7 @@ pub fn stats_batch(snaps: &[Arc<PartitionSnapshot>]) -> RecordBatch {
             c.alerts,
             c.open_alerts,
             c.gaps,
+            c.split_devices,
             s.devices.num_rows() as u64,
             s.live.num_rows() as u64,
         ];

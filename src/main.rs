@@ -236,6 +236,12 @@ fn print_report(r: &Report) {
         "  windows {} alerts {} (open {}) sequence gaps {}",
         c.windows, c.alerts, c.open_alerts, c.gaps
     );
+    if c.split_devices > 0 {
+        eprintln!(
+            "  WARNING: {} devices arrived on more than one partition: their windows are split and wrong (partition the input by device)",
+            c.split_devices
+        );
+    }
     let quantiles = |what: &str, h: &hdrhistogram::Histogram<u64>| {
         if !h.is_empty() {
             let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;

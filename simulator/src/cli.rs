@@ -75,6 +75,11 @@ struct Args {
     /// messages are keyed by deviceId.
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// How Kafka messages are keyed: device (by deviceId, batches split per device),
+    /// first (whole batches keyed by their first device, as gateways send) or none
+    /// (no key).
+    #[arg(long, default_value = "device")]
+    kafka_keys: crate::kafka::KafkaKeys,
     /// The topic to produce to (with --kafka-brokers).
     #[arg(long, default_value = "telemetry")]
     topic: String,
@@ -220,7 +225,8 @@ fn run(args: Args) -> io::Result<()> {
             }
             Some(
                 crate::kafka::KafkaOut::new(brokers, &args.topic, &args.kafka_properties()?)
-                    .map_err(|e| io::Error::other(format!("kafka: {e}")))?,
+                    .map_err(|e| io::Error::other(format!("kafka: {e}")))?
+                    .with_keys(args.kafka_keys),
             )
         }
         None => None,

@@ -1,7 +1,9 @@
-//! `--kafka-brokers`: messages go to a Kafka topic, keyed by deviceId, so that all
-//! events of a device land in one partition (eventide keeps a device's windows in the
-//! actor of its partition). A batch holding several devices is split into one batch
-//! per device, in order; a message without a readable deviceId is sent without a key.
+//! `--kafka-brokers`: messages go to a Kafka topic, keyed by deviceId by default, so
+//! that all events of a device land in one partition (eventide keeps a device's windows
+//! in the actor of its partition). A batch holding several devices is then split into
+//! one batch per device, in order; a message without a readable deviceId is sent
+//! without a key. `--kafka-keys first` and `none` send what gateways and unkeyed
+//! clients do instead (see [`KafkaKeys`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,9 +42,25 @@ impl ProducerContext for Counts {
     }
 }
 
+/// How messages are keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KafkaKeys {
+    /// By deviceId; a batch mixing devices is split per device (what eventide's
+    /// `kafka` source expects).
+    #[default]
+    Device,
+    /// Each message whole, keyed by its first event's deviceId (as IoT gateways
+    /// send batches mixing devices).
+    First,
+    /// No key (round robin or random partitions, as clients send without a
+    /// partition key).
+    None,
+}
+
 pub struct KafkaOut {
     producer: ThreadedProducer<Counts>,
     topic: String,
+    keys: KafkaKeys,
     /// Messages handed to the producer.
     pub sent: u64,
 }
@@ -61,12 +79,24 @@ impl KafkaOut {
         Ok(KafkaOut {
             producer: c.create_with_context(Counts::default())?,
             topic: topic.to_owned(),
+            keys: KafkaKeys::Device,
             sent: 0,
         })
     }
 
+    /// Keys messages as `keys` says.
+    pub fn with_keys(mut self, keys: KafkaKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
     /// Sends one generated line (without its newline).
     pub fn send_line(&mut self, line: &[u8]) -> Result<(), KafkaError> {
+        match self.keys {
+            KafkaKeys::Device => {}
+            KafkaKeys::First => return self.send(device_id(line), line),
+            KafkaKeys::None => return self.send(None, line),
+        }
         if line.first() == Some(&b'[')
             && let Ok(elements) = serde_json::from_slice::<Vec<&RawValue>>(line)
         {

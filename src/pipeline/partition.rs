@@ -248,6 +248,10 @@ pub struct Partition {
     metric_values: [Values; 2],
     /// The input has sequence numbers (gaps are counted).
     sequenced: bool,
+    /// Devices seen for the first time since the runtime last asked.
+    new_devices: Vec<u32>,
+    /// Of those, the ones another partition had seen first (counted by the runtime).
+    split_devices: u64,
 }
 
 impl Partition {
@@ -303,6 +307,8 @@ impl Partition {
             changed: Vec::new(),
             live_rows: WindowOutput::default(),
             replay_until: i64::MIN,
+            new_devices: Vec::new(),
+            split_devices: 0,
         }
     }
 
@@ -370,7 +376,24 @@ impl Partition {
         let mut c = self.counts;
         c.gaps = self.seqs.gaps;
         c.open_alerts = self.rules.open;
+        c.split_devices = self.split_devices;
         c
+    }
+
+    /// Whether devices were seen for the first time since [`Self::take_new_devices`].
+    pub fn has_new_devices(&self) -> bool {
+        !self.new_devices.is_empty()
+    }
+
+    /// Hands each device seen for the first time since the last call to `seen`, by
+    /// name; `seen` says whether another partition had it first, and those are counted
+    /// as split.
+    pub fn take_new_devices(&mut self, mut seen: impl FnMut(&str) -> bool) {
+        for d in self.new_devices.drain(..) {
+            if seen(self.names.device_name(d)) {
+                self.split_devices += 1;
+            }
+        }
     }
 
     /// The watermark (`i64::MIN` before the first event).
@@ -459,7 +482,11 @@ impl Partition {
                     None => true,
                 };
                 let device = kept.then(|| {
+                    let known = self.names.device_count();
                     let device = self.names.intern_device(&ev.device_id);
+                    if device as usize == known {
+                        self.new_devices.push(device);
+                    }
                     if let Some(d) = self.device_state.get(device as usize) {
                         prefetch_line((d as *const DeviceState).cast());
                     }

@@ -11,6 +11,7 @@
 //!    (every snapshot_interval)
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -32,6 +33,48 @@ const TICK_MAX: Duration = Duration::from_millis(100);
 /// How long a stopping actor waits for the sinks to confirm its last checkpoint.
 const LAST_CHECKPOINT_WAIT: Duration = Duration::from_secs(120);
 
+/// Which partition of this instance first saw each device (by a 64-bit hash of its
+/// id), to notice input that is not partitioned by device: a device whose events
+/// arrive on two partitions has its windows split between two actors, each with part
+/// of its events. Asked once per block that brings new devices, never per event.
+#[derive(Default)]
+struct DeviceOwners(Mutex<HashMap<u64, Owner>>);
+
+struct Owner {
+    slot: usize,
+    /// Reported as split already (each device is counted and logged once).
+    split: bool,
+}
+
+impl DeviceOwners {
+    /// Records the new devices of the partition in `slot`; counts and logs those
+    /// another partition saw first.
+    fn check(&self, slot: usize, p: &mut Partition) {
+        let mut split = Vec::new();
+        {
+            let mut owners = self.0.lock();
+            p.take_new_devices(|device| {
+                let key = xxhash_rust::xxh3::xxh3_64(device.as_bytes());
+                let owner = owners.entry(key).or_insert(Owner { slot, split: false });
+                if owner.slot == slot || owner.split {
+                    return false;
+                }
+                owner.split = true;
+                split.push((device.to_owned(), owner.slot));
+                true
+            });
+        }
+        for (device, first) in split {
+            tracing::warn!(
+                device,
+                first_partition = first,
+                partition = slot,
+                "A device's events arrive on more than one partition: each partition keeps part of its windows, which are then wrong. Partition the input by device (Kafka: key every message by its deviceId, one device per message)."
+            );
+        }
+    }
+}
+
 /// Starts and stops partition actors; gathers their reports.
 pub struct Runtime {
     settings: Arc<Settings>,
@@ -42,6 +85,7 @@ pub struct Runtime {
     hub: Option<Arc<Hub>>,
     registry: Arc<StatsRegistry>,
     reports: Arc<Mutex<Vec<PartitionReport>>>,
+    owners: Arc<DeviceOwners>,
 }
 
 impl Runtime {
@@ -59,6 +103,7 @@ impl Runtime {
             hub,
             registry,
             reports: Arc::default(),
+            owners: Arc::default(),
         }
     }
 
@@ -106,6 +151,8 @@ impl Host for Runtime {
             out,
             hub,
             stop: stop.clone(),
+            slot,
+            owners: self.owners.clone(),
             next_snapshot: Instant::now(),
             scratch: Vec::new(),
             gone: false,
@@ -149,6 +196,8 @@ struct ActorLoop {
     out: Sender<Output>,
     hub: Option<Arc<Hub>>,
     stop: Arc<AtomicBool>,
+    slot: usize,
+    owners: Arc<DeviceOwners>,
     next_snapshot: Instant,
     /// Outputs on their way from the partition to the sinks (kept for its capacity).
     scratch: Vec<Output>,
@@ -171,6 +220,9 @@ impl ActorLoop {
             match self.feed.next(tick) {
                 Next::Block(block, items) => {
                     self.p.on_block(&block, &items, Instant::now());
+                    if self.p.has_new_devices() {
+                        self.owners.check(self.slot, &mut self.p);
+                    }
                     dirty = true;
                 }
                 Next::Idle if !ended => self.p.on_idle(Instant::now()),

@@ -71,6 +71,12 @@ pub fn render(hub: &Hub, queries: &QueryStats) -> String {
         &one(total.gaps),
     );
     metric(
+        "eventide_devices_split_total",
+        "counter",
+        "Devices whose events arrived on more than one partition (input not partitioned by device: their windows are split).",
+        &one(total.split_devices),
+    );
+    metric(
         "eventide_windows_closed_total",
         "counter",
         "Closed window rows emitted.",

@@ -734,7 +734,112 @@ fn the_simulator_command_produces_to_kafka() {
     );
     let log = run(&cfg, "the kafka run");
     assert!(log.contains(" 5000 events"), "{log}");
+    assert!(
+        !log.contains("more than one partition"),
+        "keyed by device, no device is split:\n{log}"
+    );
     assert_eq!(upsert(records(&dir.join("s.out.jsonl"))), expected);
+}
+
+/// Each device's partitions in the topic: every message read back, its events (an
+/// object or a batch of them) attributed to their deviceId.
+fn partitions_by_device(brokers: &str) -> BTreeMap<String, std::collections::BTreeSet<i32>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "partition-reader")
+        .create()
+        .unwrap();
+    let parts = c
+        .fetch_metadata(Some(TOPIC), Duration::from_secs(10))
+        .unwrap()
+        .topics()[0]
+        .partitions()
+        .len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut total = 0;
+    for p in 0..parts {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
+        total += c
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+            .unwrap()
+            .1;
+    }
+    c.assign(&tpl).unwrap();
+    let mut by_device: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();
+    let (mut read, deadline) = (0, Instant::now() + Duration::from_secs(60));
+    while read < total && Instant::now() < deadline {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        read += 1;
+        let events = match serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap() {
+            Value::Array(events) => events,
+            event => vec![event],
+        };
+        for e in events {
+            let device = e["deviceId"].as_str().unwrap().to_owned();
+            by_device.entry(device).or_default().insert(m.partition());
+        }
+    }
+    assert_eq!(read, total, "every message read back");
+    by_device
+}
+
+/// Input not partitioned by device (gateway batches keyed by their first device, and
+/// unkeyed messages) is detected, not aggregated silently: every device that is in more
+/// than one partition of the topic is warned about once and counted.
+#[test]
+fn devices_split_across_partitions_are_counted_and_warned_about() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    for keys in ["first", "none"] {
+        let cluster = mock(4);
+        let brokers = cluster.bootstrap_servers();
+        let args = [
+            "eventide-simulator",
+            "--devices",
+            "60",
+            "--count",
+            "3000",
+            "--seed",
+            "9",
+            "--malformed",
+            "0",
+            "--batch-fraction",
+            "0.5",
+            "--batch-size",
+            "6",
+            "--kafka-keys",
+            keys,
+        ];
+        simulate(&args, &brokers, dir);
+        let split = partitions_by_device(&brokers)
+            .values()
+            .filter(|p| p.len() > 1)
+            .count();
+        assert!(split > 0, "--kafka-keys {keys} splits devices");
+        let cfg = write_config(
+            dir,
+            keys,
+            &kafka_source(&brokers, &format!("split-{keys}"), true),
+            &jsonl_sinks(dir, keys),
+        );
+        let log = run(&cfg, "the kafka run");
+        assert_eq!(
+            log.matches("events arrive on more than one partition")
+                .count(),
+            split,
+            "--kafka-keys {keys}: one warning per split device:\n{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "WARNING: {split} devices arrived on more than one partition"
+            )),
+            "--kafka-keys {keys}: the report counts them:\n{log}"
+        );
+    }
 }
 
 /// End to end through a separate broker process: the simulator's command produces to
