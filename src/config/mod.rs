@@ -821,6 +821,38 @@ mod tests {
         assert_eq!(key_of(&format!("{GOOD}\n[bogus]\nx = 1")), "bogus");
     }
 
+    #[test]
+    fn webhook_keys_are_checked_and_named() {
+        let webhook = |keys: &str| {
+            GOOD.replace(
+                "kind = \"jsonl\"\n        path = \"out/windows.jsonl\"",
+                &format!("kind = \"webhook\"\n{keys}"),
+            )
+        };
+        let ok = Config::parse(&webhook("url = \"https://h.example/x\"")).unwrap();
+        assert_eq!(ok.sinks[0].streams(), vec![Stream::Alerts]);
+        for (keys, key) in [
+            ("", "sinks[0].url"),
+            ("url = \"h.example\"", "sinks[0].url"),
+            (
+                "url = \"https://h\"\nstreams = [\"windows\"]",
+                "sinks[0].streams",
+            ),
+            (
+                "url = \"https://h\"\nheaders = { \"a b\" = \"x\" }",
+                "sinks[0].headers.a b",
+            ),
+            ("url = \"https://h\"\ntimeout = \"0s\"", "sinks[0].timeout"),
+            (
+                "url = \"https://h\"\nmax_concurrency = 0",
+                "sinks[0].max_concurrency",
+            ),
+            ("url = \"https://h\"\npath = \"x\"", "sinks[0].path"),
+        ] {
+            assert_eq!(key_of(&webhook(keys)), key, "{keys}");
+        }
+    }
+
     /// Each kind's table takes only its own keys: another kind's key is named, with
     /// the keys this kind has.
     #[test]

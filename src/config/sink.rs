@@ -20,6 +20,7 @@ pub enum SinkKind {
     Stdout,
     Cosmos,
     Kafka,
+    Webhook,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -39,6 +40,96 @@ pub enum SinkConfig {
     Stdout(Stdout),
     Kafka(Kafka),
     Cosmos(Cosmos),
+    Webhook(Webhook),
+}
+
+/// How the `webhook` sink writes an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The contract's alert record.
+    #[default]
+    Json,
+    /// A CloudEvents 1.0 event, structured mode, the alert record as its `data`.
+    Cloudevents,
+}
+
+/// `kind = "webhook"`: each alert POSTed to an HTTP(S) endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Only `alerts` (the default).
+    pub streams: Option<Vec<Stream>>,
+    /// The endpoint, `http://` or `https://`.
+    pub url: String,
+    /// `json` (default) or `cloudevents`.
+    pub format: Option<WebhookFormat>,
+    /// Headers sent with every request (e.g. `{ "aeg-sas-key" = "…" }` for Event Grid,
+    /// `{ Authorization = "Bearer …" }`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// How often a failed request is sent again before the alert is dead-lettered
+    /// with reason `sink` (default 5).
+    pub max_retries: Option<u32>,
+    /// How long one request may take (default 10s).
+    pub timeout: Option<Dur>,
+    /// How many devices' alerts are sent at once (default 8; one device's in order).
+    pub max_concurrency: Option<u32>,
+}
+
+impl Webhook {
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map_or(std::time::Duration::from_secs(10), |d| d.0)
+    }
+
+    fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        match url::Url::parse(self.url.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(_) => {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    format!("must be an http(s) URL with a host, got {:?}", self.url),
+                ));
+            }
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    format!("is not a URL ({e}): {:?}", self.url),
+                ));
+            }
+        }
+        for (name, value) in self.headers.iter().flatten() {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+                && value
+                    .bytes()
+                    .all(|c| c == b'\t' || (0x20..0x7f).contains(&c));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("{}.{name}", key("headers")),
+                    "is not a valid HTTP header (name a token, value visible ASCII)",
+                ));
+            }
+        }
+        if self.timeout.is_some_and(|d| d.0.is_zero()) {
+            return Err(ConfigError::invalid(key("timeout"), "must be more than 0s"));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(ConfigError::invalid(
+                key("max_concurrency"),
+                "must be at least 1",
+            ));
+        }
+        if self.streams.iter().flatten().any(|s| *s != Stream::Alerts) {
+            return Err(ConfigError::invalid(
+                key("streams"),
+                "a webhook sink sends alerts only: streams = [\"alerts\"]",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `kind = "jsonl"`: records as JSON lines to a file.
@@ -135,6 +226,7 @@ impl SinkConfig {
             SinkKind::Stdout => SinkConfig::Stdout(super::typed(table, at)?),
             SinkKind::Kafka => SinkConfig::Kafka(super::typed(table, at)?),
             SinkKind::Cosmos => SinkConfig::Cosmos(super::typed(table, at)?),
+            SinkKind::Webhook => SinkConfig::Webhook(super::typed(table, at)?),
         })
     }
 
@@ -144,6 +236,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => SinkKind::Stdout,
             SinkConfig::Kafka(_) => SinkKind::Kafka,
             SinkConfig::Cosmos(_) => SinkKind::Cosmos,
+            SinkConfig::Webhook(_) => SinkKind::Webhook,
         }
     }
 
@@ -154,6 +247,9 @@ impl SinkConfig {
             SinkConfig::Stdout(s) => &s.streams,
             SinkConfig::Kafka(s) => &s.streams,
             SinkConfig::Cosmos(s) => &s.streams,
+            SinkConfig::Webhook(s) => {
+                return s.streams.clone().unwrap_or_else(|| vec![Stream::Alerts]);
+            }
         };
         s.clone()
             .unwrap_or_else(|| vec![Stream::Windows, Stream::Alerts])
@@ -183,6 +279,7 @@ impl SinkConfig {
                 s.security().validate(at, &s.properties)?;
             }
             SinkConfig::Cosmos(s) => s.validate(&key)?,
+            SinkConfig::Webhook(s) => s.validate(&key)?,
         }
         let streams = self.streams();
         if streams.is_empty() {

@@ -11,6 +11,7 @@ pub mod cosmos;
 pub mod dead_letter;
 pub mod json;
 pub mod stdout;
+pub mod webhook;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -46,6 +47,8 @@ pub enum SinkError {
     },
     #[error("cosmos: {0}")]
     Cosmos(String),
+    #[error("webhook: {0}")]
+    Webhook(String),
     #[error("{sink}: cannot create the Kafka producer: {source}")]
     Kafka {
         sink: &'static str,
@@ -96,6 +99,8 @@ pub enum Sink {
     Cosmos(Box<cosmos::CosmosSink>),
     /// Closed windows and alerts kept on the live board for queries (`server.retention`).
     Retain(Arc<Hub>),
+    /// Alerts POSTed to an HTTP endpoint.
+    Webhook(Box<webhook::WebhookSink>),
 }
 
 impl Sink {
@@ -135,6 +140,9 @@ impl Sink {
                     buf: Vec::with_capacity(1024),
                 });
             }
+            SinkConfig::Webhook(c) => {
+                return Ok(Sink::Webhook(Box::new(webhook::WebhookSink::new(c)?)));
+            }
             SinkConfig::Cosmos(c) => {
                 let settings = cosmos::CosmosSettings::from_config(c)?;
                 return Ok(Sink::Cosmos(Box::new(cosmos::CosmosSink::connect(
@@ -158,6 +166,7 @@ impl Sink {
             Sink::Kafka { .. } => "kafka",
             Sink::Cosmos(_) => "cosmos",
             Sink::Retain(_) => "retention",
+            Sink::Webhook(_) => "webhook",
         }
     }
 
@@ -218,6 +227,10 @@ impl Sink {
                 Ok(())
             }
             Sink::Cosmos(c) => c.write(out),
+            Sink::Webhook(w) => {
+                w.write(&out.alerts);
+                Ok(())
+            }
             Sink::Retain(hub) => {
                 if let Some(b) = &out.windows {
                     hub.retain_windows(b);
@@ -233,6 +246,7 @@ impl Sink {
         match self {
             Sink::Kafka { w, .. } => w.retries(),
             Sink::Cosmos(c) => c.stats().retries,
+            Sink::Webhook(w) => w.retries(),
             Sink::Json { .. } | Sink::Pretty(_) | Sink::Retain(_) => 0,
         }
     }
@@ -243,6 +257,7 @@ impl Sink {
         match self {
             Sink::Kafka { w, .. } => w.take_failed(into),
             Sink::Cosmos(c) => c.take_failed(into),
+            Sink::Webhook(w) => w.take_failed(into),
             Sink::Json { .. } | Sink::Pretty(_) | Sink::Retain(_) => {}
         }
     }
@@ -261,6 +276,10 @@ impl Sink {
             }
             Sink::Cosmos(c) => c.flush(last, durable),
             Sink::Retain(_) => Ok(()),
+            Sink::Webhook(w) => {
+                w.flush();
+                Ok(())
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`sql`]: SQL over HTTP, the real `psql` and tokio-postgres.
 //! - [`kafka`]: librdkafka's mock cluster and a tansu broker (TLS, SASL, rebalances).
 //! - [`cosmos`]: a Cosmos NoSQL API server behind a fault-injecting proxy.
+//! - [`webhook`]: an HTTP server on loopback receiving alerts, failing on purpose.
 
 mod common;
 mod config_files;
@@ -15,3 +16,4 @@ mod end_to_end;
 mod kafka;
 mod properties;
 mod sql;
+mod webhook;
