@@ -12,9 +12,14 @@
 //! letter with reason `sink`. A flush returns only when every queued alert is
 //! delivered or dead-lettered, so Kafka offsets are never committed past an alert that
 //! is neither.
+//!
+//! An endpoint that stays down would hold the sink thread (and through it the
+//! pipeline) for every alert's whole retry budget. So once an alert has been given up
+//! on, the endpoint counts as down for [`DOWN_FOR`]: meanwhile each alert is sent once,
+//! without retries, and the first success ends it.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
@@ -24,6 +29,8 @@ use crate::event::{Alert, AlertState, DeadLetter, Reason, now_ms, rfc3339_ms};
 
 /// Alerts queued before they are sent without waiting for the next flush.
 const QUEUE: usize = 256;
+/// How long the endpoint counts as down after an alert was given up on.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
 
 /// What one alert's delivery came to.
 enum Delivery {
@@ -44,6 +51,8 @@ pub struct WebhookSink {
     queue: Vec<Alert>,
     failed: Vec<DeadLetter>,
     retries: u64,
+    /// Until when the endpoint counts as down (see the module docs).
+    down_until: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl WebhookSink {
@@ -76,6 +85,7 @@ impl WebhookSink {
             queue: Vec::new(),
             failed: Vec::new(),
             retries: 0,
+            down_until: parking_lot::Mutex::new(None),
         })
     }
 
@@ -172,6 +182,11 @@ impl WebhookSink {
                 cloud_event(a),
             ),
         };
+        let down = self
+            .down_until
+            .lock()
+            .is_some_and(|until| Instant::now() < until);
+        let max_retries = if down { 0 } else { self.max_retries };
         let mut attempt = 0u32;
         loop {
             let sent = self
@@ -184,7 +199,10 @@ impl WebhookSink {
                 .send()
                 .await;
             let error = match sent {
-                Ok(r) if r.status().is_success() => return Delivery::Delivered(attempt),
+                Ok(r) if r.status().is_success() => {
+                    *self.down_until.lock() = None;
+                    return Delivery::Delivered(attempt);
+                }
                 Ok(r) => {
                     let status = r.status();
                     let retriable = status.is_server_error()
@@ -198,9 +216,19 @@ impl WebhookSink {
                 }
                 Err(e) => format!("{e}"),
             };
-            if attempt >= self.max_retries {
+            if attempt >= max_retries {
+                let mut until = self.down_until.lock();
+                if until.is_none_or(|u| Instant::now() >= u) {
+                    tracing::warn!(url = %self.url, error, "Webhook: the endpoint counts as down for {DOWN_FOR:?}: each alert is sent once, without retries, until one is delivered.");
+                }
+                *until = Some(Instant::now() + DOWN_FOR);
                 return Delivery::Failed(
-                    format!("{error} (after {} attempts)", attempt + 1),
+                    format!(
+                        "{error} (after {} attempt{}{})",
+                        attempt + 1,
+                        if attempt == 0 { "" } else { "s" },
+                        if down { "; the endpoint was down" } else { "" }
+                    ),
                     attempt,
                 );
             }
