@@ -60,6 +60,9 @@ pub enum Reason {
     Schema,
     /// Arrived after every window it belongs to had closed.
     Late,
+    /// Its event time is more than `pipeline.max_clock_skew` ahead of its partition's
+    /// event-time clock (a device clock that is wrong): it moves no watermark.
+    Skew,
     /// A sink could not store an output record.
     Sink,
 }

@@ -87,6 +87,7 @@ pub fn stats_schema() -> SchemaRef {
             u("filtered"),
             u("late"),
             u("deadLettered"),
+            u("skewed"),
             u("windows"),
             u("alerts"),
             u("openAlerts"),
@@ -112,8 +113,12 @@ pub struct Counts {
     pub duplicate: u64,
     pub filtered: u64,
     pub late: u64,
-    /// Invalid input (parse or schema); late events are counted in `late`.
+    /// Invalid input (parse or schema) and events rejected for clock skew; late events
+    /// are counted in `late`.
     pub dead_lettered: u64,
+    /// Of `dead_lettered`: events more than `max_clock_skew` ahead of their
+    /// partition's clock.
+    pub skewed: u64,
     /// Sequence numbers skipped and never seen.
     pub gaps: u64,
     /// Closed window rows emitted.
@@ -135,6 +140,7 @@ impl Counts {
         self.filtered += o.filtered;
         self.late += o.late;
         self.dead_lettered += o.dead_lettered;
+        self.skewed += o.skewed;
         self.gaps += o.gaps;
         self.windows += o.windows;
         self.alerts += o.alerts;
@@ -197,6 +203,7 @@ impl PartitionStats {
             alerts: l(&self.alerts),
             open_alerts: 0,
             split_devices: 0,
+            skewed: 0,
         }
     }
 }
@@ -560,7 +567,7 @@ pub fn alerts_batch(alerts: &[Alert]) -> RecordBatch {
 /// The `stats` table from the partitions' snapshots.
 pub fn stats_batch(snaps: &[Arc<PartitionSnapshot>]) -> RecordBatch {
     let n = snaps.len();
-    let mut cols: Vec<UInt64Builder> = (0..14).map(|_| UInt64Builder::with_capacity(n)).collect();
+    let mut cols: Vec<UInt64Builder> = (0..15).map(|_| UInt64Builder::with_capacity(n)).collect();
     let mut wm = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut max_ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut lag = arrow_array::builder::Int64Builder::with_capacity(n);
@@ -575,6 +582,7 @@ pub fn stats_batch(snaps: &[Arc<PartitionSnapshot>]) -> RecordBatch {
             c.filtered,
             c.late,
             c.dead_lettered,
+            c.skewed,
             c.windows,
             c.alerts,
             c.open_alerts,

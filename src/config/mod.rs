@@ -220,6 +220,10 @@ pub struct PipelineConfig {
     pub dedupe_horizon: Option<Dur>,
     /// Event types to keep; others are counted as filtered. Absent: keep all.
     pub types: Option<Vec<String>>,
+    /// An event more than this ahead of its partition's event-time clock (the median
+    /// event time of recent events, not the maximum) moves no watermark and is
+    /// dead-lettered with reason `skew` (default 1h).
+    pub max_clock_skew: Option<Dur>,
 }
 
 impl PipelineConfig {
@@ -235,6 +239,10 @@ impl PipelineConfig {
     }
     pub fn allowed_lateness(&self) -> Dur {
         self.allowed_lateness.unwrap_or_default()
+    }
+    pub fn max_clock_skew(&self) -> Dur {
+        self.max_clock_skew
+            .unwrap_or(Dur(Duration::from_secs(3600)))
     }
     pub fn idle_timeout(&self) -> Dur {
         self.idle_timeout.unwrap_or(Dur(Duration::from_secs(10)))
@@ -539,6 +547,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "pipeline.partitions",
                 format!("must be between 1 and 1024, got {n}"),
+            ));
+        }
+        if p.max_clock_skew.is_some_and(|d| d.0.is_zero()) {
+            return Err(ConfigError::invalid(
+                "pipeline.max_clock_skew",
+                "must be greater than 0s",
             ));
         }
         if p.idle_timeout.is_some_and(|d| d.0.is_zero()) {

@@ -40,6 +40,7 @@ pub struct Settings {
     pub ooo_ms: i64,
     pub lateness_ms: i64,
     pub idle_timeout_ms: i64,
+    pub max_clock_skew_ms: i64,
     pub dedupe: DedupeMode,
     pub dedupe_horizon_ms: i64,
     pub types: Option<Vec<Box<str>>>,
@@ -63,6 +64,7 @@ impl Settings {
             ooo_ms,
             lateness_ms,
             idle_timeout_ms: p.idle_timeout().ms(),
+            max_clock_skew_ms: p.max_clock_skew().ms(),
             dedupe: p.dedupe(&fields),
             dedupe_horizon_ms: p
                 .dedupe_horizon

@@ -252,6 +252,17 @@ pub struct Partition {
     new_devices: Vec<u32>,
     /// Of those, the ones another partition had seen first (counted by the runtime).
     split_devices: u64,
+    /// The partition's event-time clock for the clock-skew guard: the median event time
+    /// of the events of recent blocks (`i64::MIN` until the first block), and the
+    /// latest event time accepted now (`clock + max_clock_skew`).
+    clock: i64,
+    skew_limit: i64,
+    /// This block's event times (for the clock), and whether its devices' median
+    /// event time was taken yet (see [`Self::skewed`]).
+    block_times: Vec<i64>,
+    block_checked: bool,
+    /// Scratch values for [`Self::device_median`]'s decoding.
+    probe_values: Values,
 }
 
 impl Partition {
@@ -309,6 +320,11 @@ impl Partition {
             replay_until: i64::MIN,
             new_devices: Vec::new(),
             split_devices: 0,
+            clock: i64::MIN,
+            skew_limit: i64::MAX,
+            block_times: Vec::new(),
+            block_checked: false,
+            probe_values: [0.0; MAX_VALUES],
         }
     }
 
@@ -426,6 +442,18 @@ impl Partition {
         self.now = now;
         self.last_event = now;
         self.idle_clock = None;
+        self.block_times.clear();
+        self.block_checked = false;
+        if self.clock == i64::MIN {
+            // The first block: its devices' median event time is the clock to judge
+            // it by (a wrong clock among its first events must not set it).
+            self.clock = self.device_median(block, items, 1).unwrap_or(i64::MIN);
+            self.block_checked = true;
+        }
+        self.skew_limit = match self.clock {
+            i64::MIN => i64::MAX,
+            c => c.saturating_add(self.settings.max_clock_skew_ms),
+        };
         let mut current = items.first().map(|it| self.decode_ahead(block, it, 0));
         for (i, it) in items.iter().enumerate() {
             let Some(this) = current.take() else { break };
@@ -438,7 +466,22 @@ impl Partition {
             });
             let raw = block.bytes(it);
             match this {
+                Ahead::Event(ev, _, _)
+                    if ev.ts > self.skew_limit && self.skewed(ev.ts, block, items) =>
+                {
+                    self.counts.skewed += 1;
+                    let error = format!(
+                        "createdAt {} is more than max_clock_skew ({}) ahead of the partition's event time {}: a device clock that is wrong; it moves no watermark",
+                        rfc3339_ms(ev.ts),
+                        crate::config::Dur(Duration::from_millis(
+                            self.settings.max_clock_skew_ms as u64
+                        )),
+                        rfc3339_ms(self.clock)
+                    );
+                    self.reject(Reason::Skew, error, raw, block, it)
+                }
                 Ahead::Event(ev, id_hash, device) => {
+                    self.block_times.push(ev.ts);
                     self.on_event(ev, id_hash, device, i & 1, raw, block, it)
                 }
                 Ahead::Rejected(reason, e) => self.reject(reason, e, raw, block, it),
@@ -450,7 +493,61 @@ impl Partition {
             }
         }
         self.event_ids.advance(self.wm);
+        if !self.block_times.is_empty() {
+            let mid = self.block_times.len() / 2;
+            let (_, &mut median, _) = self.block_times.select_nth_unstable(mid);
+            self.clock = self.clock.max(median);
+        }
         self.flush();
+    }
+
+    /// Whether an event at `ts`, past `skew_limit`, is skewed. Before saying so the
+    /// first time in a block, the block's devices' median event time is taken: if
+    /// most devices have moved on as far (every device quiet for a while, a gap in a
+    /// replayed file), the clock moves there and the event is not skewed.
+    #[cold]
+    fn skewed(&mut self, ts: i64, block: &Block, items: &[Item]) -> bool {
+        if !self.block_checked {
+            self.block_checked = true;
+            if let Some(m) = self.device_median(block, items, 3)
+                && m > self.skew_limit
+            {
+                self.clock = m;
+                self.skew_limit = m.saturating_add(self.settings.max_clock_skew_ms);
+            }
+        }
+        ts > self.skew_limit
+    }
+
+    /// The median over the block's devices of each one's latest event time, if the
+    /// block has events of at least `min_devices` devices (one device alone is no
+    /// evidence against its own clock). Decodes the block again: done for the first
+    /// block and for blocks with an event past the skew limit only.
+    fn device_median(&mut self, block: &Block, items: &[Item], min_devices: usize) -> Option<i64> {
+        let mut latest: Vec<(u64, i64)> = Vec::new();
+        for it in items {
+            if it.flags & Item::OVERSIZE != 0 {
+                continue;
+            }
+            if let Ok(ev) = self
+                .decoder
+                .decode_into(block.bytes(it), &mut self.probe_values)
+            {
+                latest.push((xxhash_rust::xxh3::xxh3_64(ev.device_id.as_bytes()), ev.ts));
+            }
+        }
+        latest.sort_unstable();
+        let mut per_device: Vec<i64> = Vec::new();
+        for (i, &(d, ts)) in latest.iter().enumerate() {
+            if latest.get(i + 1).is_none_or(|&(next, _)| next != d) {
+                per_device.push(ts); // the last (latest) of its device
+            }
+        }
+        if per_device.len() < min_devices {
+            return None;
+        }
+        let mid = per_device.len() / 2;
+        Some(*per_device.select_nth_unstable(mid).1)
     }
 
     /// Decodes an item (see [`Self::on_block`]); for an event, hashes its id and
@@ -1000,6 +1097,77 @@ clear = "avg < 20"
             .map(|d| d.source.as_str())
             .collect();
         assert_eq!(sources, vec!["test:3", "test:4"]);
+    }
+
+    /// An event at `2026-01-01T00:00:00Z` + `secs`.
+    fn event_at(id: &str, d: &str, seq: u64, secs: i64, value: f64) -> String {
+        format!(
+            r#"{{"eventId":"{id}","deviceId":"{d}","deviceSequenceNumber":{seq},"type":"temp","value":{value},"createdAt":"{}"}}"#,
+            rfc3339_ms(1_767_225_600_000 + secs * 1000)
+        )
+    }
+
+    /// Ten devices reporting every 10 s from `from` for `n` rounds.
+    fn fleet(from: i64, rounds: i64, seq0: u64) -> Vec<String> {
+        let mut lines = Vec::new();
+        for r in 0..rounds {
+            for d in 0..10 {
+                let seq = seq0 + r as u64;
+                lines.push(event_at(
+                    &format!("e{d}-{seq}"),
+                    &format!("d{d}"),
+                    seq,
+                    from + r * 10,
+                    20.0,
+                ));
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn one_device_with_a_wrong_clock_moves_no_watermark_and_is_dead_lettered() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        feed(&mut p, &fleet(0, 6, 0), t0);
+        let wm = p.watermark();
+        // Five years ahead, then the fleet goes on.
+        let future = event_at("bad", "d3", 100, 5 * 365 * 86_400, 1.0);
+        let out = feed(&mut p, &[future.clone()], t0);
+        let dead: Vec<&DeadLetter> = out.iter().flat_map(|o| &o.dead).collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, Reason::Skew);
+        assert_eq!(dead[0].payload, future);
+        assert_eq!(p.watermark(), wm, "the watermark did not move");
+        feed(&mut p, &fleet(60, 6, 6), t0);
+        let c = p.counts();
+        assert_eq!(
+            (c.aggregated, c.late, c.dead_lettered, c.skewed),
+            (120, 0, 1, 1)
+        );
+        assert!(c.balanced());
+    }
+
+    #[test]
+    fn a_wrong_clock_among_the_first_events_does_not_set_the_clock() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        let mut first = vec![event_at("bad", "d9", 1, 5 * 365 * 86_400, 1.0)];
+        first.extend(fleet(0, 3, 0));
+        feed(&mut p, &first, t0);
+        let c = p.counts();
+        assert_eq!((c.aggregated, c.skewed, c.late), (30, 1, 0));
+    }
+
+    #[test]
+    fn the_whole_fleet_moving_on_is_not_skew() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        feed(&mut p, &fleet(0, 3, 0), t0);
+        // Every device quiet for three hours, then reporting again.
+        feed(&mut p, &fleet(3 * 3600, 3, 3), t0);
+        let c = p.counts();
+        assert_eq!((c.aggregated, c.skewed, c.dead_lettered), (60, 0, 0));
     }
 
     #[test]

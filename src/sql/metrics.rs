@@ -71,6 +71,12 @@ pub fn render(hub: &Hub, queries: &QueryStats) -> String {
         &one(total.gaps),
     );
     metric(
+        "eventide_events_skewed_total",
+        "counter",
+        "Events more than max_clock_skew ahead of their partition's event time (dead-lettered with reason skew; also in eventide_events_total{outcome=\"dead_lettered\"}).",
+        &one(total.skewed),
+    );
+    metric(
         "eventide_devices_split_total",
         "counter",
         "Devices whose events arrived on more than one partition (input not partitioned by device: their windows are split).",

@@ -155,6 +155,87 @@ fn simulated_input_matches_the_reference_model() {
     }
 }
 
+/// One event a third of the way in from a device whose clock says 2031: with the
+/// clock-skew guard (the default) it is dead-lettered with reason `skew` and every other
+/// output is the model's for the input without it; without the guard (a skew limit of
+/// years) it drags its partition's watermark five years ahead and thousands of other
+/// devices' events are late.
+#[test]
+fn one_device_with_a_wrong_clock_costs_no_other_device_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = messy_input(30_000, 7);
+    let lines: Vec<&str> = std::str::from_utf8(&clean).unwrap().lines().collect();
+    let third = lines.len() / 3;
+    let device = lines[third..]
+        .iter()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["deviceId"].as_str().map(str::to_owned))
+        })
+        .unwrap();
+    let future = format!(
+        r#"{{"eventId":"wrong-clock","deviceId":"{device}","deviceSequenceNumber":999999,"type":"CO2","value":5000,"createdAt":"2031-06-01T00:00:00.000Z"}}"#
+    );
+    let mut input = lines[..third].join("\n");
+    input.push('\n');
+    input.push_str(&future);
+    input.push('\n');
+    input.push_str(&lines[third..].join("\n"));
+    input.push('\n');
+    let exp = model(2).expect(&clean);
+
+    let (_, source) = file_source(dir.path(), input.as_bytes());
+    let cfg = Config::parse(&config_text(dir.path(), &source, 2, "")).unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let c = report.counts;
+    assert!(c.balanced(), "{c}");
+    assert_eq!(c.received, exp.received + 1);
+    assert_eq!(
+        (c.aggregated, c.duplicate, c.late, c.dead_lettered, c.skewed),
+        (
+            exp.aggregated,
+            exp.duplicate,
+            exp.late,
+            exp.parse + exp.schema + 1,
+            1
+        )
+    );
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_windows(&out, &exp.windows);
+    assert_alerts(&out, &exp.alerts);
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    let skew: Vec<&Value> = dead.iter().filter(|d| d["reason"] == "skew").collect();
+    assert_eq!(skew.len(), 1);
+    assert_eq!(skew[0]["payload"], future.as_str());
+    assert_eq!(
+        skew[0]["source"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap(),
+        (third + 1).to_string()
+    );
+
+    // Without the guard: the partition's watermark jumps to 2031.
+    let unguarded = tempfile::tempdir().unwrap();
+    let (_, source) = file_source(unguarded.path(), input.as_bytes());
+    let cfg = Config::parse(&config_text(
+        unguarded.path(),
+        &source,
+        2,
+        "max_clock_skew = \"100000d\"",
+    ))
+    .unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    assert!(
+        report.counts.late > exp.late + 3_000,
+        "without the guard other devices' events are late: {}",
+        report.counts
+    );
+}
+
 #[test]
 fn results_do_not_depend_on_the_number_of_partitions_when_nothing_is_late() {
     let input = generate(
