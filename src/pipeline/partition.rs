@@ -1133,7 +1133,7 @@ clear = "avg < 20"
         let wm = p.watermark();
         // Five years ahead, then the fleet goes on.
         let future = event_at("bad", "d3", 100, 5 * 365 * 86_400, 1.0);
-        let out = feed(&mut p, &[future.clone()], t0);
+        let out = feed(&mut p, std::slice::from_ref(&future), t0);
         let dead: Vec<&DeadLetter> = out.iter().flat_map(|o| &o.dead).collect();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].reason, Reason::Skew);
