@@ -41,6 +41,9 @@ pub struct Settings {
     pub lateness_ms: i64,
     pub idle_timeout_ms: i64,
     pub max_clock_skew_ms: i64,
+    /// The source is live (kafka, http, simulator): event times near the wall clock
+    /// are never skewed, whatever the partition's clock says.
+    pub live: bool,
     pub dedupe: DedupeMode,
     pub dedupe_horizon_ms: i64,
     pub types: Option<Vec<Box<str>>>,
@@ -65,6 +68,10 @@ impl Settings {
             lateness_ms,
             idle_timeout_ms: p.idle_timeout().ms(),
             max_clock_skew_ms: p.max_clock_skew().ms(),
+            live: !matches!(
+                c.source.kind(),
+                crate::config::SourceKind::File | crate::config::SourceKind::Stdin
+            ),
             dedupe: p.dedupe(&fields),
             dedupe_horizon_ms: p
                 .dedupe_horizon

@@ -450,10 +450,7 @@ impl Partition {
             self.clock = self.device_median(block, items, 1).unwrap_or(i64::MIN);
             self.block_checked = true;
         }
-        self.skew_limit = match self.clock {
-            i64::MIN => i64::MAX,
-            c => c.saturating_add(self.settings.max_clock_skew_ms),
-        };
+        self.skew_limit = self.skew_limit_from(self.clock);
         let mut current = items.first().map(|it| self.decode_ahead(block, it, 0));
         for (i, it) in items.iter().enumerate() {
             let Some(this) = current.take() else { break };
@@ -501,6 +498,23 @@ impl Partition {
         self.flush();
     }
 
+    /// The latest event time accepted with the partition's clock at `clock`: that
+    /// plus `max_clock_skew`, and for a live source never less than the wall clock plus
+    /// it (a live source's events are near the wall clock: after every device was
+    /// quiet for hours, the first events back are not skewed, even one at a time).
+    fn skew_limit_from(&self, clock: i64) -> i64 {
+        if clock == i64::MIN {
+            return i64::MAX;
+        }
+        let skew = self.settings.max_clock_skew_ms;
+        let by_clock = clock.saturating_add(skew);
+        if self.settings.live {
+            by_clock.max(now_ms().saturating_add(skew))
+        } else {
+            by_clock
+        }
+    }
+
     /// Whether an event at `ts`, past `skew_limit`, is skewed. Before saying so the
     /// first time in a block, the block's devices' median event time is taken: if
     /// most devices have moved on as far (every device quiet for a while, a gap in a
@@ -513,7 +527,7 @@ impl Partition {
                 && m > self.skew_limit
             {
                 self.clock = m;
-                self.skew_limit = m.saturating_add(self.settings.max_clock_skew_ms);
+                self.skew_limit = self.skew_limit_from(m);
             }
         }
         ts > self.skew_limit
@@ -1157,6 +1171,42 @@ clear = "avg < 20"
         feed(&mut p, &first, t0);
         let c = p.counts();
         assert_eq!((c.aggregated, c.skewed, c.late), (30, 1, 0));
+    }
+
+    /// A live source: after every device was quiet for hours, the first events back
+    /// come one block each, and are near the wall clock: not skewed. A wrong clock
+    /// still is.
+    #[test]
+    fn a_live_source_takes_the_wall_clock_as_a_floor() {
+        let t0 = Instant::now();
+        let cfg =
+            Config::parse(&CONFIG.replace("kind = \"stdin\"", "kind = \"simulator\"")).unwrap();
+        let mut p = Partition::new(0, Arc::new(Settings::from_config(&cfg)), t0);
+        let now = now_ms();
+        let at = |id: &str, d: &str, seq: u64, ms: i64| {
+            format!(
+                r#"{{"eventId":"{id}","deviceId":"{d}","deviceSequenceNumber":{seq},"type":"temp","value":1,"createdAt":"{}"}}"#,
+                rfc3339_ms(ms)
+            )
+        };
+        let first: Vec<String> = (0..10)
+            .map(|d| at(&format!("a{d}"), &format!("d{d}"), 1, now - 3 * 3_600_000))
+            .collect();
+        feed(&mut p, &first, t0);
+        for d in 0..10 {
+            feed(
+                &mut p,
+                &[at(&format!("b{d}"), &format!("d{d}"), 2, now)],
+                t0,
+            );
+        }
+        feed(
+            &mut p,
+            &[at("bad", "d1", 3, now + 5 * 365 * 86_400_000)],
+            t0,
+        );
+        let c = p.counts();
+        assert_eq!((c.aggregated, c.skewed), (20, 1));
     }
 
     #[test]
