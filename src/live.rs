@@ -50,6 +50,7 @@ pub fn devices_schema() -> SchemaRef {
             Field::new("duplicates", DataType::UInt64, false),
             Field::new("sequenceHighWater", DataType::UInt64, true),
             Field::new("gaps", DataType::UInt64, false),
+            Field::new("skewed", DataType::UInt64, false),
         ]))
     })
     .clone()

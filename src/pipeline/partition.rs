@@ -263,6 +263,8 @@ pub struct Partition {
     block_checked: bool,
     /// Scratch values for [`Self::device_median`]'s decoding.
     probe_values: Values,
+    /// Events rejected for clock skew, by device (rare: not in the device state).
+    skewed_by_device: HashMap<u32, u64>,
 }
 
 impl Partition {
@@ -325,6 +327,7 @@ impl Partition {
             block_times: Vec::new(),
             block_checked: false,
             probe_values: [0.0; MAX_VALUES],
+            skewed_by_device: HashMap::new(),
         }
     }
 
@@ -463,10 +466,13 @@ impl Partition {
             });
             let raw = block.bytes(it);
             match this {
-                Ahead::Event(ev, _, _)
+                Ahead::Event(ev, _, device)
                     if ev.ts > self.skew_limit && self.skewed(ev.ts, block, items) =>
                 {
                     self.counts.skewed += 1;
+                    if let Some((d, _)) = device {
+                        *self.skewed_by_device.entry(d).or_default() += 1;
+                    }
                     let error = format!(
                         "createdAt {} is more than max_clock_skew ({}) ahead of the partition's event time {}: a device clock that is wrong; it moves no watermark",
                         rfc3339_ms(ev.ts),
@@ -867,6 +873,7 @@ impl Partition {
         let mut duplicates = UInt64Builder::with_capacity(n);
         let mut hwm = UInt64Builder::with_capacity(n);
         let mut gaps = UInt64Builder::with_capacity(n);
+        let mut skewed = UInt64Builder::with_capacity(n);
         for d in seen {
             let s = &self.device_state[d as usize];
             id.append_value(self.names.device_name(d));
@@ -879,6 +886,7 @@ impl Partition {
             let seq = self.seqs.device(d);
             hwm.append_option(seq.map(|(h, _)| h));
             gaps.append_value(seq.map_or(0, |(_, g)| g));
+            skewed.append_value(self.skewed_by_device.get(&d).copied().unwrap_or(0));
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(id.finish()),
@@ -890,6 +898,7 @@ impl Partition {
             Arc::new(duplicates.finish()),
             Arc::new(hwm.finish()),
             Arc::new(gaps.finish()),
+            Arc::new(skewed.finish()),
         ];
         RecordBatch::try_new(devices_schema(), columns).expect("columns match the devices schema")
     }
@@ -1160,6 +1169,17 @@ clear = "avg < 20"
             (120, 0, 1, 1)
         );
         assert!(c.balanced());
+        // The devices table says whose clock it was.
+        let devices = p.snapshot().devices;
+        let ids = devices.column(0).as_string::<i32>();
+        let skewed = devices
+            .column_by_name("skewed")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        for r in 0..devices.num_rows() {
+            let expected = u64::from(ids.value(r) == "d3");
+            assert_eq!(skewed.value(r), expected, "{}", ids.value(r));
+        }
     }
 
     #[test]
