@@ -356,6 +356,9 @@ pub struct Hub {
     /// One slot per partition actor; grows when a source learns how many it has.
     partitions: RwLock<Vec<ArcSwap<PartitionSnapshot>>>,
     retained: Mutex<Retained>,
+    /// The counts of partitions this instance no longer owns (a Kafka rebalance took
+    /// them away), so that counters never go down.
+    retired: Mutex<Counts>,
     pub sinks: SinkMetrics,
     phase: AtomicU8,
     pub source_connected: AtomicBool,
@@ -382,6 +385,7 @@ impl Hub {
                 newest: i64::MIN,
                 retention: retention.as_millis().min(i64::MAX as u128 / 4) as i64,
             }),
+            retired: Mutex::new(Counts::default()),
             sinks: SinkMetrics::default(),
             phase: AtomicU8::new(Phase::Starting as u8),
             source_connected: AtomicBool::new(false),
@@ -415,6 +419,21 @@ impl Hub {
         if let Some(slot) = p.get(snapshot.partition) {
             slot.store(Arc::new(snapshot));
         }
+    }
+
+    /// The partition of `slot` is no longer this instance's: its counts join the
+    /// retired ones and its slot is emptied.
+    pub fn retire(&self, slot: usize) {
+        let p = self.partitions.read();
+        if let Some(s) = p.get(slot) {
+            let last = s.swap(Arc::new(PartitionSnapshot::empty(slot)));
+            self.retired.lock().add(&last.counts);
+        }
+    }
+
+    /// The counts of partitions retired so far (see [`Hub::retire`]).
+    pub fn retired(&self) -> Counts {
+        *self.retired.lock()
     }
 
     /// Every partition's current snapshot.
@@ -629,6 +648,28 @@ mod tests {
         drop(rx);
         assert_eq!(hub.ingest(b"d".to_vec()), Err(IngestRefused::Unavailable));
         assert_eq!(hub.ingest_refused.load(Ordering::Relaxed), 1);
+    }
+
+    /// A partition taken away keeps its counts in the retired total: counters summed
+    /// over the board never go down.
+    #[test]
+    fn a_retired_partition_keeps_its_counts() {
+        let hub = Hub::new(2, Duration::from_secs(60), Duration::from_millis(100));
+        let mut s = PartitionSnapshot::empty(1);
+        s.counts.received = 7;
+        s.counts.aggregated = 7;
+        s.counts.open_alerts = 2;
+        hub.publish(s);
+        hub.retire(1);
+        assert_eq!(hub.snapshots()[1].counts, Counts::default());
+        let r = hub.retired();
+        assert_eq!((r.received, r.aggregated), (7, 7));
+        let metrics = crate::sql::metrics::render(&hub, &crate::sql::QueryStats::default());
+        assert!(
+            metrics.contains("eventide_events_received_total 7\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("eventide_alerts_open 0\n"), "{metrics}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use super::Settings;
 use super::partition::{Partition, PartitionReport};
 use crate::ingest::feed::{Actor, Feed, Host, Next};
-use crate::live::{Hub, PartitionSnapshot, PartitionStats, StatsRegistry};
+use crate::live::{Hub, PartitionStats, StatsRegistry};
 use crate::output::Output;
 
 /// Longest an actor waits for a block before it ticks (idle clock, checkpoints,
@@ -182,7 +182,7 @@ impl Host for Runtime {
         actor.signal();
         let ok = actor.join();
         if let Some(h) = &self.hub {
-            h.publish(PartitionSnapshot::empty(slot));
+            h.retire(slot);
         }
         ok
     }

@@ -22,6 +22,12 @@ pub fn render(hub: &Hub, queries: &QueryStats) -> String {
         total.add(&s.counts);
         let _ = latency.add(&s.latency);
     }
+    // Counters include partitions a rebalance took away (they never go down); the
+    // gauges (open alerts, sequence gaps) are the partitions owned now.
+    let (open_alerts, gaps) = (total.open_alerts, total.gaps);
+    total.add(&hub.retired());
+    total.open_alerts = open_alerts;
+    total.gaps = gaps;
     let mut o = String::with_capacity(8192);
     let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
         let _ = writeln!(o, "# HELP {name} {help}");
