@@ -107,8 +107,8 @@ pub fn env_u64(key: &str, default: u64) -> u64 {
 /// populated), so that what is read from disk comes into the cache in 2 MiB folios
 /// (the harnesses measure the pipeline, not the disk). What the cache already holds
 /// stays as it is: the throughput harness prints how much of the input is in 2 MiB
-/// folios, which moves the file source's cost by a third (BENCHMARKS.md, eighth
-/// session). Dropping the file from the cache first would make the state the same
+/// folios, which moves the file source's cost by a third (BENCHMARKS.md, commit
+/// `69e7a51` in the changes that mattered). Dropping the file from the cache first would make the state the same
 /// every time, but runs right after such a re-read were up to three times slower on
 /// this VM (fresh memory).
 pub fn warm_page_cache(path: &Path) {
@@ -123,7 +123,7 @@ pub fn warm_page_cache(path: &Path) {
 
 /// How much of `path` (cached) the kernel maps with 2 MiB entries, as a fraction: the
 /// page cache holds those bytes in 2 MiB folios, which the file source maps 10–20 times
-/// cheaper than 4 KiB ones (BENCHMARKS.md, eighth session). `None` where
+/// cheaper than 4 KiB ones (BENCHMARKS.md, commit `69e7a51`). `None` where
 /// /proc/self/smaps does not say.
 pub fn huge_folio_share(path: &Path) -> Option<f64> {
     use std::os::fd::AsFd;
