@@ -4,6 +4,8 @@ use std::process::Command;
 
 use eventide::config::Config;
 
+use crate::common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_eventide");
 
 #[test]
@@ -420,11 +422,7 @@ fn every_metric_the_dashboard_queries_is_scraped() {
         }
     }
     assert!(names.len() >= 10, "{names:?}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("metrics.toml");
     let text = std::fs::read_to_string(format!("{root}/config/simulator.toml"))

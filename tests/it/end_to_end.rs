@@ -438,11 +438,7 @@ fn interrupted_run_flushes_what_has_closed(signal: &str) {
 #[test]
 fn the_embedded_demo_shows_windows_and_a_raised_alert_within_ten_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let child = Command::new(BIN)
         .args([
             "run",

@@ -294,11 +294,7 @@ struct Tansu {
 impl Tansu {
     fn start() -> Tansu {
         let bin = tansu_bin();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args([
@@ -585,6 +581,14 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str) {
 /// broker lists, then on until nothing more comes for a second (tansu lists ends
 /// short, see `ingest::kafka`).
 fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
+    read_topic(brokers, topic)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// [`consume_all`], with each record's partition.
+fn read_topic(brokers: &str, topic: &str) -> Vec<(i32, Value)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "reader")
@@ -613,7 +617,8 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Value> {
         && ((out.len() as i64) < total || last.elapsed() < Duration::from_secs(1))
     {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            let v = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            out.push((m.partition(), v));
             last = Instant::now();
         }
     }
@@ -744,45 +749,17 @@ fn the_simulator_command_produces_to_kafka() {
 /// Each device's partitions in the topic: every message read back, its events (an
 /// object or a batch of them) attributed to their deviceId.
 fn partitions_by_device(brokers: &str) -> BTreeMap<String, std::collections::BTreeSet<i32>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "partition-reader")
-        .create()
-        .unwrap();
-    let parts = c
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(10))
-        .unwrap()
-        .topics()[0]
-        .partitions()
-        .len() as i32;
-    let mut tpl = TopicPartitionList::new();
-    let mut total = 0;
-    for p in 0..parts {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .unwrap();
-        total += c
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
-            .unwrap()
-            .1;
-    }
-    c.assign(&tpl).unwrap();
     let mut by_device: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();
-    let (mut read, deadline) = (0, Instant::now() + Duration::from_secs(60));
-    while read < total && Instant::now() < deadline {
-        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        read += 1;
-        let events = match serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap() {
+    for (partition, message) in read_topic(brokers, TOPIC) {
+        let events = match message {
             Value::Array(events) => events,
             event => vec![event],
         };
         for e in events {
             let device = e["deviceId"].as_str().unwrap().to_owned();
-            by_device.entry(device).or_default().insert(m.partition());
+            by_device.entry(device).or_default().insert(partition);
         }
     }
-    assert_eq!(read, total, "every message read back");
     by_device
 }
 
@@ -1000,14 +977,6 @@ fn make_certs(dir: &Path) -> Certs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// tansu requiring SASL (`--authentication`), behind a TLS-terminating proxy (socat,
 /// from Debian) on another loopback port, which tansu advertises as its address: every
 /// client speaks TLS. (tansu 0.6 takes --cert and --key but does not use them, hence
@@ -1030,7 +999,7 @@ impl SecureTansu {
         password: &str,
     ) -> SecureTansu {
         let socat = common::debian_tool("socat", "socat");
-        let (plain, tls) = (free_port(), free_port());
+        let (plain, tls) = (common::free_port(), common::free_port());
         let broker = |advertised: u16, auth: bool| {
             let mut c = Command::new(tansu_bin());
             c.current_dir(dir)
@@ -1433,7 +1402,7 @@ fn sasl_plain_as_event_hubs_asks() {
     let dir = dir.path();
     let certs = make_certs(dir);
     let socat = common::debian_tool("socat", "socat");
-    let (plain, tls) = (free_port(), free_port());
+    let (plain, tls) = (common::free_port(), common::free_port());
     let connection =
         "Endpoint=sb://test.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k3y=";
     let gate = PlainGate::start(plain, "$ConnectionString", connection);

@@ -17,14 +17,6 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_eventide");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An HTTP/1.1 exchange: (status, content-type, body).
 fn http(
     port: u16,
@@ -135,8 +127,8 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, config: &str) -> Running {
-        let http = free_port();
-        let pg = free_port();
+        let http = common::free_port();
+        let pg = common::free_port();
         let path = dir.join("eventide.toml");
         std::fs::write(&path, config).unwrap();
         let child = Command::new(BIN)

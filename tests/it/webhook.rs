@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use eventide_simulator::SimConfig;
 use serde_json::Value;
 
-use crate::common::{WINDOWS_AND_RULE, generate, read_jsonl};
+use crate::common::{WINDOWS_AND_RULE, free_port, generate, read_jsonl};
 
 const BIN: &str = env!("CARGO_BIN_EXE_eventide");
 
@@ -251,11 +251,7 @@ fn cloudevents_survive_server_errors_and_timeouts() {
 fn an_endpoint_that_stays_down_gets_every_alert_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let (alerts, dead) = run(
         dir.path(),
         "down",
