@@ -11,7 +11,8 @@
 //! `cargo bench --bench throughput`  (EVENTIDE_BENCH_EVENTS=N to change N, default 1M;
 //! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2;
 //! EVENTIDE_BENCH_LAYOUT=sas|compact|pretty|shuffled to run one layout only;
-//! EVENTIDE_BENCH_INPUT=FILE to keep the input: FILE with one layout, FILE-LAYOUT for each)
+//! EVENTIDE_BENCH_INPUT=FILE to keep the input: FILE with one layout, FILE-LAYOUT for each;
+//! EVENTIDE_BENCH_EVENT_TIME=device|partition for `pipeline.event_time`, default device)
 
 use std::path::Path;
 use std::process::Command;
@@ -57,6 +58,12 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
             .pipeline
             .dedupe;
     }
+    if let Ok(mode) = std::env::var("EVENTIDE_BENCH_EVENT_TIME") {
+        cfg.pipeline.event_time = Config::parse(&format!("[source]\nkind = \"stdin\"\n[pipeline]\nevent_time = \"{mode}\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\""))
+            .expect("EVENTIDE_BENCH_EVENT_TIME: device or partition")
+            .pipeline
+            .event_time;
+    }
     if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
         j.path = dir.join("out.jsonl");
     }
@@ -88,6 +95,10 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     println!(
         "  dedupe:       {:?}",
         cfg.pipeline.dedupe(&cfg.source.fields())
+    );
+    println!(
+        "  event time:   {:?}",
+        cfg.pipeline.event_time.unwrap_or_default()
     );
     println!("  outcome:      {}", report.counts);
     println!(

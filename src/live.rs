@@ -51,6 +51,7 @@ pub fn devices_schema() -> SchemaRef {
             Field::new("sequenceHighWater", DataType::UInt64, true),
             Field::new("gaps", DataType::UInt64, false),
             Field::new("skewed", DataType::UInt64, false),
+            Field::new("watermark", ts_type(), true),
         ]))
     })
     .clone()

@@ -224,6 +224,21 @@ pub struct PipelineConfig {
     /// event time of recent events, not the maximum) moves no watermark and is
     /// dead-lettered with reason `skew` (default 1h).
     pub max_clock_skew: Option<Dur>,
+    /// Whose clock closes windows: each device's own (the default) or the
+    /// partition's.
+    pub event_time: Option<EventTime>,
+}
+
+/// `pipeline.event_time`: which event-time clock a window waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTime {
+    /// Each device has its own watermark (its newest event time − `max_out_of_order`):
+    /// one device's clock or backlog never makes another's events late.
+    #[default]
+    Device,
+    /// One watermark per partition (its newest event time − `max_out_of_order`).
+    Partition,
 }
 
 impl PipelineConfig {

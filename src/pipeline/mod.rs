@@ -41,6 +41,8 @@ pub struct Settings {
     pub lateness_ms: i64,
     pub idle_timeout_ms: i64,
     pub max_clock_skew_ms: i64,
+    /// Each device keeps its own watermark (`pipeline.event_time = "device"`).
+    pub per_device: bool,
     /// The source is live (kafka, http, simulator): event times near the wall clock
     /// are never skewed, whatever the partition's clock says.
     pub live: bool,
@@ -68,6 +70,7 @@ impl Settings {
             lateness_ms,
             idle_timeout_ms: p.idle_timeout().ms(),
             max_clock_skew_ms: p.max_clock_skew().ms(),
+            per_device: p.event_time.unwrap_or_default() == crate::config::EventTime::Device,
             live: !matches!(
                 c.source.kind(),
                 crate::config::SourceKind::File | crate::config::SourceKind::Stdin

@@ -82,6 +82,42 @@ impl DeviceState {
     }
 }
 
+/// A device's own event time (`pipeline.event_time = "device"`). Half a cache line,
+/// beside (not in) [`DeviceState`]: partition mode keeps none.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+struct DeviceClock {
+    /// The device's watermark: its newest event time − `max_out_of_order`, or later
+    /// while it is idle; `i64::MIN` before its first event.
+    wm: i64,
+    /// The next close point (see [`WindowEngine::close_grid`]) past the windows closed
+    /// so far; `i64::MIN` before the first close.
+    due: i64,
+    /// Its newest series; the others follow through `Partition::series_next`.
+    first_series: u32,
+    /// The activity period it was last seen in, or [`IDLE`].
+    stamp: u32,
+    /// It holds data in a window that has not closed.
+    open: bool,
+}
+
+impl Default for DeviceClock {
+    fn default() -> Self {
+        DeviceClock {
+            wm: i64::MIN,
+            due: i64::MIN,
+            first_series: NO_SERIES,
+            stamp: IDLE,
+            open: false,
+        }
+    }
+}
+
+/// No series: the end of a device's list of series.
+const NO_SERIES: u32 = u32::MAX;
+/// [`DeviceClock::stamp`] of a device whose watermark follows the wall clock.
+const IDLE: u32 = u32::MAX;
+
 /// Dense numbers for devices, types and (device, type) series.
 #[derive(Default)]
 pub struct Interner {
@@ -137,6 +173,11 @@ impl Interner {
 
     pub fn device_count(&self) -> usize {
         self.device_names.len()
+    }
+
+    /// The device of a series.
+    pub fn series_device(&self, series: u32) -> u32 {
+        self.series_keys[series as usize].0
     }
 
     pub fn device_name(&self, device: u32) -> &str {
@@ -265,6 +306,21 @@ pub struct Partition {
     probe_values: Values,
     /// Events rejected for clock skew, by device (rare: not in the device state).
     skewed_by_device: HashMap<u32, u64>,
+    /// Per-device event time (empty in partition mode): each device's clock, and per
+    /// series the next series of its device.
+    clocks: Vec<DeviceClock>,
+    series_next: Vec<u32>,
+    /// [`WindowEngine::close_grid`].
+    grid: i64,
+    /// Idle devices: the wall clock is cut into periods of a quarter of
+    /// `idle_timeout`; `stamp` is the current one's number. A device is listed in
+    /// `active` once per period it sends in; a device whose last period is
+    /// `idle_timeout` old with data in open windows moves to `idle`, where its
+    /// watermark follows the wall clock (from `idle_pass` on) until those close.
+    stamp: u32,
+    active: std::collections::VecDeque<(u32, u32)>,
+    idle: Vec<u32>,
+    idle_pass: Instant,
 }
 
 impl Partition {
@@ -272,6 +328,7 @@ impl Partition {
     /// times count from it) and the clock's first reading.
     pub fn new(id: usize, settings: Arc<Settings>, epoch: Instant) -> Self {
         let windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
+        let grid = windows.close_grid();
         let rules = RuleEngine::new(&settings.rules, windows.defs())
             .expect("rules were validated with the config");
         let mut names = Interner::default();
@@ -328,6 +385,101 @@ impl Partition {
             block_checked: false,
             probe_values: [0.0; MAX_VALUES],
             skewed_by_device: HashMap::new(),
+            clocks: Vec::new(),
+            series_next: Vec::new(),
+            grid,
+            stamp: 0,
+            active: std::collections::VecDeque::new(),
+            idle: Vec::new(),
+            idle_pass: epoch,
+        }
+    }
+
+    /// Length of an activity period (see [`Self::stamp`]), ms.
+    fn period_ms(&self) -> u64 {
+        (self.settings.idle_timeout_ms / 4).max(10) as u64
+    }
+
+    /// Per-device event time: moves devices silent for `idle_timeout` with data in
+    /// open windows to the idle list, and advances the watermarks of those there by
+    /// the wall time since the last call, closing what falls due. Costs nothing per
+    /// event; per call, the devices whose period just ended and the idle ones.
+    fn idle_devices(&mut self, now: Instant) {
+        let period = self.period_ms();
+        let since = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.stamp = (since / period) as u32 % IDLE;
+        let idle_periods = (self.settings.idle_timeout_ms.max(1) as u64).div_ceil(period) as u32;
+        while let Some(&(stamp, d)) = self.active.front() {
+            if self.stamp.wrapping_sub(stamp) < idle_periods {
+                break;
+            }
+            self.active.pop_front();
+            let c = &mut self.clocks[d as usize];
+            if c.stamp == stamp && c.open {
+                c.stamp = IDLE;
+                self.idle.push(d);
+            }
+        }
+        let advance = now.saturating_duration_since(self.idle_pass).as_millis() as i64;
+        if advance == 0 {
+            return;
+        }
+        self.idle_pass += Duration::from_millis(advance as u64);
+        let mut i = 0;
+        while i < self.idle.len() {
+            let d = self.idle[i];
+            let c = &mut self.clocks[d as usize];
+            if c.stamp != IDLE || !c.open {
+                self.idle.swap_remove(i);
+                continue;
+            }
+            c.wm = c.wm.saturating_add(advance);
+            if c.wm >= c.due {
+                self.close_device(d, false);
+            }
+            if self.clocks[d as usize].open {
+                i += 1;
+            } else {
+                self.idle.swap_remove(i);
+            }
+        }
+    }
+
+    /// Per-device event time: closes the windows of `device` that its watermark has
+    /// passed since its last close and runs the rules on them. While `replaying`
+    /// (events read again after a restart), the windows it closes were produced
+    /// before the checkpoint: they are dropped, not produced again.
+    fn close_device(&mut self, device: u32, replaying: bool) {
+        let c = self.clocks[device as usize];
+        let from = if c.due == i64::MIN {
+            i64::MIN
+        } else {
+            c.due - self.grid
+        };
+        let first_row = self.rows.len();
+        let now_ns = self.now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let mut open = false;
+        let mut s = c.first_series;
+        while s != NO_SERIES {
+            let latency = (!replaying).then_some((now_ns, &mut self.latency));
+            open |= self
+                .windows
+                .close_series(s, from, c.wm, &mut self.rows, latency);
+            s = self.series_next[s as usize];
+        }
+        let c = &mut self.clocks[device as usize];
+        c.open = open;
+        c.due = self.windows.next_close_point(c.wm, self.grid);
+        if replaying {
+            self.rows.truncate(first_row);
+        } else if self.rows.len() > first_row {
+            self.rules.evaluate(
+                &self.rows,
+                first_row,
+                self.windows.defs(),
+                &self.names,
+                &mut self.alerts,
+            );
         }
     }
 
@@ -344,18 +496,31 @@ impl Partition {
             self.idle_clock = Some(from + Duration::from_millis(advance as u64));
             if advance > 0 {
                 self.wm = self.wm.saturating_add(advance);
-                if self.windows.due(self.wm) {
+                if !self.settings.per_device && self.windows.due(self.wm) {
                     self.close(self.wm);
                 }
                 self.flush();
             }
+        }
+        if self.settings.per_device {
+            self.idle_devices(now);
+            self.flush();
         }
     }
 
     /// End of a finite input: closes every window and hands everything on.
     pub fn finish(&mut self, now: Instant) {
         self.now = now;
-        self.close(END_OF_TIME);
+        if self.settings.per_device {
+            for d in 0..self.clocks.len() {
+                if self.clocks[d].open {
+                    self.clocks[d].wm = END_OF_TIME;
+                    self.close_device(d as u32, false);
+                }
+            }
+        } else {
+            self.close(END_OF_TIME);
+        }
         self.flush();
     }
 
@@ -377,9 +542,13 @@ impl Partition {
         if max_ts > i64::MIN {
             self.max_ts = max_ts;
             self.wm = max_ts.saturating_sub(self.settings.ooo_ms);
-            self.close(self.wm);
-            self.rows.clear();
-            self.alerts.clear();
+            // Per device, the replay rebuilds each device's clock (see
+            // `close_device`); per partition, its one clock is set now.
+            if !self.settings.per_device {
+                self.close(self.wm);
+                self.rows.clear();
+                self.alerts.clear();
+            }
         }
         self.replay_until = replay_until;
         self.rules.restore(raised);
@@ -454,6 +623,9 @@ impl Partition {
             self.block_checked = true;
         }
         self.skew_limit = self.skew_limit_from(self.clock);
+        if self.settings.per_device {
+            self.idle_devices(now);
+        }
         let mut current = items.first().map(|it| self.decode_ahead(block, it, 0));
         for (i, it) in items.iter().enumerate() {
             let Some(this) = current.take() else { break };
@@ -607,6 +779,9 @@ impl Partition {
                     if let Some(d) = self.device_state.get(device as usize) {
                         prefetch_line((d as *const DeviceState).cast());
                     }
+                    if let Some(c) = self.clocks.get(device as usize) {
+                        prefetch_line((c as *const DeviceClock).cast());
+                    }
                     self.seqs.prefetch(device, ev.seq);
                     let t = match ev.present {
                         0 => self.names.intern_type(&ev.kind),
@@ -652,7 +827,7 @@ impl Partition {
             let candidate = ev.ts.saturating_sub(self.settings.ooo_ms);
             if candidate > self.wm {
                 self.wm = candidate;
-                if self.windows.due(self.wm) {
+                if !self.settings.per_device && self.windows.due(self.wm) {
                     let (rows, alerts) = (self.rows.len(), self.alerts.len());
                     self.close(self.wm);
                     self.closed_by.push((
@@ -670,6 +845,13 @@ impl Partition {
         if device as usize >= self.device_state.len() {
             self.device_state
                 .resize(device as usize + 1, DeviceState::default());
+            if self.settings.per_device {
+                self.clocks
+                    .resize(device as usize + 1, DeviceClock::default());
+            }
+        }
+        if self.settings.per_device {
+            self.device_time(device, ev.ts, offset, block.entered_us(it));
         }
         let mode = self.settings.dedupe;
         if mode.by_event_id() && self.event_ids.check_and_insert_hash(id_hash, self.wm) {
@@ -709,13 +891,45 @@ impl Partition {
             self.device_state[device as usize].duplicates += 1;
         } else {
             self.counts.late += 1;
+            let (whose, wm) = match self.clocks.get(device as usize) {
+                Some(c) => ("its device's", c.wm),
+                None => ("the partition's", self.wm),
+            };
             let error = format!(
-                "createdAt {} is behind the watermark {}: every window it belongs to has closed",
+                "createdAt {} is behind {whose} watermark {}: every window it belongs to has closed",
                 rfc3339_ms(ev.ts),
-                rfc3339_ms(self.wm)
+                rfc3339_ms(wm)
             );
             self.dead
                 .push(dead_letter(Reason::Late, error, raw, block, it));
+        }
+    }
+
+    /// Per-device event time: an event of `device` at `ts` (at source position
+    /// `offset`, entered at `entered_us`) moves the device's watermark, closing what
+    /// falls due, and marks the device active in this period.
+    #[inline]
+    fn device_time(&mut self, device: u32, ts: i64, offset: i64, entered_us: i64) {
+        let c = &mut self.clocks[device as usize];
+        if c.stamp != self.stamp {
+            c.stamp = self.stamp;
+            self.active.push_back((self.stamp, device));
+        }
+        let candidate = ts.saturating_sub(self.settings.ooo_ms);
+        if candidate > c.wm {
+            c.wm = candidate;
+            if candidate >= c.due {
+                let (rows, alerts) = (self.rows.len(), self.alerts.len());
+                let replaying = offset < self.replay_until;
+                self.close_device(device, replaying);
+                if self.rows.len() > rows && !replaying {
+                    self.closed_by.push((
+                        entered_us,
+                        (self.rows.len() - rows) as u32,
+                        (self.alerts.len() - alerts) as u32,
+                    ));
+                }
+            }
         }
     }
 
@@ -735,9 +949,17 @@ impl Partition {
         let series = match d.series_at_hand(t) {
             Some(s) => s,
             None => {
+                let known = self.names.series_count();
                 let s = self.names.intern_series(device, t);
                 if let Some(at_hand) = d.series.get_mut(t as usize) {
                     *at_hand = s;
+                }
+                if let Some(c) = self.clocks.get_mut(device as usize)
+                    && s as usize == known
+                {
+                    // A new series: first in its device's list.
+                    self.series_next.push(c.first_series);
+                    c.first_series = s;
                 }
                 s
             }
@@ -755,8 +977,18 @@ impl Partition {
                 self.changed.push(device);
             }
         }
-        self.windows
-            .update(series, ev.ts, value, arrived_ns, offset)
+        match self.clocks.get_mut(device as usize) {
+            Some(c) => {
+                let taken = self
+                    .windows
+                    .update_device(series, ev.ts, value, arrived_ns, offset, c.wm);
+                c.open |= taken;
+                taken
+            }
+            None => self
+                .windows
+                .update(series, ev.ts, value, arrived_ns, offset),
+        }
     }
 
     fn reject(&mut self, reason: Reason, error: String, raw: &[u8], block: &Block, it: &Item) {
@@ -843,6 +1075,20 @@ impl Partition {
         self.live_rows.clear();
         self.windows
             .open_windows(self.names.series_count(), &mut self.live_rows);
+        if !self.clocks.is_empty() {
+            // Per device: a pane's rows stay while any device needs the pane; a row
+            // of a window its own device has closed is not live.
+            let (rows, lateness) = (&self.live_rows, self.windows.lateness());
+            let names = &self.names;
+            let clocks = &self.clocks;
+            let keep: Vec<bool> = (0..rows.len())
+                .map(|i| {
+                    let device = names.series_device(rows.series[i]);
+                    rows.end[i] + lateness > clocks[device as usize].wm
+                })
+                .collect();
+            self.live_rows.retain(|i| keep[i]);
+        }
         let live = window_batch(&self.live_rows, self.windows.defs(), &self.names);
         self.live_rows.clear();
         PartitionSnapshot {
@@ -874,6 +1120,7 @@ impl Partition {
         let mut hwm = UInt64Builder::with_capacity(n);
         let mut gaps = UInt64Builder::with_capacity(n);
         let mut skewed = UInt64Builder::with_capacity(n);
+        let mut watermark = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         for d in seen {
             let s = &self.device_state[d as usize];
             id.append_value(self.names.device_name(d));
@@ -887,6 +1134,8 @@ impl Partition {
             hwm.append_option(seq.map(|(h, _)| h));
             gaps.append_value(seq.map_or(0, |(_, g)| g));
             skewed.append_value(self.skewed_by_device.get(&d).copied().unwrap_or(0));
+            let wm = self.clocks.get(d as usize).map_or(self.wm, |c| c.wm);
+            watermark.append_option((wm > i64::MIN / 2 && wm < END_OF_TIME).then_some(wm));
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(id.finish()),
@@ -899,6 +1148,7 @@ impl Partition {
             Arc::new(hwm.finish()),
             Arc::new(gaps.finish()),
             Arc::new(skewed.finish()),
+            Arc::new(watermark.finish()),
         ];
         RecordBatch::try_new(devices_schema(), columns).expect("columns match the devices schema")
     }
@@ -983,6 +1233,13 @@ clear = "avg < 20"
         Partition::new(0, Arc::new(Settings::from_config(&cfg)), epoch)
     }
 
+    /// A partition with one watermark (`pipeline.event_time = "partition"`).
+    fn partition_clock(epoch: Instant) -> Partition {
+        let text = CONFIG.replace("[pipeline]", "[pipeline]\nevent_time = \"partition\"");
+        let cfg = Config::parse(&text).expect("valid config");
+        Partition::new(0, Arc::new(Settings::from_config(&cfg)), epoch)
+    }
+
     /// An event of device `d` at `2026-01-01T00:mm:ss`.
     fn event(id: &str, d: &str, seq: u64, mm: u32, ss: u32, value: f64) -> String {
         format!(
@@ -1058,7 +1315,7 @@ clear = "avg < 20"
     #[test]
     fn an_idle_partition_follows_the_clock_passed_in() {
         let t0 = Instant::now();
-        let mut p = partition(t0);
+        let mut p = partition_clock(t0);
         feed(&mut p, &[event("a", "d1", 1, 0, 10, 20.0)], t0);
         let wm = p.watermark();
         // Before idle_timeout (10 s) nothing moves, however often it ticks.
@@ -1243,7 +1500,7 @@ clear = "avg < 20"
     #[test]
     fn finish_closes_every_window_and_a_resumed_partition_does_not_produce_them_again() {
         let t0 = Instant::now();
-        let mut p = partition(t0);
+        let mut p = partition_clock(t0);
         let mut out = feed(
             &mut p,
             &[
@@ -1264,7 +1521,7 @@ clear = "avg < 20"
 
         // A new partition resumed from that state: the 00:00 window closed before the
         // checkpoint, so an event of it read again is a re-delivery, not late.
-        let mut q = partition(t0);
+        let mut q = partition_clock(t0);
         q.resume(held.max_ts, 10, held.raised);
         let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 40.0)]);
         b.offsets = vec![5];
@@ -1279,5 +1536,152 @@ clear = "avg < 20"
         b.offsets = vec![10];
         q.on_block(&b, &items, t0);
         assert_eq!(q.counts().late, 1);
+    }
+
+    /// Every closed window in `outs` as (device, window start as mm, count, avg).
+    fn device_windows(outs: &[Output]) -> Vec<(String, i64, u64, f64)> {
+        let mut v = Vec::new();
+        for b in outs.iter().filter_map(|o| o.windows.as_ref()) {
+            let device = b.column(1).as_string::<i32>();
+            let start = b
+                .column(3)
+                .as_primitive::<arrow_array::types::TimestampMillisecondType>();
+            let count = b.column(5).as_primitive::<UInt64Type>();
+            let avg = b.column(7).as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                let mm = (start.value(i) - 1_767_225_600_000) / 60_000;
+                v.push((device.value(i).to_owned(), mm, count.value(i), avg.value(i)));
+            }
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v
+    }
+
+    #[test]
+    fn a_device_whose_clock_runs_behind_loses_nothing_to_the_others() {
+        let t0 = Instant::now();
+        // d2's clock is ten minutes behind d1's, their events interleaved.
+        let mut lines = Vec::new();
+        for i in 0..4u32 {
+            lines.push(event(&format!("a{i}"), "d1", i as u64, 10 + i, 0, 10.0));
+            lines.push(event(&format!("b{i}"), "d2", i as u64, i, 30, 20.0));
+        }
+        let mut p = partition(t0);
+        let mut out = feed(&mut p, &lines, t0);
+        let c = p.counts();
+        assert_eq!((c.aggregated, c.late), (8, 0));
+        // Each device's windows closed by its own clock as it went (d1's 10 and 11,
+        // d2's 0, 1 and 2: d1's 13:00 is 5 s short of closing 12); finish closes
+        // the rest.
+        let before = device_windows(&out);
+        assert_eq!(before.len(), 5, "{before:?}");
+        p.finish(t0);
+        p.take_outputs(&mut out);
+        let all = device_windows(&out);
+        let expect: Vec<(String, i64, u64, f64)> = (0..4)
+            .map(|i| ("d1".to_owned(), 10 + i, 1, 10.0))
+            .chain((0..4).map(|i| ("d2".to_owned(), i, 1, 20.0)))
+            .collect();
+        assert_eq!(all, expect);
+
+        // One watermark per partition: every event of d2 is late.
+        let mut q = partition_clock(t0);
+        feed(&mut q, &lines, t0);
+        let c = q.counts();
+        assert_eq!((c.aggregated, c.late), (4, 4));
+    }
+
+    #[test]
+    fn a_backlog_sent_after_the_others_are_current_is_aggregated_in_full() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        // d2 reports minute by minute up to 00:40; d1, offline since 00:00, then
+        // sends its 30 minutes of backlog in order.
+        let current: Vec<String> = (0..40)
+            .map(|m| event(&format!("c{m}"), "d2", m as u64, m, 0, 1.0))
+            .collect();
+        let mut out = feed(&mut p, &current, t0);
+        let backlog: Vec<String> = (0..30)
+            .map(|m| event(&format!("k{m}"), "d1", m as u64, m, 10, 30.0))
+            .collect();
+        out.extend(feed(&mut p, &backlog, t0));
+        let c = p.counts();
+        assert_eq!((c.aggregated, c.late, c.dead_lettered), (70, 0, 0));
+        p.finish(t0);
+        p.take_outputs(&mut out);
+        let d1: Vec<_> = device_windows(&out)
+            .into_iter()
+            .filter(|w| w.0 == "d1")
+            .collect();
+        assert_eq!(d1.len(), 30);
+        assert!(d1.iter().all(|w| w.2 == 1 && w.3 == 30.0));
+        // Rules ran in d1's own time: one raise (avg 30 > 30 is false: no alert).
+        assert!(p.counts().balanced());
+    }
+
+    #[test]
+    fn a_quiet_device_has_its_windows_closed_by_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        feed(&mut p, &[event("a", "d1", 1, 0, 10, 20.0)], t0);
+        // d2 keeps the partition busy (no partition-wide idleness), d1 is silent.
+        let mut out = Vec::new();
+        for s in 1..=70u32 {
+            let now = t0 + Duration::from_secs(s as u64);
+            let e = event(&format!("b{s}"), "d2", s as u64, 0, 20 + s % 30, 1.0);
+            out.extend(feed(&mut p, &[e], now));
+        }
+        // d1 became idle at 10 s; its watermark (00:05) then followed the clock and
+        // passed 01:00 about 55 s later.
+        let d1: Vec<_> = device_windows(&out)
+            .into_iter()
+            .filter(|w| w.0 == "d1")
+            .collect();
+        assert_eq!(d1, vec![("d1".to_owned(), 0, 1, 20.0)]);
+        // d2's own window has not closed: its clock is still at 00:49 at most.
+        assert!(device_windows(&out).iter().all(|w| w.0 == "d1"));
+    }
+
+    #[test]
+    fn a_resumed_device_clock_does_not_produce_windows_closed_before_the_checkpoint() {
+        let t0 = Instant::now();
+        let lines = vec![
+            event("a", "d1", 1, 0, 10, 40.0),
+            event("b", "d1", 2, 3, 10, 5.0),
+            event("c", "d2", 1, 3, 20, 7.0),
+        ];
+        let mut p = partition(t0);
+        let mut out = feed(&mut p, &lines, t0);
+        let held = p.held();
+        assert_eq!(device_windows(&out), vec![("d1".to_owned(), 0, 1, 40.0)]);
+        p.finish(t0);
+        out.clear();
+        p.take_outputs(&mut out);
+        let rest = device_windows(&out);
+        let cleared: Vec<String> = out
+            .iter()
+            .flat_map(|o| &o.alerts)
+            .map(|a| a.id.clone())
+            .collect();
+        assert_eq!(cleared.len(), 1, "d1's 00:03 window clears the alert");
+
+        // Replayed from position 0 with the checkpoint at 3: the 00:00 window of d1
+        // closes again while replaying and is dropped; the others come out as before.
+        let mut q = partition(t0);
+        q.resume(held.max_ts, 3, held.raised);
+        let (mut b, items) = block(&lines);
+        b.offsets = vec![0, 1, 2];
+        q.on_block(&b, &items, t0);
+        q.finish(t0);
+        let mut again = Vec::new();
+        q.take_outputs(&mut again);
+        assert_eq!(device_windows(&again), rest);
+        // Raised before the checkpoint, not raised again; cleared as before.
+        let alerts: Vec<String> = again
+            .iter()
+            .flat_map(|o| &o.alerts)
+            .map(|a| a.id.clone())
+            .collect();
+        assert_eq!(alerts, cleared);
     }
 }

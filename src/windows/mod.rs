@@ -75,6 +75,9 @@ struct Pane {
     arrivals: Vec<(u64, u32)>,
     /// Smallest source offset (Kafka) of the events in this pane; `i64::MAX` if none.
     min_offset: i64,
+    /// Per-device event time: rows whose device may still close a window over this
+    /// pane (the pane is recycled when none is left).
+    live: u32,
 }
 
 impl Pane {
@@ -85,6 +88,7 @@ impl Pane {
         self.aggs.clear();
         self.arrivals.clear();
         self.min_offset = i64::MAX;
+        self.live = 0;
     }
 
     /// Adds a reading of `series`; `hint` is the row where the series was last added
@@ -103,6 +107,7 @@ impl Pane {
             let row = *self.rows.entry(series).or_insert(next);
             *hint = row;
             if row == next {
+                self.live += 1;
                 self.series.push(series);
                 // Counted below; -0.0 is the sum's identity (-0.0 + -0.0 stays -0.0).
                 self.aggs.push(Agg {
@@ -157,6 +162,20 @@ impl PaneStore {
             self.panes.insert(idx, p);
         }
         &mut self.panes[idx]
+    }
+
+    /// Adds a reading of `series` at `t` to its pane.
+    #[inline]
+    fn add(&mut self, series: u32, t: i64, v: f64, arrived_ns: u64, offset: i64) {
+        let s = series as usize;
+        if s >= self.hints.len() {
+            self.hints.resize(s + 1, NONE);
+        }
+        let mut hint = self.hints[s];
+        let width = self.width;
+        self.pane_mut(align_down(t, width))
+            .add(series, &mut hint, v, arrived_ns, offset);
+        self.hints[s] = hint;
     }
 
     /// Index range of the panes with start in `[from, to)`.
@@ -221,6 +240,37 @@ impl WindowOutput {
         self.min.clear();
         self.max.clear();
     }
+    /// Keeps the rows `keep` says yes to (by row number), in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len() {
+            if keep(i) {
+                self.window[kept] = self.window[i];
+                self.series[kept] = self.series[i];
+                self.start[kept] = self.start[i];
+                self.end[kept] = self.end[i];
+                self.count[kept] = self.count[i];
+                self.sum[kept] = self.sum[i];
+                self.min[kept] = self.min[i];
+                self.max[kept] = self.max[i];
+                kept += 1;
+            }
+        }
+        self.window.truncate(kept);
+        self.series.truncate(kept);
+        self.start.truncate(kept);
+        self.end.truncate(kept);
+        self.count.truncate(kept);
+        self.sum.truncate(kept);
+        self.min.truncate(kept);
+        self.max.truncate(kept);
+    }
+
+    /// Drops the rows from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.retain(|i| i < len);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -256,6 +306,8 @@ pub struct WindowEngine {
     next_due: i64,
     /// Scratch for merging panes: output row of each series, or NONE.
     slot: Vec<u32>,
+    /// Scratch for [`Self::close_series`]: (pane start, pane index, row).
+    series_panes: Vec<(i64, u32, u32)>,
 }
 
 impl WindowEngine {
@@ -298,6 +350,7 @@ impl WindowEngine {
             lateness: lateness_ms,
             next_due: i64::MIN,
             slot: Vec::new(),
+            series_panes: Vec::new(),
         };
         e.refresh_due();
         e
@@ -305,6 +358,11 @@ impl WindowEngine {
 
     pub fn defs(&self) -> &[WindowDef] {
         &self.defs
+    }
+
+    /// `pipeline.allowed_lateness`, ms.
+    pub fn lateness(&self) -> i64 {
+        self.lateness
     }
 
     /// Whether the watermark has reached a window's close point.
@@ -325,19 +383,164 @@ impl WindowEngine {
                 .iter()
                 .any(|&w| align_down(t, self.defs[w].slide) >= self.next_start[w]);
             if open {
-                let s = series as usize;
-                if s >= store.hints.len() {
-                    store.hints.resize(s + 1, NONE);
-                }
-                let mut hint = store.hints[s];
-                store
-                    .pane_mut(align_down(t, store.width))
-                    .add(series, &mut hint, v, arrived_ns, offset);
-                store.hints[s] = hint;
+                store.add(series, t, v, arrived_ns, offset);
                 accepted = true;
             }
         }
         accepted
+    }
+
+    /// [`Self::update`] for per-device event time: the event's device has watermark
+    /// `wm`, and a window is open while `wm` has not reached its close point.
+    #[inline]
+    pub fn update_device(
+        &mut self,
+        series: u32,
+        t: i64,
+        v: f64,
+        arrived_ns: u64,
+        offset: i64,
+        wm: i64,
+    ) -> bool {
+        let mut accepted = false;
+        for store in &mut self.stores {
+            let open = store.windows.iter().any(|&w| {
+                let d = &self.defs[w];
+                align_down(t, d.slide) + d.size + self.lateness > wm
+            });
+            if open {
+                store.add(series, t, v, arrived_ns, offset);
+                accepted = true;
+            }
+        }
+        accepted
+    }
+
+    /// The step of the grid every close point lies on: a close point is `end +
+    /// allowed_lateness` with `end` a multiple of this (plus nothing: windows are
+    /// aligned to the epoch). A watermark between two grid points closes nothing
+    /// more than the lower one did.
+    pub fn close_grid(&self) -> i64 {
+        self.defs
+            .iter()
+            .map(|d| gcd(d.size, d.slide))
+            .reduce(gcd)
+            .unwrap_or(i64::MAX / 8)
+    }
+
+    /// The first close point after watermark `wm` (see [`Self::close_grid`]).
+    pub fn next_close_point(&self, wm: i64, grid: i64) -> i64 {
+        let wm = wm.max(i64::MIN / 4);
+        (align_down(wm - self.lateness, grid) + grid).saturating_add(self.lateness)
+    }
+
+    /// The start of definition `w`'s first window still open at watermark `wm`.
+    fn first_open(&self, w: usize, wm: i64) -> i64 {
+        let WindowDef { size, slide, .. } = self.defs[w];
+        let wm = wm.clamp(i64::MIN / 4, END_OF_TIME);
+        align_down(wm - self.lateness - size, slide) + slide
+    }
+
+    /// Per-device event time: the device of `series` has its watermark moved from
+    /// `from` to `to`. Appends a row for each of the series' windows whose close point
+    /// is in `(from, to]` (per definition, in window order), records their events'
+    /// arrival → close latency (µs) when given `(now, histogram)`, and lets go of the
+    /// series' rows in panes no open window of it covers (a pane nobody holds a row of
+    /// is recycled). Whether the series still has data in an open window.
+    pub fn close_series(
+        &mut self,
+        series: u32,
+        from: i64,
+        to: i64,
+        out: &mut WindowOutput,
+        mut latency: Option<(u64, &mut Histogram<u64>)>,
+    ) -> bool {
+        let mut open = false;
+        let mut data = std::mem::take(&mut self.series_panes);
+        for si in 0..self.stores.len() {
+            let windows = &self.stores[si].windows;
+            let keep_from = |wm| {
+                windows
+                    .iter()
+                    .map(|&w| self.first_open(w, wm))
+                    .min()
+                    .unwrap_or(i64::MAX)
+            };
+            let (held_from, held_to) = (keep_from(from), keep_from(to));
+            let store = &self.stores[si];
+            // The series' rows in the panes it may still hold: (start, pane, row).
+            data.clear();
+            let first = store.panes.partition_point(|p| p.start < held_from);
+            for (i, p) in store.panes.iter().enumerate().skip(first) {
+                if let Some(&row) = p.rows.get(&series) {
+                    data.push((p.start, i as u32, row));
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            for &w in &store.windows {
+                let WindowDef { size, slide, .. } = self.defs[w];
+                let (mut s, until) = (self.first_open(w, from), self.first_open(w, to));
+                let mut k = 0;
+                loop {
+                    while data.get(k).is_some_and(|d| d.0 < s) {
+                        k += 1;
+                    }
+                    let Some(&(pane_start, _, _)) = data.get(k) else {
+                        break;
+                    };
+                    // The first window from `s` on that holds this pane.
+                    s = s.max(align_down(pane_start - size, slide) + slide);
+                    if s >= until {
+                        break;
+                    }
+                    let mut agg: Option<Agg> = None;
+                    let mut oldest = u64::MAX;
+                    for &(start, pane, row) in data[k..].iter().take_while(|d| d.0 < s + size) {
+                        let p = &store.panes[pane as usize];
+                        let a = p.aggs[row as usize];
+                        oldest = oldest.min(p.arrivals.first().map_or(u64::MAX, |x| x.0));
+                        debug_assert!(start >= s);
+                        agg = Some(match agg {
+                            None => a,
+                            Some(m) => Agg {
+                                count: m.count + a.count,
+                                sum: m.sum + a.sum,
+                                min: m.min.min(a.min),
+                                max: m.max.max(a.max),
+                            },
+                        });
+                    }
+                    let a = agg.expect("the window holds the pane at k");
+                    out.push(w as u16, series, s, s + size, a.count, a.sum, a.min, a.max);
+                    if let Some((now_ns, h)) = latency.as_mut()
+                        && oldest != u64::MAX
+                    {
+                        let us = now_ns.saturating_sub(oldest) / 1000;
+                        let _ = h.record_n(us.max(1), a.count);
+                    }
+                    s += slide;
+                }
+            }
+            // Rows in panes before the first still held are let go.
+            let store = &mut self.stores[si];
+            for &(start, pane, _) in data.iter().rev() {
+                if start >= held_to {
+                    open = true;
+                    continue;
+                }
+                let p = &mut store.panes[pane as usize];
+                p.live -= 1;
+                if p.live == 0
+                    && let Some(p) = store.panes.remove(pane as usize)
+                {
+                    store.pool.push(p);
+                }
+            }
+        }
+        self.series_panes = data;
+        open
     }
 
     /// Asks for the cache line of `series`'s aggregates in each store's newest pane,

@@ -83,6 +83,9 @@ pub struct Model {
     pub windows: Vec<WindowSpec>,
     pub rules: Vec<RuleSpec>,
     pub types: Option<Vec<String>>,
+    /// Each device keeps its own watermark (`pipeline.event_time = "device"`, the
+    /// default); else one per partition.
+    pub per_device: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,6 +138,7 @@ impl Model {
         let mut e = Expected::default();
         let mut wm: Vec<i64> = vec![i64::MIN; self.partitions];
         let mut max_ts: Vec<i64> = vec![i64::MIN; self.partitions];
+        let mut device_wm: HashMap<String, i64> = HashMap::new();
         let mut ids: HashSet<String> = HashSet::new();
         let mut seqs: HashSet<(String, u64)> = HashSet::new();
         let mut seq_seen: HashMap<String, (u64, BTreeMap<u64, ()>)> = HashMap::new();
@@ -170,6 +174,15 @@ impl Model {
                 e.filtered += 1;
                 continue;
             }
+            // The watermark this event is judged by: its device's (moved by it, before
+            // dedupe, as the partition's is) or its partition's.
+            let wm_now = if self.per_device {
+                let w = device_wm.entry(dev.clone()).or_insert(i64::MIN);
+                *w = (*w).max(ts - self.ooo);
+                *w
+            } else {
+                wm[p]
+            };
             let dup_id = !ids.insert(id);
             if dup_id || !seqs.insert((dev.clone(), seq)) {
                 e.duplicate += 1;
@@ -183,7 +196,7 @@ impl Model {
             for (w, spec) in self.windows.iter().enumerate() {
                 let mut s = align_down(ts, spec.slide);
                 while s > ts - spec.size {
-                    if s + spec.size + self.lateness > wm[p] {
+                    if s + spec.size + self.lateness > wm_now {
                         any = true;
                         let a = wins
                             .entry((w, dev.clone(), kind.clone(), s))

@@ -80,6 +80,7 @@ fn model(partitions: usize) -> Model {
             below: 950.0,
         }],
         types: None,
+        per_device: true,
     }
 }
 
@@ -158,8 +159,8 @@ fn simulated_input_matches_the_reference_model() {
 /// One event a third of the way in from a device whose clock says 2031: with the
 /// clock-skew guard (the default) it is dead-lettered with reason `skew` and every other
 /// output is the model's for the input without it; without the guard (a skew limit of
-/// years) it drags its partition's watermark five years ahead and thousands of other
-/// devices' events are late.
+/// years) it drags its own device's watermark five years ahead, and with one watermark
+/// per partition its partition's: thousands of other devices' events are late.
 #[test]
 fn one_device_with_a_wrong_clock_costs_no_other_device_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,21 +219,201 @@ fn one_device_with_a_wrong_clock_costs_no_other_device_its_data() {
         (third + 1).to_string()
     );
 
-    // Without the guard: the partition's watermark jumps to 2031.
+    // Without the guard, per device: only that device's later events are late.
+    let device_events = lines[third..]
+        .iter()
+        .filter(|l| l.contains(&format!("\"{device}\"")))
+        .count() as u64;
     let unguarded = tempfile::tempdir().unwrap();
     let (_, source) = file_source(unguarded.path(), input.as_bytes());
-    let cfg = Config::parse(&config_text(
+    let text = config_text(unguarded.path(), &source, 2, "max_clock_skew = \"100000d\"");
+    let report = pipeline::run(
+        &Config::parse(&text).unwrap(),
+        Arc::new(AtomicBool::new(false)),
+        Status::Off,
+    )
+    .unwrap();
+    assert!(
+        report.counts.late <= exp.late + device_events,
+        "{}",
+        report.counts
+    );
+
+    // Without the guard, per partition: the partition's watermark jumps to 2031.
+    let unguarded = tempfile::tempdir().unwrap();
+    let (_, source) = file_source(unguarded.path(), input.as_bytes());
+    let text = config_text(
         unguarded.path(),
         &source,
         2,
-        "max_clock_skew = \"100000d\"",
-    ))
+        "max_clock_skew = \"100000d\"\nevent_time = \"partition\"",
+    );
+    let report = pipeline::run(
+        &Config::parse(&text).unwrap(),
+        Arc::new(AtomicBool::new(false)),
+        Status::Off,
+    )
     .unwrap();
-    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
     assert!(
         report.counts.late > exp.late + 3_000,
         "without the guard other devices' events are late: {}",
         report.counts
+    );
+}
+
+/// Runs `input` from a file with `extra` in `[pipeline]`; checks the counts, windows,
+/// alerts and late dead letters against `m`, and returns the expectation.
+fn run_against(input: &[u8], partitions: usize, extra: &str, m: &Model, what: &str) -> Expected {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, source) = file_source(dir.path(), input);
+    let cfg = Config::parse(&config_text(dir.path(), &source, partitions, extra)).unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let exp = m.expect(input);
+    assert!(report.completed, "{what}");
+    assert_accounting(&report, &exp, what);
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_windows(&out, &exp.windows);
+    assert_alerts(&out, &exp.alerts);
+    assert_eq!(report.counts.windows as usize, exp.windows.len(), "{what}");
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    let late = dead.iter().filter(|d| d["reason"] == "late").count() as u64;
+    assert_eq!(late, exp.late, "{what}");
+    exp
+}
+
+#[test]
+fn partition_event_time_keeps_one_watermark_per_partition() {
+    let input = messy_input(30_000, 7);
+    let mut m = model(3);
+    m.per_device = false;
+    let exp = run_against(
+        &input,
+        3,
+        "event_time = \"partition\"",
+        &m,
+        "partition mode",
+    );
+    // The same input per device: events late only for their own device.
+    let per_device = model(3).expect(&input);
+    assert!(
+        exp.late > per_device.late,
+        "{} vs {}",
+        exp.late,
+        per_device.late
+    );
+}
+
+/// Clean simulated input (nothing late under either clock), as lines with their
+/// device and event time.
+fn clean_lines(seed: u64) -> Vec<(String, String, i64)> {
+    let input = generate(
+        SimConfig {
+            devices: 60,
+            seed,
+            interval_ms: 15_000,
+            max_disorder_ms: 3_000,
+            duplicate_fraction: 0.02,
+            hot_devices: 6,
+            ..SimConfig::default()
+        },
+        9_000,
+    );
+    std::str::from_utf8(&input)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let ts = eventide::event::parse_rfc3339_ms(v["createdAt"].as_str().unwrap()).unwrap();
+            (l.to_owned(), v["deviceId"].as_str().unwrap().to_owned(), ts)
+        })
+        .collect()
+}
+
+fn joined(lines: impl IntoIterator<Item = String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A device whose clock runs ten minutes behind everyone's: per device, every one of
+/// its events is aggregated in the windows its own timestamps name; per partition,
+/// they are all late.
+#[test]
+fn a_device_clock_ten_minutes_behind_loses_nothing() {
+    let lines = clean_lines(11);
+    let slow = lines[0].1.clone();
+    let behind = |l: &(String, String, i64)| {
+        if l.1 != slow {
+            return l.0.clone();
+        }
+        let mut v: Value = serde_json::from_str(&l.0).unwrap();
+        v["createdAt"] = Value::from(eventide::event::rfc3339_ms(l.2 - 600_000));
+        v.to_string()
+    };
+    let input = joined(lines.iter().map(behind));
+    let slow_events = lines.iter().filter(|l| l.1 == slow).count() as u64;
+    let exp = run_against(&input, 2, "", &model(2), "a slow clock, per device");
+    assert_eq!(exp.late, 0);
+    let slow_windows = exp
+        .windows
+        .keys()
+        .filter(|k| k.contains(&format!("|{slow}|")))
+        .count();
+    assert!(slow_windows > 10, "{slow_windows}");
+
+    let mut m = model(2);
+    m.per_device = false;
+    let exp = run_against(
+        &input,
+        2,
+        "event_time = \"partition\"",
+        &m,
+        "a slow clock, per partition",
+    );
+    assert!(
+        exp.late >= slow_events * 9 / 10,
+        "{} of {slow_events}",
+        exp.late
+    );
+}
+
+/// A device offline for 30 minutes sends its backlog, in order, once the others are
+/// current: per device it is aggregated in full, its alerts in its own time.
+#[test]
+fn an_offline_backlog_is_aggregated_in_full() {
+    let lines = clean_lines(12);
+    let t0 = lines.iter().map(|l| l.2).min().unwrap();
+    // It comes back when the others are at 30 minutes.
+    let back_at = t0 + 30 * 60_000;
+    let (offline, rest): (Vec<_>, Vec<_>) = lines
+        .iter()
+        .partition(|l| l.1 == lines[3].1 && l.2 <= back_at);
+    let back = rest.iter().position(|l| l.2 > back_at).unwrap();
+    let mut input: Vec<String> = rest[..back].iter().map(|l| l.0.clone()).collect();
+    input.extend(offline.iter().map(|l| l.0.clone()));
+    input.extend(rest[back..].iter().map(|l| l.0.clone()));
+    assert!(offline.len() > 50, "{}", offline.len());
+    let input = joined(input);
+    let exp = run_against(&input, 2, "", &model(2), "a backlog, per device");
+    assert_eq!(exp.late, 0);
+    // One watermark per partition: the backlog is late.
+    let mut m = model(2);
+    m.per_device = false;
+    let exp = run_against(
+        &input,
+        2,
+        "event_time = \"partition\"",
+        &m,
+        "a backlog, per partition",
+    );
+    assert!(
+        exp.late as usize > offline.len() / 2,
+        "{} of {}",
+        exp.late,
+        offline.len()
     );
 }
 

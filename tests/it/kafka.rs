@@ -63,8 +63,13 @@ dedupe = "both"
 "#;
 
 fn write_config(dir: &Path, name: &str, source: &str, sinks: &str) -> PathBuf {
+    write_config_with(dir, name, source, sinks, "")
+}
+
+/// [`write_config`] with `pipeline` added to `[pipeline]`.
+fn write_config_with(dir: &Path, name: &str, source: &str, sinks: &str, pipeline: &str) -> PathBuf {
     let text = format!(
-        "[source]\n{source}\n{PIPELINE}\n{}\n{sinks}\n",
+        "[source]\n{source}\n{PIPELINE}{pipeline}\n{}\n{sinks}\n",
         common::WINDOWS_AND_RULE
     );
     let path = dir.join(format!("{name}.toml"));
@@ -213,10 +218,25 @@ fn assert_same(got: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>
 /// The windows and alerts a file run of `input` writes (the reference), and its
 /// dead letters.
 fn reference(dir: &Path, input: &[u8]) -> (BTreeMap<String, Value>, Vec<Value>) {
+    reference_with(dir, input, "")
+}
+
+/// [`reference`] with `pipeline` added to `[pipeline]`.
+fn reference_with(
+    dir: &Path,
+    input: &[u8],
+    pipeline: &str,
+) -> (BTreeMap<String, Value>, Vec<Value>) {
     let path = dir.join("reference.ndjson");
     std::fs::write(&path, input).unwrap();
     let source = format!("kind = \"file\"\npath = \"{}\"", path.display());
-    let cfg = write_config(dir, "reference", &source, &jsonl_sinks(dir, "reference"));
+    let cfg = write_config_with(
+        dir,
+        "reference",
+        &source,
+        &jsonl_sinks(dir, "reference"),
+        pipeline,
+    );
     run(&cfg, "the file run");
     let out = records(&dir.join("reference.out.jsonl"));
     let n = out.len();
@@ -451,7 +471,14 @@ fn a_consumer_group_over_four_partitions_gives_the_file_results() {
 #[test]
 fn rebalances_and_a_crash_lose_nothing_and_duplicate_nothing() {
     let _serial = serial();
-    rebalances_and_a_crash(&mock(4), "");
+    rebalances_and_a_crash(&mock(4), "", "");
+}
+
+/// The same with one watermark per partition (`pipeline.event_time = "partition"`).
+#[test]
+fn rebalances_and_a_crash_with_partition_event_time() {
+    let _serial = serial();
+    rebalances_and_a_crash(&mock(4), "", "event_time = \"partition\"\n");
 }
 
 /// The same with checkpoints kept in a topic (`source.checkpoint_topic`), as on
@@ -462,7 +489,11 @@ fn rebalances_and_a_crash_with_checkpoints_in_a_topic() {
     let cluster = mock(4);
     // The mock cluster cannot create topics on request: eventide would.
     Broker::create_topic(&cluster, CHECKPOINTS, 1);
-    rebalances_and_a_crash(&cluster, &format!("checkpoint_topic = \"{CHECKPOINTS}\""));
+    rebalances_and_a_crash(
+        &cluster,
+        &format!("checkpoint_topic = \"{CHECKPOINTS}\""),
+        "",
+    );
 }
 
 /// The same against a tansu broker process.
@@ -471,16 +502,18 @@ fn rebalances_and_a_crash_on_tansu() {
     let _serial = serial();
     let tansu = Tansu::start();
     tansu.create_topic(TOPIC, 4);
-    rebalances_and_a_crash(&tansu, &format!("checkpoint_topic = \"{CHECKPOINTS}\""));
+    rebalances_and_a_crash(&tansu, &format!("checkpoint_topic = \"{CHECKPOINTS}\""), "");
 }
 
 const CHECKPOINTS: &str = "eventide-checkpoints";
 
-fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str) {
+/// Two members share the group, one leaves, the other is killed, a third resumes:
+/// the results are the file run's. `pipeline` is added to `[pipeline]`.
+fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &str) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let input = generate(sim(12), 60_000);
-    let (expected, expected_dead) = reference(dir, &input);
+    let (expected, expected_dead) = reference_with(dir, &input, pipeline);
 
     let brokers = broker.brokers();
     let producer = {
@@ -489,17 +522,19 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str) {
         let props = broker.producer_properties();
         std::thread::spawn(move || produce_with(&brokers, &props, &input, Some(8_000.0)))
     };
-    let a_cfg = write_config(
+    let a_cfg = write_config_with(
         dir,
         "a",
         &format!("{}\n{source_extra}", kafka_source(&brokers, "g2", false)),
         &jsonl_sinks(dir, "a"),
+        pipeline,
     );
-    let b_cfg = write_config(
+    let b_cfg = write_config_with(
         dir,
         "b",
         &format!("{}\n{source_extra}", kafka_source(&brokers, "g2", false)),
         &jsonl_sinks(dir, "b"),
+        pipeline,
     );
     let a = spawn(&a_cfg);
     std::thread::sleep(Duration::from_secs(2));
@@ -530,11 +565,12 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str) {
     // ever (seen once under load). So it joins once the crashed member is gone.
     std::thread::sleep(Duration::from_secs(8));
 
-    let c_cfg = write_config(
+    let c_cfg = write_config_with(
         dir,
         "c",
         &format!("{}\n{source_extra}", kafka_source(&brokers, "g2", true)),
         &jsonl_sinks(dir, "c"),
+        pipeline,
     );
     let c_log = run(&c_cfg, "the resuming run");
     assert!(
