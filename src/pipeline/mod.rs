@@ -31,7 +31,7 @@ pub use crate::live::Counts;
 use crate::live::{Hub, Phase, StatsRegistry};
 use crate::sinks::{self, DeadLetterSink, Sink, SinkError, SinkReport};
 use crate::windows::END_OF_TIME;
-pub use partition::EmitLatency;
+pub use partition::{EmitLatency, Memory};
 use runtime::Runtime;
 
 /// What the partitions need from the config, resolved once.
@@ -127,6 +127,8 @@ pub struct Report {
     pub completed: bool,
     pub sinks: SinkReport,
     pub devices: usize,
+    /// Where the partitions' bytes went, at their largest (see [`Memory`]).
+    pub memory: Memory,
 }
 
 /// Periodic status while running.
@@ -243,7 +245,9 @@ pub fn run_with(
     let mut latency = Histogram::new(3).expect("valid");
     let mut emit = EmitLatency::default();
     let mut devices = 0;
+    let mut memory = Memory::default();
     for r in &reports {
+        memory.add(&r.memory);
         counts.add(&r.counts);
         let _ = latency.add(&r.latency);
         emit.add(&r.emit);
@@ -258,6 +262,7 @@ pub fn run_with(
         completed,
         sinks: sink_report,
         devices,
+        memory,
     };
     tracing::info!(counts = %report.counts, completed, "Pipeline stopped.");
     if !report.counts.balanced() {

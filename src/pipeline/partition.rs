@@ -113,18 +113,30 @@ impl Default for DeviceClock {
     }
 }
 
+/// Closed-window rows per step of [`Partition::finish`].
+const FINISH_ROWS: usize = 16_384;
+
 /// No series: the end of a device's list of series.
 const NO_SERIES: u32 = u32::MAX;
 /// [`DeviceClock::stamp`] of a device whose watermark follows the wall clock.
 const IDLE: u32 = u32::MAX;
 
 /// Dense numbers for devices, types and (device, type) series.
+///
+/// Device names are kept once, end to end in one string (a fleet has millions: a
+/// boxed name per device, twice over, took five times the bytes of the names), and
+/// found through a table of device numbers hashed by name.
 #[derive(Default)]
 pub struct Interner {
-    devices: HashMap<Box<str>, u32>,
-    device_names: Vec<Box<str>>,
+    /// Every device name, end to end; device d's ends at `device_ends[d]`.
+    device_text: String,
+    device_ends: Vec<usize>,
+    devices: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
     types: HashMap<Box<str>, u32>,
     type_names: Vec<Box<str>>,
+    /// Series of the types a device does not keep at hand (see
+    /// [`DeviceState::series`]); the others are found there.
     series: PreHashedMap<u64, u32>,
     /// Per series: (device, type).
     series_keys: Vec<(u32, u32)>,
@@ -133,12 +145,22 @@ pub struct Interner {
 impl Interner {
     #[inline]
     pub fn intern_device(&mut self, name: &str) -> u32 {
-        if let Some(&d) = self.devices.get(name) {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, name);
+        let (text, ends) = (&self.device_text, &self.device_ends);
+        let name_of = |d: u32| {
+            let d = d as usize;
+            &text[if d == 0 { 0 } else { ends[d - 1] }..ends[d]]
+        };
+        if let Some(&d) = self.devices.find(hash, |&d| name_of(d) == name) {
             return d;
         }
-        let d = self.device_names.len() as u32;
-        self.devices.insert(name.into(), d);
-        self.device_names.push(name.into());
+        let d = self.device_ends.len() as u32;
+        let hasher = &self.hasher;
+        self.devices.insert_unique(hash, d, |&d| {
+            std::hash::BuildHasher::hash_one(hasher, name_of(d))
+        });
+        self.device_text.push_str(name);
+        self.device_ends.push(self.device_text.len());
         d
     }
 
@@ -155,7 +177,17 @@ impl Interner {
         }
     }
 
-    /// The series of `device` and type number `t` (from [`Self::intern_type`]).
+    /// A new series of `device` and type number `t` (from [`Self::intern_type`]),
+    /// for a type the device keeps at hand: found there from now on.
+    #[inline]
+    pub fn new_series(&mut self, device: u32, t: u32) -> u32 {
+        let s = self.series_keys.len() as u32;
+        self.series_keys.push((device, t));
+        s
+    }
+
+    /// The series of `device` and type number `t`, for a type the device does not
+    /// keep at hand.
     #[inline]
     pub fn intern_series(&mut self, device: u32, t: u32) -> u32 {
         let key = (device as u64) << 32 | t as u64;
@@ -171,8 +203,19 @@ impl Interner {
         self.series_keys.len()
     }
 
+    /// Bytes held: the names, the tables that find them, and the series tables.
+    pub fn heap_bytes(&self) -> usize {
+        let types: usize = self.type_names.iter().map(|n| n.len() + 32).sum();
+        self.device_text.capacity()
+            + self.device_ends.capacity() * std::mem::size_of::<usize>()
+            + self.devices.capacity() * (std::mem::size_of::<u32>() + 1)
+            + 2 * types
+            + self.series.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self.series_keys.capacity() * 8
+    }
+
     pub fn device_count(&self) -> usize {
-        self.device_names.len()
+        self.device_ends.len()
     }
 
     /// The device of a series.
@@ -181,16 +224,48 @@ impl Interner {
     }
 
     pub fn device_name(&self, device: u32) -> &str {
-        &self.device_names[device as usize]
+        let d = device as usize;
+        let from = if d == 0 { 0 } else { self.device_ends[d - 1] };
+        &self.device_text[from..self.device_ends[d]]
     }
 }
 
 impl SeriesNames for Interner {
     fn device(&self, series: u32) -> &str {
-        &self.device_names[self.series_keys[series as usize].0 as usize]
+        self.device_name(self.series_keys[series as usize].0)
     }
     fn kind(&self, series: u32) -> &str {
         &self.type_names[self.series_keys[series as usize].1 as usize]
+    }
+}
+
+/// Where a partition's bytes go (from the capacities of its tables), for the
+/// benchmarks' bytes-per-device figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Device, type and series names and numbers.
+    pub names: usize,
+    /// Per-device state: latest reading, counters and the device's clock.
+    pub devices: usize,
+    /// Sequence high-water marks and bitmaps.
+    pub sequences: usize,
+    /// Event ids remembered for dedupe.
+    pub event_ids: usize,
+    /// Window panes and per-series window scratch.
+    pub windows: usize,
+}
+
+impl Memory {
+    pub fn total(&self) -> usize {
+        self.names + self.devices + self.sequences + self.event_ids + self.windows
+    }
+
+    pub fn add(&mut self, o: &Memory) {
+        self.names += o.names;
+        self.devices += o.devices;
+        self.sequences += o.sequences;
+        self.event_ids += o.event_ids;
+        self.windows += o.windows;
     }
 }
 
@@ -205,6 +280,9 @@ pub struct PartitionReport {
     /// was read) → windows / alerts handed to the sinks, µs.
     pub emit: EmitLatency,
     pub devices: usize,
+    /// Its state's bytes at their largest: when the input ended (before the last
+    /// windows closed), or now if it did not end.
+    pub memory: Memory,
 }
 
 /// How long after the event that closed them windows and alerts leave the actor:
@@ -321,6 +399,10 @@ pub struct Partition {
     active: std::collections::VecDeque<(u32, u32)>,
     idle: Vec<u32>,
     idle_pass: Instant,
+    /// The next device [`Self::finish`] closes.
+    finish_at: usize,
+    /// [`Self::memory`] when the input ended.
+    memory_at_end: Option<Memory>,
 }
 
 impl Partition {
@@ -392,6 +474,8 @@ impl Partition {
             active: std::collections::VecDeque::new(),
             idle: Vec::new(),
             idle_pass: epoch,
+            finish_at: 0,
+            memory_at_end: None,
         }
     }
 
@@ -508,20 +592,34 @@ impl Partition {
         }
     }
 
-    /// End of a finite input: closes every window and hands everything on.
-    pub fn finish(&mut self, now: Instant) {
+    /// End of a finite input: closes every window and hands everything on. Per
+    /// device, a step closes devices until about [`FINISH_ROWS`] rows are out, so
+    /// that the sinks can take them before the next step (a million devices' last
+    /// windows are not built all at once): call it until it says it is done.
+    pub fn finish(&mut self, now: Instant) -> bool {
         self.now = now;
+        if self.memory_at_end.is_none() {
+            self.memory_at_end = Some(self.memory());
+        }
+        let mut done = true;
         if self.settings.per_device {
-            for d in 0..self.clocks.len() {
+            while self.finish_at < self.clocks.len() {
+                let d = self.finish_at;
+                self.finish_at += 1;
                 if self.clocks[d].open {
                     self.clocks[d].wm = END_OF_TIME;
                     self.close_device(d as u32, false);
+                }
+                if self.rows.len() >= FINISH_ROWS {
+                    done = self.finish_at == self.clocks.len();
+                    break;
                 }
             }
         } else {
             self.close(END_OF_TIME);
         }
         self.flush();
+        done
     }
 
     /// What a checkpoint must record: the smallest source position still held by an
@@ -596,6 +694,22 @@ impl Partition {
             latency: self.latency.clone(),
             emit: self.emit.clone(),
             devices: self.names.device_count(),
+            memory: self.memory_at_end.unwrap_or_else(|| self.memory()),
+        }
+    }
+
+    /// Where this partition's bytes go now.
+    pub fn memory(&self) -> Memory {
+        Memory {
+            names: self.names.heap_bytes(),
+            devices: self.device_state.capacity() * std::mem::size_of::<DeviceState>()
+                + self.clocks.capacity() * std::mem::size_of::<DeviceClock>()
+                + self.series_next.capacity() * 4
+                + self.active.capacity() * 8
+                + self.idle.capacity() * 4,
+            sequences: self.seqs.heap_bytes(),
+            event_ids: self.event_ids.heap_bytes(),
+            windows: self.windows.heap_bytes(),
         }
     }
 
@@ -950,10 +1064,13 @@ impl Partition {
             Some(s) => s,
             None => {
                 let known = self.names.series_count();
-                let s = self.names.intern_series(device, t);
-                if let Some(at_hand) = d.series.get_mut(t as usize) {
-                    *at_hand = s;
-                }
+                let s = match d.series.get_mut(t as usize) {
+                    Some(at_hand) => {
+                        *at_hand = self.names.new_series(device, t);
+                        *at_hand
+                    }
+                    None => self.names.intern_series(device, t),
+                };
                 if let Some(c) = self.clocks.get_mut(device as usize)
                     && s as usize == known
                 {
@@ -1514,7 +1631,7 @@ clear = "avg < 20"
         // The 00:00 window closed with the block (watermark 03:05); finish closes the
         // rest.
         assert_eq!(windows(&out), vec![(0, 1, 40.0)]);
-        p.finish(t0);
+        while !p.finish(t0) {}
         out.clear();
         p.take_outputs(&mut out);
         assert_eq!(windows(&out), vec![(3, 1, 5.0)]);
@@ -1575,7 +1692,7 @@ clear = "avg < 20"
         // the rest.
         let before = device_windows(&out);
         assert_eq!(before.len(), 5, "{before:?}");
-        p.finish(t0);
+        while !p.finish(t0) {}
         p.take_outputs(&mut out);
         let all = device_windows(&out);
         let expect: Vec<(String, i64, u64, f64)> = (0..4)
@@ -1607,7 +1724,7 @@ clear = "avg < 20"
         out.extend(feed(&mut p, &backlog, t0));
         let c = p.counts();
         assert_eq!((c.aggregated, c.late, c.dead_lettered), (70, 0, 0));
-        p.finish(t0);
+        while !p.finish(t0) {}
         p.take_outputs(&mut out);
         let d1: Vec<_> = device_windows(&out)
             .into_iter()
@@ -1654,7 +1771,7 @@ clear = "avg < 20"
         let mut out = feed(&mut p, &lines, t0);
         let held = p.held();
         assert_eq!(device_windows(&out), vec![("d1".to_owned(), 0, 1, 40.0)]);
-        p.finish(t0);
+        while !p.finish(t0) {}
         out.clear();
         p.take_outputs(&mut out);
         let rest = device_windows(&out);
@@ -1672,7 +1789,7 @@ clear = "avg < 20"
         let (mut b, items) = block(&lines);
         b.offsets = vec![0, 1, 2];
         q.on_block(&b, &items, t0);
-        q.finish(t0);
+        while !q.finish(t0) {}
         let mut again = Vec::new();
         q.take_outputs(&mut again);
         assert_eq!(device_windows(&again), rest);

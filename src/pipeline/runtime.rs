@@ -229,7 +229,9 @@ impl ActorLoop {
                 Next::Idle => {}
                 Next::End if !ended => {
                     ended = true;
-                    self.p.finish(Instant::now());
+                    while !self.p.finish(Instant::now()) {
+                        self.send_outputs();
+                    }
                     self.checkpoint(None);
                     self.feed.ended();
                     dirty = false;

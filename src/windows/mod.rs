@@ -665,6 +665,24 @@ impl WindowEngine {
             .unwrap_or(i64::MAX)
     }
 
+    /// Bytes held by panes (open and recycled) and per-series scratch.
+    pub fn heap_bytes(&self) -> usize {
+        let pane = |p: &Pane| {
+            p.rows.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)
+                + p.series.capacity() * 4
+                + p.aggs.capacity() * std::mem::size_of::<Agg>()
+                + p.arrivals.capacity() * 16
+        };
+        let stores: usize = self
+            .stores
+            .iter()
+            .map(|s| {
+                s.panes.iter().chain(&s.pool).map(pane).sum::<usize>() + s.hints.capacity() * 4
+            })
+            .sum();
+        stores + self.slot.capacity() * 4 + self.series_panes.capacity() * 16
+    }
+
     /// Panes currently held (for memory checks and metrics).
     pub fn open_panes(&self) -> usize {
         self.stores.iter().map(|s| s.panes.len()).sum()
