@@ -12,7 +12,8 @@
 //! EVENTIDE_BENCH_PARTITIONS to change the partition count, default 2;
 //! EVENTIDE_BENCH_LAYOUT=sas|compact|pretty|shuffled to run one layout only;
 //! EVENTIDE_BENCH_INPUT=FILE to keep the input: FILE with one layout, FILE-LAYOUT for each;
-//! EVENTIDE_BENCH_EVENT_TIME=device|partition for `pipeline.event_time`, default device)
+//! EVENTIDE_BENCH_EVENT_TIME=device|partition for `pipeline.event_time`, default device;
+//! EVENTIDE_BENCH_ABSENCE=1 adds an absence rule, `after = "45s"`)
 
 use std::path::Path;
 use std::process::Command;
@@ -64,6 +65,12 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
             .pipeline
             .event_time;
     }
+    if std::env::var_os("EVENTIDE_BENCH_ABSENCE").is_some() {
+        // One absence rule beside the threshold rule.
+        let absence = Config::parse("[source]\nkind = \"stdin\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\"\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"45s\"")
+            .expect("an absence rule");
+        cfg.rules.extend(absence.rules);
+    }
     if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
         j.path = dir.join("out.jsonl");
     }
@@ -99,6 +106,14 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     println!(
         "  event time:   {:?}",
         cfg.pipeline.event_time.unwrap_or_default()
+    );
+    println!(
+        "  rules:        {}",
+        cfg.rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("  outcome:      {}", report.counts);
     println!(

@@ -373,14 +373,34 @@ impl WindowConfig {
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
-    /// The `[[windows]]` name whose closed windows the rule tests.
+    /// `threshold` (the default) or `absence`.
+    #[serde(default)]
+    pub kind: RuleKind,
+    /// Threshold: the `[[windows]]` name whose closed windows the rule tests.
+    #[serde(default)]
     pub window: String,
-    /// Which windows the rule looks at, e.g. `type = 'CO2'`.
+    /// Which windows (threshold) or series (absence) the rule looks at, e.g.
+    /// `type = 'CO2'`.
     pub filter: Option<String>,
-    /// Raise when this holds, e.g. `avg > 1000`.
+    /// Threshold: raise when this holds, e.g. `avg > 1000`.
+    #[serde(default)]
     pub when: String,
-    /// Clear when this holds, e.g. `avg < 950` (default: when `when` no longer holds).
+    /// Threshold: clear when this holds, e.g. `avg < 950` (default: when `when` no
+    /// longer holds).
     pub clear: Option<String>,
+    /// Absence: how long a device (per type) may stay silent, in event time.
+    pub after: Option<Dur>,
+}
+
+/// `[[rules]] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// A condition over a window's aggregates, with hysteresis.
+    #[default]
+    Threshold,
+    /// A device (per type) that sends nothing for `after`.
+    Absence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -646,6 +666,34 @@ impl Config {
                     format!("duplicate rule name {:?}", r.name),
                 ));
             }
+            if r.kind == RuleKind::Absence {
+                validate_absence(r, &key)?;
+                continue;
+            }
+            if r.after.is_some() {
+                return Err(ConfigError::invalid(
+                    key("after"),
+                    format!(
+                        "rule {:?}: only an absence rule (kind = \"absence\") takes after",
+                        r.name
+                    ),
+                ));
+            }
+            if r.window.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("window"),
+                    format!("rule {:?}: a threshold rule names its window", r.name),
+                ));
+            }
+            if r.when.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("when"),
+                    format!(
+                        "rule {:?}: a threshold rule has a condition, e.g. when = \"avg > 1000\"",
+                        r.name
+                    ),
+                ));
+            }
             if !names.contains(r.window.as_str()) {
                 return Err(ConfigError::invalid(
                     key("window"),
@@ -783,6 +831,58 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(
                 format!("server.{k}"),
                 "must be more than 0",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An absence rule: `after` (more than zero), a filter over `type` and `deviceId`
+/// only, and none of a threshold rule's keys.
+fn validate_absence(r: &RuleConfig, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    match r.after {
+        None => {
+            return Err(ConfigError::invalid(
+                key("after"),
+                format!(
+                    "rule {:?}: an absence rule says how long a device may stay silent, e.g. after = \"45s\"",
+                    r.name
+                ),
+            ));
+        }
+        Some(d) if d.0.is_zero() => {
+            return Err(ConfigError::invalid(
+                key("after"),
+                "must be greater than 0s",
+            ));
+        }
+        Some(_) => {}
+    }
+    for (k, set) in [
+        ("window", !r.window.is_empty()),
+        ("when", !r.when.is_empty()),
+        ("clear", r.clear.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::invalid(
+                key(k),
+                format!(
+                    "rule {:?}: an absence rule has no {k} (it raises when a device goes silent and clears when it reports again)",
+                    r.name
+                ),
+            ));
+        }
+    }
+    if let Some(text) = &r.filter {
+        let parsed = expr::parse(text)
+            .map_err(|e| ConfigError::invalid(key("filter"), format!("rule {:?}: {e}", r.name)))?;
+        if parsed.first_aggregate().is_some() {
+            return Err(ConfigError::invalid(
+                key("filter"),
+                format!(
+                    "rule {:?}: an absence rule's filter tests type and deviceId only",
+                    r.name
+                ),
             ));
         }
     }
@@ -930,6 +1030,41 @@ mod tests {
         .unwrap();
         assert!(matches!(&c.sinks[0], SinkConfig::Jsonl(j) if j.append == Some(true)));
         assert_eq!(c.dead_letter.kind(), DeadLetterKind::Jsonl);
+    }
+
+    #[test]
+    fn absence_rules_are_checked() {
+        let absence = |body: &str| {
+            format!("{GOOD}\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\n{body}\n")
+        };
+        let c = Config::parse(&absence("after = \"45s\"\nfilter = \"type = 'CO2'\"")).unwrap();
+        assert_eq!(c.rules[1].kind, RuleKind::Absence);
+        assert_eq!(c.rules[1].after.map(|d| d.ms()), Some(45_000));
+        assert_eq!(key_of(&absence("")), "rules[1].after");
+        assert_eq!(key_of(&absence("after = \"0s\"")), "rules[1].after");
+        assert_eq!(
+            key_of(&absence("after = \"45s\"\nwhen = \"avg > 1\"")),
+            "rules[1].when"
+        );
+        assert_eq!(
+            key_of(&absence("after = \"45s\"\nwindow = \"sliding_5m\"")),
+            "rules[1].window"
+        );
+        assert_eq!(
+            key_of(&absence("after = \"45s\"\nfilter = \"avg > 3\"")),
+            "rules[1].filter"
+        );
+        assert_eq!(
+            key_of(&absence("after = \"45s\"").replace("\"absence\"", "\"sometimes\"")),
+            "rules[1].kind"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(
+                "when = \"avg > 1000\"",
+                "when = \"avg > 1000\"\nafter = \"1m\""
+            )),
+            "rules[0].after"
+        );
     }
 
     #[test]

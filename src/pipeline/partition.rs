@@ -583,6 +583,9 @@ impl Partition {
                 if !self.settings.per_device && self.windows.due(self.wm) {
                     self.close(self.wm);
                 }
+                if self.rules.has_absence() {
+                    self.rules.fire(self.wm, &self.names, &mut self.alerts);
+                }
                 self.flush();
             }
         }
@@ -782,6 +785,12 @@ impl Partition {
             }
         }
         self.event_ids.advance(self.wm);
+        let replayed = items
+            .last()
+            .is_some_and(|it| block.offset(it) < self.replay_until);
+        if self.rules.has_absence() && !replayed {
+            self.rules.fire(self.wm, &self.names, &mut self.alerts);
+        }
         if !self.block_times.is_empty() {
             let mid = self.block_times.len() / 2;
             let (_, &mut median, _) = self.block_times.select_nth_unstable(mid);
@@ -1093,6 +1102,17 @@ impl Partition {
                 d.changed = true;
                 self.changed.push(device);
             }
+        }
+        if self.rules.has_absence() {
+            let replaying = offset < self.replay_until;
+            self.rules.seen(
+                series,
+                ev.ts,
+                self.wm,
+                replaying,
+                &self.names,
+                &mut self.alerts,
+            );
         }
         match self.clocks.get_mut(device as usize) {
             Some(c) => {
@@ -1800,5 +1820,134 @@ clear = "avg < 20"
             .map(|a| a.id.clone())
             .collect();
         assert_eq!(alerts, cleared);
+    }
+
+    /// A partition with an absence rule (`after` 45 s) besides the usual ones.
+    fn partition_absence(epoch: Instant) -> Partition {
+        let text = format!(
+            "{CONFIG}\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"45s\"\n"
+        );
+        let cfg = Config::parse(&text).expect("valid config");
+        Partition::new(0, Arc::new(Settings::from_config(&cfg)), epoch)
+    }
+
+    fn absence_alerts(outs: &[Output]) -> Vec<(String, AlertState, f64)> {
+        outs.iter()
+            .flat_map(|o| &o.alerts)
+            .filter(|a| &*a.rule == "silent")
+            .map(|a| (a.id.clone(), a.state, a.value))
+            .collect()
+    }
+
+    #[test]
+    fn a_silent_device_raises_one_absence_alert_and_clears_when_it_reports() {
+        let t0 = Instant::now();
+        let mut p = partition_absence(t0);
+        // d1 reports at 00:10, then falls silent; d2 moves the clock on.
+        let mut out = feed(&mut p, &[event("a", "d1", 1, 0, 10, 1.0)], t0);
+        for s in 0..6u32 {
+            let e = event(&format!("b{s}"), "d2", s as u64, 0, 20 + s * 7, 1.0);
+            out.extend(feed(&mut p, &[e], t0));
+        }
+        assert!(
+            absence_alerts(&out).is_empty(),
+            "the clock is at 00:55 - 5 s"
+        );
+        out.extend(feed(&mut p, &[event("b9", "d2", 9, 1, 1, 1.0)], t0));
+        // 01:01 - 5 s = 00:56 >= 00:10 + 45 s: raised, once, at its deadline.
+        let raised = absence_alerts(&out);
+        assert_eq!(
+            raised,
+            vec![(
+                "silent|d1|2026-01-01T00:00:55.000Z".to_owned(),
+                AlertState::Raised,
+                45.0
+            )]
+        );
+        out.extend(feed(&mut p, &[event("b10", "d2", 10, 1, 30, 1.0)], t0));
+        assert_eq!(absence_alerts(&out).len(), 1, "raised once");
+        // d1 reports again at 01:40: cleared, 90 s after it was last seen.
+        out.extend(feed(&mut p, &[event("a2", "d1", 2, 1, 40, 1.0)], t0));
+        let all = absence_alerts(&out);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all[1],
+            (
+                "silent|d1|2026-01-01T00:01:40.000Z".to_owned(),
+                AlertState::Cleared,
+                90.0
+            )
+        );
+        assert_eq!(p.counts().open_alerts, 0);
+    }
+
+    #[test]
+    fn a_device_back_within_one_block_after_its_deadline_raises_and_clears() {
+        let t0 = Instant::now();
+        let mut p = partition_absence(t0);
+        let out = feed(
+            &mut p,
+            &[
+                event("a", "d1", 1, 0, 10, 1.0),
+                event("b", "d2", 1, 1, 30, 1.0),
+                event("c", "d1", 2, 1, 31, 1.0),
+            ],
+            t0,
+        );
+        let ids: Vec<_> = absence_alerts(&out)
+            .into_iter()
+            .map(|a| (a.0, a.1))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                (
+                    "silent|d1|2026-01-01T00:00:55.000Z".to_owned(),
+                    AlertState::Raised
+                ),
+                (
+                    "silent|d1|2026-01-01T00:01:31.000Z".to_owned(),
+                    AlertState::Cleared
+                ),
+            ]
+        );
+        assert!(
+            absence_alerts(&out).iter().all(|a| !a.0.contains("d2")),
+            "d2 was seen once, 00:01:30, and the clock is at 01:26"
+        );
+    }
+
+    #[test]
+    fn a_quiet_partition_raises_absence_alerts_by_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut p = partition_absence(t0);
+        feed(
+            &mut p,
+            &[
+                event("a", "d1", 1, 0, 10, 1.0),
+                event("b", "d2", 1, 0, 20, 1.0),
+            ],
+            t0,
+        );
+        let mut out = Vec::new();
+        // Idle after 10 s; the watermark (00:15) then follows the clock: d1's deadline
+        // (00:55) is 40 s later, d2's (01:05) 50 s.
+        for s in 1..=55u64 {
+            p.on_idle(t0 + Duration::from_secs(s));
+            p.take_outputs(&mut out);
+        }
+        assert_eq!(absence_alerts(&out).len(), 1, "{:?}", absence_alerts(&out));
+        for s in 56..=70u64 {
+            p.on_idle(t0 + Duration::from_secs(s));
+            p.take_outputs(&mut out);
+        }
+        let ids: Vec<String> = absence_alerts(&out).into_iter().map(|a| a.0).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "silent|d1|2026-01-01T00:00:55.000Z".to_owned(),
+                "silent|d2|2026-01-01T00:01:05.000Z".to_owned()
+            ]
+        );
     }
 }

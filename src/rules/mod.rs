@@ -7,12 +7,23 @@
 //! Owner: one [`RuleEngine`] per partition actor; state is a bit per (rule, series).
 //!
 //! A moving-average rule is a rule on a sliding window's `avg`.
+//!
+//! Absence rules (`kind = "absence"`) raise when a series (a device, per type unless
+//! the filter pins one) has sent nothing for `after` of the partition's event time,
+//! and clear when it reports again. Per event they cost a store of the series'
+//! last-seen time; a heap holds at most one deadline per (rule, series), checked
+//! lazily when it comes due (the series may have reported since), so firing never
+//! scans every series. The alert's times come from event time only (last seen,
+//! last seen + `after`, the time it reported again), so a replay writes the same
+//! alerts.
 
 pub mod expr;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::config::RuleConfig;
+use crate::config::{RuleConfig, RuleKind};
 use crate::event::{Alert, AlertState, rfc3339_ms};
 use crate::windows::{WindowDef, WindowOutput};
 use expr::{Agg, Expr, Key, Row};
@@ -37,6 +48,46 @@ struct Rule {
     raised: Vec<bool>,
 }
 
+/// An absence rule.
+struct Absence {
+    name: Arc<str>,
+    filter: Option<Expr>,
+    after_ms: i64,
+    /// Per series: [`APPLIES`], [`RAISED`], [`QUEUED`], [`DECIDED`] bits.
+    state: Vec<u8>,
+}
+
+/// The rule's filter takes the series (valid once [`DECIDED`]).
+const APPLIES: u8 = 1;
+/// An absence alert of the series is open.
+const RAISED: u8 = 2;
+/// The series has a deadline in the heap.
+const QUEUED: u8 = 4;
+/// The filter was evaluated for the series.
+const DECIDED: u8 = 8;
+/// A checkpoint's raised keys were looked up for the series.
+const RESTORE_CHECKED: u8 = 16;
+
+/// The keys an absence rule's filter reads: a series, no aggregates.
+struct SeriesRow<'a> {
+    device: &'a str,
+    kind: &'a str,
+    rule: &'a str,
+}
+
+impl Row for SeriesRow<'_> {
+    fn agg(&self, _: Agg) -> f64 {
+        f64::NAN // validated: an absence filter tests no aggregate
+    }
+    fn key(&self, key: Key) -> &str {
+        match key {
+            Key::Type => self.kind,
+            Key::DeviceId => self.device,
+            Key::Window => self.rule,
+        }
+    }
+}
+
 /// Resolves a row's series to its device and type names.
 pub trait SeriesNames {
     fn device(&self, series: u32) -> &str;
@@ -46,6 +97,11 @@ pub trait SeriesNames {
 /// All rules of one partition.
 pub struct RuleEngine {
     rules: Vec<Rule>,
+    absences: Vec<Absence>,
+    /// Per series: the latest event time seen (`i64::MIN`: none), for absence rules.
+    last_seen: Vec<i64>,
+    /// Absence deadlines: (last seen + after, rule, series), soonest first.
+    deadlines: BinaryHeap<Reverse<(i64, u32, u32)>>,
     /// Alerts currently raised.
     pub open: u64,
     /// Raised (rule, series) keys restored from a checkpoint, applied when the
@@ -96,11 +152,30 @@ impl Row for WindowRow<'_> {
 impl RuleEngine {
     pub fn new(rules: &[RuleConfig], windows: &[WindowDef]) -> Result<Self, RuleError> {
         let mut out = Vec::new();
+        let mut absences = Vec::new();
         for r in rules {
             let err = |message: String| RuleError {
                 rule: r.name.clone(),
                 message,
             };
+            if r.kind == RuleKind::Absence {
+                absences.push(Absence {
+                    name: Arc::from(r.name.as_str()),
+                    filter: r
+                        .filter
+                        .as_deref()
+                        .map(expr::parse)
+                        .transpose()
+                        .map_err(|e| err(format!("filter: {e}")))?,
+                    after_ms: r
+                        .after
+                        .ok_or_else(|| err("an absence rule needs after".into()))?
+                        .ms()
+                        .max(1),
+                    state: Vec::new(),
+                });
+                continue;
+            }
             let window = windows
                 .iter()
                 .position(|w| *w.name == *r.window)
@@ -135,6 +210,9 @@ impl RuleEngine {
         }
         Ok(RuleEngine {
             rules: out,
+            absences,
+            last_seen: Vec::new(),
+            deadlines: BinaryHeap::new(),
             open: 0,
             restored: hashbrown::HashSet::new(),
         })
@@ -147,6 +225,17 @@ impl RuleEngine {
             for (s, _) in rule.raised.iter().enumerate().filter(|(_, r)| **r) {
                 let s = s as u32;
                 keys.push(raised_key(&rule.name, names.device(s), names.kind(s)));
+            }
+        }
+        for a in &self.absences {
+            for (s, _) in a
+                .state
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b & RAISED != 0)
+            {
+                let s = s as u32;
+                keys.push(raised_key(&a.name, names.device(s), names.kind(s)));
             }
         }
         keys.sort_unstable();
@@ -225,5 +314,160 @@ impl RuleEngine {
                 });
             }
         }
+    }
+
+    /// Whether any absence rule is configured (else [`Self::seen`] need not be called).
+    #[inline]
+    pub fn has_absence(&self) -> bool {
+        !self.absences.is_empty()
+    }
+
+    /// Absence rules: an event of `series` at `ts` (not a duplicate), with the
+    /// partition's watermark at `wm`. Clears an open absence alert of the series; if
+    /// the watermark passed its deadline before it reported (the heap had not fired
+    /// yet), raises and clears. `replaying`: read again after a restart, before the
+    /// checkpoint (alerts raised at the checkpoint apply from after it).
+    pub fn seen(
+        &mut self,
+        series: u32,
+        ts: i64,
+        wm: i64,
+        replaying: bool,
+        names: &impl SeriesNames,
+        alerts: &mut Vec<Alert>,
+    ) {
+        let s = series as usize;
+        if self.last_seen.len() <= s {
+            self.last_seen.resize(s + 1, i64::MIN);
+        }
+        let prev = self.last_seen[s];
+        for (r, a) in self.absences.iter_mut().enumerate() {
+            if a.state.len() <= s {
+                a.state.resize(s + 1, 0);
+            }
+            let mut st = a.state[s];
+            if st & DECIDED == 0 {
+                let row = SeriesRow {
+                    device: names.device(series),
+                    kind: names.kind(series),
+                    rule: &a.name,
+                };
+                st |= DECIDED
+                    | if a.filter.as_ref().is_none_or(|f| f.eval(&row)) {
+                        APPLIES
+                    } else {
+                        0
+                    };
+            }
+            if st & APPLIES == 0 {
+                a.state[s] = st;
+                continue;
+            }
+            if replaying {
+                // Only the last-seen time is rebuilt: what was raised and cleared
+                // before the checkpoint was written then (see `fire`).
+            } else if st & RESTORE_CHECKED == 0 {
+                st |= RESTORE_CHECKED;
+                if !self.restored.is_empty()
+                    && self.restored.remove(&raised_key(
+                        &a.name,
+                        names.device(series),
+                        names.kind(series),
+                    ))
+                {
+                    st |= RAISED; // already counted in `open`
+                }
+            }
+            if !replaying
+                && st & RAISED == 0
+                && prev != i64::MIN
+                && wm >= prev.saturating_add(a.after_ms)
+            {
+                // Silent past its deadline, noticed only now that it reports.
+                alerts.push(absence_alert(a, series, names, prev, AlertState::Raised));
+                self.open += 1;
+                st |= RAISED;
+            }
+            if st & RAISED != 0 {
+                // Raised before a restart and not seen since: its last-seen time is
+                // not known, the clear starts where it ends.
+                let prev = if prev == i64::MIN { ts } else { prev };
+                let mut clear = absence_alert(a, series, names, prev, AlertState::Cleared);
+                let end = rfc3339_ms(ts.max(prev));
+                clear.id = format!("{}|{}|{end}", a.name, names.device(series));
+                clear.value = (ts.max(prev) - prev) as f64 / 1000.0;
+                clear.window_end = end;
+                alerts.push(clear);
+                self.open = self.open.saturating_sub(1);
+                st &= !RAISED;
+            }
+            if st & QUEUED == 0 {
+                st |= QUEUED;
+                let deadline = ts.max(prev).saturating_add(a.after_ms);
+                self.deadlines.push(Reverse((deadline, r as u32, series)));
+            }
+            a.state[s] = st;
+        }
+        if ts > prev {
+            self.last_seen[s] = ts;
+        }
+    }
+
+    /// Absence rules: raises an alert for each series whose deadline (last seen +
+    /// `after`) the partition's watermark `wm` has reached. Deadlines that moved (the
+    /// series reported since) go back in the heap. Not called while replaying after a
+    /// restart (the last-seen times are not all rebuilt yet); once the replay is done,
+    /// a series silent at the checkpoint raises again with the same id.
+    pub fn fire(&mut self, wm: i64, names: &impl SeriesNames, alerts: &mut Vec<Alert>) {
+        while let Some(&Reverse((deadline, r, series))) = self.deadlines.peek() {
+            if deadline > wm {
+                break;
+            }
+            self.deadlines.pop();
+            let a = &mut self.absences[r as usize];
+            let s = series as usize;
+            a.state[s] &= !QUEUED;
+            if a.state[s] & RAISED != 0 {
+                continue; // it is queued again when it reports
+            }
+            let last = self.last_seen[s];
+            let due = last.saturating_add(a.after_ms);
+            if due > wm {
+                a.state[s] |= QUEUED;
+                self.deadlines.push(Reverse((due, r, series)));
+                continue;
+            }
+            alerts.push(absence_alert(a, series, names, last, AlertState::Raised));
+            a.state[s] |= RAISED;
+            let key = raised_key(&a.name, names.device(series), names.kind(series));
+            if !self.restored.remove(&key) {
+                self.open += 1;
+            }
+        }
+    }
+}
+
+/// An absence alert of `series`, last seen at `last`: raised at `last + after` (its
+/// `windowEnd`, and `after` in seconds as its value); a clear's end and value are
+/// set by the caller.
+fn absence_alert(
+    a: &Absence,
+    series: u32,
+    names: &impl SeriesNames,
+    last: i64,
+    state: AlertState,
+) -> Alert {
+    let device = names.device(series);
+    let end = rfc3339_ms(last.saturating_add(a.after_ms));
+    Alert {
+        id: format!("{}|{device}|{end}", a.name),
+        rule: a.name.clone(),
+        device_id: device.to_owned(),
+        kind: names.kind(series).to_owned(),
+        window: Arc::from(""),
+        window_start: rfc3339_ms(last),
+        window_end: end,
+        value: a.after_ms as f64 / 1000.0,
+        state,
     }
 }

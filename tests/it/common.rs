@@ -83,6 +83,8 @@ pub struct Model {
     pub windows: Vec<WindowSpec>,
     pub rules: Vec<RuleSpec>,
     pub types: Option<Vec<String>>,
+    /// Absence rules: (name, the type the filter pins or none, after ms).
+    pub absences: Vec<(String, Option<String>, i64)>,
     /// Each device keeps its own watermark (`pipeline.event_time = "device"`, the
     /// default); else one per partition.
     pub per_device: bool,
@@ -139,6 +141,9 @@ impl Model {
         let mut wm: Vec<i64> = vec![i64::MIN; self.partitions];
         let mut max_ts: Vec<i64> = vec![i64::MIN; self.partitions];
         let mut device_wm: HashMap<String, i64> = HashMap::new();
+        // Absence rules: per (device, type) its partition and latest time; raised.
+        let mut last_seen: BTreeMap<(String, String), (usize, i64)> = BTreeMap::new();
+        let mut absent: HashSet<(usize, String, String)> = HashSet::new();
         let mut ids: HashSet<String> = HashSet::new();
         let mut seqs: HashSet<(String, u64)> = HashSet::new();
         let mut seq_seen: HashMap<String, (u64, BTreeMap<u64, ()>)> = HashMap::new();
@@ -188,6 +193,32 @@ impl Model {
                 e.duplicate += 1;
                 continue;
             }
+            for (r, (name, pinned, after)) in self.absences.iter().enumerate() {
+                if pinned.as_ref().is_some_and(|t| *t != kind) {
+                    continue;
+                }
+                let key = (dev.clone(), kind.clone());
+                let Some(&(_, last)) = last_seen.get(&key) else {
+                    continue;
+                };
+                let flag = (r, dev.clone(), kind.clone());
+                if !absent.contains(&flag) && wm[p] >= last + after {
+                    let id = format!("{name}|{dev}|{}", time::rfc3339_ms(last + after));
+                    e.alerts
+                        .insert(id, ("raised".into(), *after as f64 / 1000.0));
+                    absent.insert(flag.clone());
+                }
+                if absent.remove(&flag) {
+                    let end = ts.max(last);
+                    let id = format!("{name}|{dev}|{}", time::rfc3339_ms(end));
+                    e.alerts
+                        .insert(id, ("cleared".into(), (end - last) as f64 / 1000.0));
+                }
+            }
+            let seen = last_seen
+                .entry((dev.clone(), kind.clone()))
+                .or_insert((p, ts));
+            seen.1 = seen.1.max(ts);
             let st = seq_seen
                 .entry(dev.clone())
                 .or_insert((seq, BTreeMap::new()));
@@ -215,6 +246,22 @@ impl Model {
                 }
             }
             if any { e.aggregated += 1 } else { e.late += 1 }
+        }
+        // Series silent at the end: raised if their partition's watermark passed the
+        // deadline.
+        for (r, (name, pinned, after)) in self.absences.iter().enumerate() {
+            for ((dev, kind), &(p, last)) in &last_seen {
+                if pinned.as_ref().is_some_and(|t| t != kind)
+                    || absent.contains(&(r, dev.clone(), kind.clone()))
+                {
+                    continue;
+                }
+                if wm[p] >= last + after {
+                    let id = format!("{name}|{dev}|{}", time::rfc3339_ms(last + after));
+                    e.alerts
+                        .insert(id, ("raised".into(), *after as f64 / 1000.0));
+                }
+            }
         }
         for (first, seen) in seq_seen.values() {
             let max = *seen.keys().next_back().unwrap();

@@ -80,6 +80,7 @@ fn model(partitions: usize) -> Model {
             below: 950.0,
         }],
         types: None,
+        absences: Vec::new(),
         per_device: true,
     }
 }
@@ -983,4 +984,82 @@ time = "ts"
 time_format = "epoch_ms"
 "#;
     matches_the_model(&renamed, &input, fields, "mapped");
+}
+
+/// Devices that stop at known times raise one absence alert each at their deadline
+/// and clear when they report again; one that stays silent to the end is raised if
+/// its partition's clock passed its deadline; a short silence raises nothing. Per
+/// type (no filter) and per device (the filter pins a type), against the model.
+#[test]
+fn silent_devices_raise_absence_alerts_as_the_model_does() {
+    let lines = clean_lines(13);
+    let t0 = lines.iter().map(|l| l.2).min().unwrap();
+    let min = |m: i64| t0 + m * 60_000;
+    let (gone, paused, brief) = (lines[0].1.clone(), lines[1].1.clone(), lines[2].1.clone());
+    let input = joined(
+        lines
+            .iter()
+            .filter(|l| {
+                let t = l.2;
+                !(l.1 == gone && t > min(5)
+                    || l.1 == paused && t > min(8) && t < min(12)
+                    || l.1 == brief && t > min(3) && t < min(3) + 40_000)
+            })
+            .map(|l| l.0.clone()),
+    );
+    let rules = "\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"2m\"\n\n[[rules]]\nname = \"co2_silent\"\nkind = \"absence\"\nfilter = \"type = 'CO2'\"\nafter = \"90s\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (_, source) = file_source(dir.path(), &input);
+    let text = config_text(dir.path(), &source, 2, "").replacen(
+        "[[sinks]]",
+        &format!("{rules}\n[[sinks]]"),
+        1,
+    );
+    let cfg = Config::parse(&text).unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let mut m = model(2);
+    m.absences = vec![
+        ("silent".into(), None, 120_000),
+        ("co2_silent".into(), Some("CO2".into()), 90_000),
+    ];
+    let exp = m.expect(&input);
+    assert_accounting(&report, &exp, "absence rules");
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_alerts(&out, &exp.alerts);
+    let absence = |who: &str, state: &str| {
+        exp.alerts
+            .iter()
+            .filter(|(id, a)| {
+                id.starts_with("silent|") && id.contains(&format!("|{who}|")) && a.0 == state
+            })
+            .count()
+    };
+    // The device gone after 5 minutes: raised per type, never cleared.
+    assert!(absence(&gone, "raised") >= 1 && absence(&gone, "cleared") == 0);
+    // Paused for 4 minutes: raised and cleared.
+    assert!(absence(&paused, "raised") >= 1 && absence(&paused, "cleared") >= 1);
+    // 40 s of silence is not 2 minutes: the brief device's alerts (a type it happens
+    // not to send for 2 minutes) are those of the input without its pause.
+    let unpaused = joined(
+        lines
+            .iter()
+            .filter(|l| {
+                !(l.1 == gone && l.2 > min(5) || l.1 == paused && l.2 > min(8) && l.2 < min(12))
+            })
+            .map(|l| l.0.clone()),
+    );
+    let of_brief = |alerts: &std::collections::BTreeMap<String, (String, f64)>| -> Vec<String> {
+        alerts
+            .keys()
+            .filter(|id| id.contains(&format!("|{brief}|")))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of_brief(&exp.alerts), of_brief(&m.expect(&unpaused).alerts));
+    let open = report
+        .per_partition
+        .iter()
+        .map(|c| c.open_alerts)
+        .sum::<u64>();
+    assert!(open >= 1, "the gone device's alerts stay open");
 }

@@ -507,6 +507,119 @@ fn rebalances_and_a_crash_on_tansu() {
 
 const CHECKPOINTS: &str = "eventide-checkpoints";
 
+/// Absence alerts through a kill -9: devices that fall silent (some for good, some
+/// for a while) raise and clear exactly as in a clean run over the same topic
+/// (absence is measured on each Kafka partition's clock, so the reference is a Kafka
+/// run, not the file run).
+#[test]
+fn absence_alerts_survive_a_crash() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let raw = generate(
+        SimConfig {
+            batch_fraction: 0.0,
+            ..sim(14)
+        },
+        40_000,
+    );
+    // Devices 0-9 stop after 3 minutes; 10-19 pause from 3 to 5 minutes.
+    let text = std::str::from_utf8(&raw).unwrap();
+    let t0 = 1_767_225_600_000i64;
+    let mut input = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        let n: Option<u32> = v["deviceId"]
+            .as_str()
+            .and_then(|d| d.rsplit('-').next())
+            .and_then(|n| n.parse().ok());
+        let t = v["createdAt"]
+            .as_str()
+            .and_then(eventide::event::parse_rfc3339_ms)
+            .unwrap_or(0);
+        let silent = match n {
+            Some(n) if n < 10 => t > t0 + 180_000,
+            Some(n) if n < 20 => t > t0 + 180_000 && t < t0 + 300_000,
+            _ => false,
+        };
+        if !silent {
+            input.extend_from_slice(line.as_bytes());
+            input.push(b'\n');
+        }
+    }
+    let absence = "\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"40s\"\n";
+    let with_absence = |name: &str, source: &str| {
+        let path = write_config(dir, name, source, &jsonl_sinks(dir, name));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replacen("[[sinks]]", &format!("{absence}\n[[sinks]]"), 1),
+        )
+        .unwrap();
+        path
+    };
+
+    let cluster = mock(4);
+    let brokers = cluster.bootstrap_servers();
+    let producer = {
+        let (brokers, input) = (brokers.clone(), input.clone());
+        std::thread::spawn(move || produce(&brokers, &input, Some(5_000.0)))
+    };
+    let a_log_path = dir.join("a.log");
+    let a = spawn_logging_to(
+        &with_absence("a", &kafka_source(&brokers, "crash", false)),
+        std::fs::File::create(&a_log_path).unwrap(),
+    );
+    let a_log = || std::fs::read_to_string(&a_log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a_log().contains("partitions assigned") {
+        assert!(
+            Instant::now() < deadline,
+            "a got no partitions:\n{}",
+            a_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Mid-input: checkpoints committed, the producer still going.
+    std::thread::sleep(Duration::from_millis(2_500));
+    signal(&a, "-KILL");
+    let _ = a.wait_with_output();
+    producer.join().unwrap();
+    std::thread::sleep(Duration::from_secs(8)); // the crashed member's session ends
+    let c_log = run(
+        &with_absence("c", &kafka_source(&brokers, "crash", true)),
+        "the resuming run",
+    );
+    assert!(c_log.contains("resuming from a checkpoint"), "{c_log}");
+    run(
+        &with_absence("clean", &kafka_source(&brokers, "clean", true)),
+        "the clean run",
+    );
+
+    let clean = upsert(records(&dir.join("clean.out.jsonl")));
+    let silent = |m: &BTreeMap<String, Value>, state: &str| {
+        m.iter()
+            .filter(|(id, r)| id.starts_with("silent|") && r["state"] == state)
+            .count()
+    };
+    assert!(
+        silent(&clean, "raised") >= 20,
+        "{}",
+        silent(&clean, "raised")
+    );
+    assert!(
+        silent(&clean, "cleared") >= 10,
+        "{}",
+        silent(&clean, "cleared")
+    );
+    let crashed = upsert(
+        ["a", "c"]
+            .iter()
+            .flat_map(|n| records(&dir.join(format!("{n}.out.jsonl")))),
+    );
+    assert_same(&crashed, &clean);
+}
+
 /// Two members share the group, one leaves, the other is killed, a third resumes:
 /// the results are the file run's. `pipeline` is added to `[pipeline]`.
 fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &str) {
