@@ -78,7 +78,15 @@ struct Pane {
     /// Per-device event time: rows whose device may still close a window over this
     /// pane (the pane is recycled when none is left).
     live: u32,
+    /// Per-device event time: per row, the series' next row in the chain of its rows
+    /// (see [`PaneStore::heads`]): that row's pane start ([`NO_PANE`] at the end) and
+    /// row. The row map is not kept then.
+    prev_start: Vec<i64>,
+    prev_row: Vec<u32>,
 }
+
+/// The end of a series' chain of rows.
+const NO_PANE: i64 = i64::MIN;
 
 impl Pane {
     fn reset(&mut self, start: i64) {
@@ -89,6 +97,44 @@ impl Pane {
         self.arrivals.clear();
         self.min_offset = i64::MAX;
         self.live = 0;
+        self.prev_start.clear();
+        self.prev_row.clear();
+    }
+
+    /// Adds `v` to row `row`'s aggregates.
+    #[inline]
+    fn add_at(&mut self, row: usize, v: f64, arrived_ns: u64, offset: i64) {
+        if offset < self.min_offset {
+            self.min_offset = offset;
+        }
+        let a = &mut self.aggs[row];
+        a.count += 1;
+        a.sum += v;
+        if v < a.min {
+            a.min = v;
+        }
+        if v > a.max {
+            a.max = v;
+        }
+        match self.arrivals.last_mut() {
+            Some((at, n)) if *at == arrived_ns => *n += 1,
+            _ => self.arrivals.push((arrived_ns, 1)),
+        }
+    }
+
+    /// A new row of `series` whose chain goes on at `prev` (per-device event time).
+    fn push_row(&mut self, series: u32, v: f64, prev: (i64, u32)) -> usize {
+        self.live += 1;
+        self.series.push(series);
+        self.aggs.push(Agg {
+            count: 0,
+            sum: -0.0,
+            min: v,
+            max: v,
+        });
+        self.prev_start.push(prev.0);
+        self.prev_row.push(prev.1);
+        self.series.len() - 1
     }
 
     /// Adds a reading of `series`; `hint` is the row where the series was last added
@@ -145,6 +191,13 @@ struct PaneStore {
     windows: Vec<usize>,
     /// Per series: the row it was last added at, in whichever pane (see [`Pane::add`]).
     hints: Vec<u32>,
+    /// Per-device event time: per series, its newest row's pane start and row, the
+    /// head of the chain through every row it holds (`Pane::prev_*`). A series' rows
+    /// are found by following it instead of a row map per pane (a cache miss or two
+    /// per pane, for every pane, at every close); a close relinks what it keeps, in
+    /// order of start, so the chain holds live rows only.
+    heads: Vec<(i64, u32)>,
+    chained: bool,
 }
 
 impl PaneStore {
@@ -171,11 +224,60 @@ impl PaneStore {
         if s >= self.hints.len() {
             self.hints.resize(s + 1, NONE);
         }
+        if self.chained {
+            return self.add_chained(series, t, v, arrived_ns, offset);
+        }
         let mut hint = self.hints[s];
         let width = self.width;
         self.pane_mut(align_down(t, width))
             .add(series, &mut hint, v, arrived_ns, offset);
         self.hints[s] = hint;
+    }
+
+    /// The index of the pane starting at `start`, if there is one.
+    #[inline]
+    fn index_of(&self, start: i64) -> Option<usize> {
+        let len = self.panes.len();
+        if len > 0 && self.panes[len - 1].start == start {
+            return Some(len - 1);
+        }
+        let i = self.panes.partition_point(|p| p.start < start);
+        (i < len && self.panes[i].start == start).then_some(i)
+    }
+
+    /// [`Self::add`] with chained rows (per-device event time): the series' row in
+    /// the pane is the hinted one, or found along its chain, or a new one at its head.
+    #[inline]
+    fn add_chained(&mut self, series: u32, t: i64, v: f64, arrived_ns: u64, offset: i64) {
+        let s = series as usize;
+        if s >= self.heads.len() {
+            self.heads.resize(s + 1, (NO_PANE, 0));
+        }
+        let start = align_down(t, self.width);
+        let head = self.heads[s];
+        let mut found = None;
+        let (mut at, mut row) = head;
+        while at != NO_PANE {
+            // A chain holds live rows only (see `close_series`).
+            let Some(i) = self.index_of(at) else { break };
+            if at == start {
+                found = Some(row as usize);
+                break;
+            }
+            let p = &self.panes[i];
+            (at, row) = (p.prev_start[row as usize], p.prev_row[row as usize]);
+        }
+        let pane = self.pane_mut(start);
+        let row = match found {
+            Some(row) => row,
+            None => {
+                let row = pane.push_row(series, v, head);
+                self.heads[s] = (start, row as u32);
+                row
+            }
+        };
+        self.hints[s] = row as u32;
+        self.pane_mut(start).add_at(row, v, arrived_ns, offset);
     }
 
     /// Index range of the panes with start in `[from, to)`.
@@ -330,6 +432,8 @@ impl WindowEngine {
                         pool: Vec::new(),
                         windows: Vec::new(),
                         hints: Vec::new(),
+                        heads: Vec::new(),
+                        chained: false,
                     });
                     stores.len() - 1
                 }
@@ -358,6 +462,14 @@ impl WindowEngine {
 
     pub fn defs(&self) -> &[WindowDef] {
         &self.defs
+    }
+
+    /// Per-device event time: series' rows are chained ([`PaneStore::heads`]) for
+    /// [`Self::close_series`]. Set before the first event.
+    pub fn chain_series(&mut self) {
+        for store in &mut self.stores {
+            store.chained = true;
+        }
     }
 
     /// `pipeline.allowed_lateness`, ms.
@@ -470,10 +582,25 @@ impl WindowEngine {
             let store = &self.stores[si];
             // The series' rows in the panes it may still hold: (start, pane, row).
             data.clear();
-            let first = store.panes.partition_point(|p| p.start < held_from);
-            for (i, p) in store.panes.iter().enumerate().skip(first) {
-                if let Some(&row) = p.rows.get(&series) {
-                    data.push((p.start, i as u32, row));
+            if store.chained {
+                let (mut at, mut row) = store
+                    .heads
+                    .get(series as usize)
+                    .copied()
+                    .unwrap_or((NO_PANE, 0));
+                while at != NO_PANE {
+                    let Some(i) = store.index_of(at) else { break };
+                    data.push((at, i as u32, row));
+                    let p = &store.panes[i];
+                    (at, row) = (p.prev_start[row as usize], p.prev_row[row as usize]);
+                }
+                data.sort_unstable_by_key(|d| d.0);
+            } else {
+                let first = store.panes.partition_point(|p| p.start < held_from);
+                for (i, p) in store.panes.iter().enumerate().skip(first) {
+                    if let Some(&row) = p.rows.get(&series) {
+                        data.push((p.start, i as u32, row));
+                    }
                 }
             }
             if data.is_empty() {
@@ -523,8 +650,19 @@ impl WindowEngine {
                     s += slide;
                 }
             }
-            // Rows in panes before the first still held are let go.
+            // Rows in panes before the first still held are let go; the chain is
+            // relinked through the rows kept, newest first.
             let store = &mut self.stores[si];
+            if store.chained {
+                let mut prev = (NO_PANE, 0);
+                for &(start, pane, row) in data.iter().filter(|d| d.0 >= held_to) {
+                    let p = &mut store.panes[pane as usize];
+                    p.prev_start[row as usize] = prev.0;
+                    p.prev_row[row as usize] = prev.1;
+                    prev = (start, row);
+                }
+                store.heads[series as usize] = prev;
+            }
             for &(start, pane, _) in data.iter().rev() {
                 if start >= held_to {
                     open = true;
@@ -672,12 +810,16 @@ impl WindowEngine {
                 + p.series.capacity() * 4
                 + p.aggs.capacity() * std::mem::size_of::<Agg>()
                 + p.arrivals.capacity() * 16
+                + p.prev_start.capacity() * 8
+                + p.prev_row.capacity() * 4
         };
         let stores: usize = self
             .stores
             .iter()
             .map(|s| {
-                s.panes.iter().chain(&s.pool).map(pane).sum::<usize>() + s.hints.capacity() * 4
+                s.panes.iter().chain(&s.pool).map(pane).sum::<usize>()
+                    + s.hints.capacity() * 4
+                    + s.heads.capacity() * 16
             })
             .sum();
         stores + self.slot.capacity() * 4 + self.series_panes.capacity() * 16
