@@ -46,6 +46,10 @@ pub struct Resume {
     pub position: i64,
     /// Keys of the alerts raised ([`crate::rules::raised_key`]).
     pub raised: Vec<u64>,
+    /// Device watermarks the replay cannot rebuild: ([`crate::pipeline::device_key`],
+    /// watermark) of each device whose watermark followed the wall clock while it was
+    /// quiet.
+    pub clocks: Vec<(u64, i64)>,
 }
 
 /// What a partition holds that a checkpoint must record.
@@ -57,6 +61,8 @@ pub struct Held {
     pub max_ts: i64,
     /// Keys of the raised alerts.
     pub raised: Vec<u64>,
+    /// See [`Resume::clocks`].
+    pub clocks: Vec<(u64, i64)>,
 }
 
 /// One partition's input, read by its actor's thread.

@@ -111,20 +111,30 @@ pub struct Metadata {
     pub position: i64,
     /// Keys of the alerts raised ([`crate::rules::raised_key`]).
     pub raised: Vec<u64>,
-    /// Whether `raised` had to be cut short to fit.
+    /// Device watermarks the replay cannot rebuild ([`Resume::clocks`]).
+    pub clocks: Vec<(u64, i64)>,
+    /// Whether `raised` or `clocks` had to be cut short to fit.
     pub truncated: bool,
 }
 
 impl Metadata {
-    const TAG: &'static str = "eventide1";
+    const TAG: &'static str = "eventide2";
+    /// Before device watermarks were recorded: read, never written.
+    const TAG_1: &'static str = "eventide1";
 
     pub fn encode(&self) -> String {
         let mut s = format!("{};{};{};", Self::TAG, self.max_ts, self.position);
-        let room = MAX_METADATA.saturating_sub(s.len() + 2) / 12;
+        let room = MAX_METADATA.saturating_sub(s.len() + 3) / 12;
         for k in self.raised.iter().take(room) {
             s.push_str(&format!("{:012x}", k & 0xffff_ffff_ffff));
         }
-        let truncated = self.truncated || self.raised.len() > room;
+        s.push(';');
+        let room_clocks = MAX_METADATA.saturating_sub(s.len() + 2) / 28;
+        for (k, wm) in self.clocks.iter().take(room_clocks) {
+            s.push_str(&format!("{:012x}{:016x}", k & 0xffff_ffff_ffff, *wm as u64));
+        }
+        let truncated =
+            self.truncated || self.raised.len() > room || self.clocks.len() > room_clocks;
         s.push(';');
         s.push(if truncated { 't' } else { 'c' });
         s
@@ -133,12 +143,29 @@ impl Metadata {
     /// `None` for metadata eventide did not write (another tool's commit).
     pub fn decode(s: &str) -> Option<Metadata> {
         let mut parts = s.split(';');
-        if parts.next()? != Self::TAG {
+        let version = parts.next()?;
+        if version != Self::TAG && version != Self::TAG_1 {
             return None;
         }
         let max_ts = parts.next()?.parse().ok()?;
         let position = parts.next()?.parse().ok()?;
         let keys = parts.next()?;
+        let clocks_text = if version == Self::TAG {
+            parts.next()?
+        } else {
+            ""
+        };
+        if clocks_text.len() % 28 != 0 || !clocks_text.is_ascii() {
+            return None;
+        }
+        let clocks = (0..clocks_text.len() / 28)
+            .map(|i| {
+                let e = &clocks_text[i * 28..i * 28 + 28];
+                let key = u64::from_str_radix(&e[..12], 16).ok()?;
+                let wm = u64::from_str_radix(&e[12..], 16).ok()? as i64;
+                Some((key, wm))
+            })
+            .collect::<Option<Vec<(u64, i64)>>>()?;
         let truncated = match parts.next()? {
             "t" => true,
             "c" => false,
@@ -154,6 +181,7 @@ impl Metadata {
             max_ts,
             position,
             raised,
+            clocks,
             truncated,
         })
     }
@@ -466,13 +494,15 @@ impl Feed for KafkaFeed {
             max_ts: held.max_ts,
             position,
             raised: held.raised,
+            clocks: held.clocks,
             truncated: false,
         };
         let text = metadata.encode();
         if text.ends_with('t') {
             tracing::warn!(
                 raised = metadata.raised.len(),
-                "Kafka: too many raised alerts to checkpoint them all."
+                device_clocks = metadata.clocks.len(),
+                "Kafka: too many raised alerts or quiet devices' watermarks to checkpoint them all."
             );
         }
         Some(Checkpoint {
@@ -599,12 +629,14 @@ impl KafkaFeed {
                     position = m.position,
                     max_event_time = m.max_ts,
                     raised = m.raised.len(),
+                    device_clocks = m.clocks.len(),
                     "Kafka: resuming from a checkpoint."
                 );
                 Some(Resume {
                     max_ts: m.max_ts,
                     position: m.position,
                     raised: m.raised,
+                    clocks: m.clocks,
                 })
             }
             None if offset > 0 => {
@@ -892,6 +924,7 @@ mod tests {
             max_ts: 1_767_225_600_000,
             position: 42,
             raised: vec![0xabc, 0xffff_ffff_ffff],
+            clocks: vec![(0x1234, 1_767_225_660_000), (0xffff_ffff_ffff, -5)],
             truncated: false,
         };
         assert_eq!(Metadata::decode(&r.encode()), Some(r));
@@ -899,12 +932,20 @@ mod tests {
             max_ts: i64::MIN,
             position: 0,
             raised: vec![],
+            clocks: vec![],
             truncated: false,
         };
         assert_eq!(Metadata::decode(&none.encode()), Some(none));
         assert_eq!(Metadata::decode(""), None);
         assert_eq!(Metadata::decode("some other tool"), None);
         assert_eq!(Metadata::decode("eventide1;1;2;abc;c"), None);
+        assert_eq!(Metadata::decode("eventide2;1;2;;abc;c"), None);
+        // A checkpoint written before device watermarks were recorded.
+        let old = Metadata::decode("eventide1;7;9;000000000abc;c").unwrap();
+        assert_eq!(
+            (old.max_ts, old.position, old.raised, old.clocks),
+            (7, 9, vec![0xabc], vec![])
+        );
     }
 
     #[test]
@@ -913,6 +954,7 @@ mod tests {
             max_ts: 1,
             position: 2,
             raised: (0..1000).collect(),
+            clocks: vec![],
             truncated: false,
         };
         let m = r.encode();

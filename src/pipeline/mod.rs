@@ -31,7 +31,7 @@ pub use crate::live::Counts;
 use crate::live::{Hub, Phase, StatsRegistry};
 use crate::sinks::{self, DeadLetterSink, Sink, SinkError, SinkReport};
 use crate::windows::END_OF_TIME;
-pub use partition::{EmitLatency, Memory};
+pub use partition::{EmitLatency, Memory, device_key};
 use runtime::Runtime;
 
 /// What the partitions need from the config, resolved once.

@@ -113,6 +113,12 @@ impl Default for DeviceClock {
     }
 }
 
+/// A device's key in checkpoints: 48 bits of a hash of its id (independent of the
+/// dense numbering, which a restart does not reproduce).
+pub fn device_key(device: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(device.as_bytes()) >> 16
+}
+
 /// Closed-window rows per step of [`Partition::finish`].
 const FINISH_ROWS: usize = 16_384;
 
@@ -403,13 +409,19 @@ pub struct Partition {
     finish_at: usize,
     /// [`Self::memory`] when the input ended.
     memory_at_end: Option<Memory>,
+    /// Device watermarks from the checkpoint resumed from, by [`device_key`]: each
+    /// applies when its device is first seen (see [`Self::held`]).
+    resumed_clocks: HashMap<u64, i64>,
 }
 
 impl Partition {
     /// A partition numbered `id`; `epoch` is when the run started (block arrival
     /// times count from it) and the clock's first reading.
     pub fn new(id: usize, settings: Arc<Settings>, epoch: Instant) -> Self {
-        let windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
+        let mut windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
+        if settings.per_device {
+            windows.chain_series();
+        }
         let grid = windows.close_grid();
         let rules = RuleEngine::new(&settings.rules, windows.defs())
             .expect("rules were validated with the config");
@@ -476,6 +488,7 @@ impl Partition {
             idle_pass: epoch,
             finish_at: 0,
             memory_at_end: None,
+            resumed_clocks: HashMap::new(),
         }
     }
 
@@ -628,10 +641,27 @@ impl Partition {
     /// What a checkpoint must record: the smallest source position still held by an
     /// open window, the highest event time seen, and the raised alerts.
     pub fn held(&self) -> Held {
+        // Per device: the watermarks the wall clock moved past what the device's
+        // events give (a replay rebuilds the others from the events).
+        let ooo = self.settings.ooo_ms;
+        let clocks = (0..self.clocks.len())
+            .filter(|&d| {
+                let last = self.device_state[d].last_ts;
+                last != i64::MIN && self.clocks[d].wm > last.saturating_sub(ooo)
+            })
+            .map(|d| {
+                (
+                    device_key(self.names.device_name(d as u32)),
+                    self.clocks[d].wm,
+                )
+            })
+            .chain(self.resumed_clocks.iter().map(|(&k, &wm)| (k, wm)))
+            .collect();
         Held {
             min_position: self.windows.min_offset(),
             max_ts: self.max_ts,
             raised: self.rules.raised_keys(&self.names),
+            clocks,
         }
     }
 
@@ -639,7 +669,14 @@ impl Partition {
     /// before are not produced again), alerts raised stay raised, and events from
     /// offsets below `replay_until` (read before the checkpoint) that fall only into
     /// closed windows are re-deliveries, counted as duplicates and not dead-lettered.
-    pub fn resume(&mut self, max_ts: i64, replay_until: i64, raised: Vec<u64>) {
+    pub fn resume(
+        &mut self,
+        max_ts: i64,
+        replay_until: i64,
+        raised: Vec<u64>,
+        clocks: Vec<(u64, i64)>,
+    ) {
+        self.resumed_clocks = clocks.into_iter().collect();
         if max_ts > i64::MIN {
             self.max_ts = max_ts;
             self.wm = max_ts.saturating_sub(self.settings.ooo_ms);
@@ -1033,6 +1070,9 @@ impl Partition {
     /// falls due, and marks the device active in this period.
     #[inline]
     fn device_time(&mut self, device: u32, ts: i64, offset: i64, entered_us: i64) {
+        if self.clocks[device as usize].wm == i64::MIN && !self.resumed_clocks.is_empty() {
+            self.resume_clock(device);
+        }
         let c = &mut self.clocks[device as usize];
         if c.stamp != self.stamp {
             c.stamp = self.stamp;
@@ -1053,6 +1093,18 @@ impl Partition {
                     ));
                 }
             }
+        }
+    }
+
+    /// The first event of `device` since a restart: its watermark from the checkpoint,
+    /// if it recorded one (windows closing at or before it count as produced).
+    #[cold]
+    fn resume_clock(&mut self, device: u32) {
+        let key = device_key(self.names.device_name(device));
+        if let Some(wm) = self.resumed_clocks.remove(&key) {
+            let c = &mut self.clocks[device as usize];
+            c.wm = wm;
+            c.due = self.windows.next_close_point(wm, self.grid);
         }
     }
 
@@ -1659,7 +1711,7 @@ clear = "avg < 20"
         // A new partition resumed from that state: the 00:00 window closed before the
         // checkpoint, so an event of it read again is a re-delivery, not late.
         let mut q = partition_clock(t0);
-        q.resume(held.max_ts, 10, held.raised);
+        q.resume(held.max_ts, 10, held.raised, held.clocks);
         let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 40.0)]);
         b.offsets = vec![5];
         q.on_block(&b, &items, t0);
@@ -1805,7 +1857,7 @@ clear = "avg < 20"
         // Replayed from position 0 with the checkpoint at 3: the 00:00 window of d1
         // closes again while replaying and is dropped; the others come out as before.
         let mut q = partition(t0);
-        q.resume(held.max_ts, 3, held.raised);
+        q.resume(held.max_ts, 3, held.raised, held.clocks);
         let (mut b, items) = block(&lines);
         b.offsets = vec![0, 1, 2];
         q.on_block(&b, &items, t0);
@@ -1949,5 +2001,45 @@ clear = "avg < 20"
                 "silent|d2|2026-01-01T00:01:05.000Z".to_owned()
             ]
         );
+    }
+
+    #[test]
+    fn a_quiet_device_clock_is_checkpointed_and_resumed() {
+        let t0 = Instant::now();
+        let mut p = partition(t0);
+        let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 20.0)]);
+        b.offsets = vec![0];
+        p.on_block(&b, &items, t0);
+        for s in 1..=70u32 {
+            let e = event(&format!("b{s}"), "d2", s as u64, 0, 20 + s % 30, 1.0);
+            let (mut b, items) = block(&[e]);
+            b.offsets = vec![s as i64];
+            p.on_block(&b, &items, t0 + Duration::from_secs(s as u64));
+        }
+        // d1's watermark followed the wall clock past 01:00: its 00:00 window was
+        // produced, which no replay of its one event could tell.
+        let held = p.held();
+        assert_eq!(held.clocks.len(), 1, "{:?}", held.clocks);
+        assert_eq!(held.clocks[0].0, device_key("d1"));
+        assert!(held.clocks[0].1 >= 1_767_225_600_000 + 60_000);
+
+        let mut q = partition(t0);
+        q.resume(held.max_ts, 71, held.raised, held.clocks.clone());
+        // Replayed: a re-delivery, not a window opened again.
+        let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 20.0)]);
+        b.offsets = vec![0];
+        q.on_block(&b, &items, t0);
+        // New: late for the window produced before the restart.
+        let (mut b, items) = block(&[event("c", "d1", 2, 0, 40, 20.0)]);
+        b.offsets = vec![80];
+        q.on_block(&b, &items, t0);
+        while !q.finish(t0) {}
+        let mut out = Vec::new();
+        q.take_outputs(&mut out);
+        let c = q.counts();
+        assert_eq!((c.duplicate, c.late, c.aggregated), (1, 1, 0));
+        assert!(device_windows(&out).is_empty());
+        // Kept in the next checkpoint until the device passes it.
+        assert_eq!(q.held().clocks.len(), 1);
     }
 }

@@ -209,7 +209,7 @@ struct ActorLoop {
 impl ActorLoop {
     fn run(mut self, tick: Duration) -> PartitionReport {
         if let Some(r) = self.feed.resume() {
-            self.p.resume(r.max_ts, r.position, r.raised);
+            self.p.resume(r.max_ts, r.position, r.raised, r.clocks);
         }
         let every = self.feed.checkpoint_interval();
         let mut next_checkpoint = Instant::now() + every.unwrap_or_default();
