@@ -212,7 +212,7 @@ fn bench(c: &mut Criterion) {
             let mut rules = RuleEngine::new(&cfg.rules, engine.defs()).unwrap();
             let mut alerts = Vec::new();
             b.iter(|| {
-                rules.evaluate(&rows, 0, engine.defs(), &Names, &mut alerts);
+                rules.evaluate(&rows, 0, engine.defs(), &Names, &[], &mut alerts);
                 alerts.clear();
             })
         },

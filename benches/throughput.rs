@@ -13,12 +13,14 @@
 //! EVENTIDE_BENCH_LAYOUT=sas|compact|pretty|shuffled to run one layout only;
 //! EVENTIDE_BENCH_INPUT=FILE to keep the input: FILE with one layout, FILE-LAYOUT for each;
 //! EVENTIDE_BENCH_EVENT_TIME=device|partition for `pipeline.event_time`, default device;
-//! EVENTIDE_BENCH_ABSENCE=1 adds an absence rule, `after = "45s"`)
+//! EVENTIDE_BENCH_ABSENCE=1 adds an absence rule, `after = "45s"`;
+//! EVENTIDE_BENCH_REFERENCE=1 gives co2_high per-device limits from a reference table
+//! listing every device)
 
 use std::path::Path;
 use std::process::Command;
 
-use eventide::config::{Config, DeadLetterConfig, SinkConfig, SourceConfig};
+use eventide::config::{Config, DeadLetterConfig, ReferenceConfig, SinkConfig, SourceConfig};
 
 mod common;
 
@@ -70,6 +72,24 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
         let absence = Config::parse("[source]\nkind = \"stdin\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\"\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"45s\"")
             .expect("an absence rule");
         cfg.rules.extend(absence.rules);
+    }
+    if std::env::var_os("EVENTIDE_BENCH_REFERENCE").is_some() {
+        // A reference table listing every device, read by co2_high's conditions.
+        let path = dir.join("limits.csv");
+        let mut csv = String::from("deviceId,co2_max\n");
+        for d in 0..common::DEVICES {
+            csv.push_str(&format!("contoso://device-id-{d},{}\n", 900 + d % 200));
+        }
+        std::fs::write(&path, csv).expect("write the reference table");
+        cfg.reference.push(ReferenceConfig {
+            name: "limits".into(),
+            path,
+            reload: None,
+        });
+        for r in cfg.rules.iter_mut().filter(|r| r.name == "co2_high") {
+            r.when = "avg > limits.co2_max".into();
+            r.clear = Some("avg < limits.co2_max * 0.95".into());
+        }
     }
     if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
         j.path = dir.join("out.jsonl");

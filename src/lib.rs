@@ -58,6 +58,7 @@ pub mod kafka;
 pub mod live;
 pub mod output;
 pub mod pipeline;
+pub mod reference;
 pub mod rules;
 pub mod sinks;
 pub mod sql;

@@ -370,9 +370,72 @@ pub struct Hub {
     pub ingest_refused: AtomicU64,
     pub snapshot_interval: Duration,
     pub started: Instant,
+    /// The `[[reference]]` tables of the run, for the `reference` table and metrics.
+    references: Mutex<Option<Arc<crate::reference::ReferenceSet>>>,
+}
+
+/// `reference`: one row per (table, device, type, column) with a value.
+pub fn reference_schema() -> SchemaRef {
+    static S: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("reference", DataType::Utf8, false),
+            Field::new("deviceId", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, true),
+            Field::new("column", DataType::Utf8, false),
+            Field::new("value", DataType::Float64, false),
+        ]))
+    })
+    .clone()
 }
 
 impl Hub {
+    /// The run's reference tables (set by the pipeline when it starts).
+    pub fn set_references(&self, set: Arc<crate::reference::ReferenceSet>) {
+        *self.references.lock() = Some(set);
+    }
+
+    pub fn references(&self) -> Option<Arc<crate::reference::ReferenceSet>> {
+        self.references.lock().clone()
+    }
+
+    /// The `reference` table's rows: what is loaded now.
+    pub fn reference_batch(&self) -> RecordBatch {
+        use arrow_array::builder::{Float64Builder, StringBuilder};
+        let (mut table, mut device, mut kind, mut column, mut value) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        if let Some(set) = self.references() {
+            for t in set.tables() {
+                for (d, k, values) in t.iter() {
+                    for (c, v) in t.columns.iter().zip(values) {
+                        if v.is_nan() {
+                            continue;
+                        }
+                        table.append_value(&*t.name);
+                        device.append_value(d);
+                        kind.append_option((!k.is_empty()).then_some(k));
+                        column.append_value(c);
+                        value.append_value(*v);
+                    }
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(table.finish()),
+            Arc::new(device.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(column.finish()),
+            Arc::new(value.finish()),
+        ];
+        RecordBatch::try_new(reference_schema(), columns)
+            .expect("columns match the reference schema")
+    }
+
     pub fn new(partitions: usize, retention: Duration, snapshot_interval: Duration) -> Self {
         Hub {
             partitions: RwLock::new(
@@ -396,6 +459,7 @@ impl Hub {
             ingest_refused: AtomicU64::new(0),
             snapshot_interval,
             started: Instant::now(),
+            references: Mutex::new(None),
         }
     }
 

@@ -26,6 +26,9 @@ pub fn run_to_end(cfg: &eventide::config::Config) -> (eventide::pipeline::Report
     (report, wall, cpu)
 }
 
+/// Devices in the generated input (numbered from 0).
+pub const DEVICES: u32 = 2000;
+
 /// Writes `n` simulated events (~820 bytes each, 2,000 devices) to `path`, in 2 MiB
 /// pieces as the simulator writes a file ([`Pieces`]): the page cache then holds it in
 /// 2 MiB folios, the state the file source's own reading leaves a file in when it
@@ -33,7 +36,7 @@ pub fn run_to_end(cfg: &eventide::config::Config) -> (eventide::pipeline::Report
 /// folios, each 4 KiB page mapped on its own: BENCHMARKS.md has figures for both.)
 pub fn generate(path: &Path, n: u64) {
     let mut g = Generator::new(SimConfig {
-        devices: 2000,
+        devices: DEVICES,
         complex_fields: 20,
         hot_devices: 40,
         layout: layout(),

@@ -100,6 +100,24 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     /// `[server]`: present → the SQL/HTTP/PostgreSQL endpoints run.
     pub server: Option<ServerConfig>,
+    /// `[[reference]]`: per-device tables rule expressions read.
+    pub reference: Vec<ReferenceConfig>,
+}
+
+/// `[[reference]]`: a per-device table (CSV, JSON or NDJSON) that rule expressions
+/// read as `name.column`, checked for changes every `reload`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub reload: Option<Dur>,
+}
+
+impl ReferenceConfig {
+    pub fn reload(&self) -> Dur {
+        self.reload.unwrap_or(Dur(Duration::from_secs(10)))
+    }
 }
 
 /// The file as read: the tables whose struct depends on their `kind` still tables.
@@ -117,6 +135,8 @@ struct Raw {
     sinks: Vec<toml::Table>,
     dead_letter: Option<toml::Table>,
     server: Option<ServerConfig>,
+    #[serde(default)]
+    reference: Vec<ReferenceConfig>,
 }
 
 /// A serde error as a [`ConfigError`] naming its key: `at` (the table's path, or
@@ -526,6 +546,7 @@ impl Config {
                 None => DeadLetterConfig::default(),
             },
             server: raw.server,
+            reference: raw.reference,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -656,6 +677,25 @@ impl Config {
                 (WindowKind::Tumbling, None) => {}
             }
         }
+        let mut tables = std::collections::HashMap::new();
+        for (i, r) in self.reference.iter().enumerate() {
+            let key = |k: &str| format!("reference[{i}].{k}");
+            check_name(&r.name, &key("name"))?;
+            if r.reload.is_some_and(|d| d.0.is_zero()) {
+                return Err(ConfigError::invalid(
+                    key("reload"),
+                    "must be greater than 0s",
+                ));
+            }
+            let table = crate::reference::Table::load(&r.name, &r.path)
+                .map_err(|e| ConfigError::invalid(key("path"), e))?;
+            if tables.insert(r.name.as_str(), table).is_some() {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("duplicate reference name {:?}", r.name),
+                ));
+            }
+        }
         let mut rule_names = HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let key = |k: &str| format!("rules[{i}].{k}");
@@ -710,6 +750,24 @@ impl Config {
                     let parsed = expr::parse(text).map_err(|e| {
                         ConfigError::invalid(key(k), format!("rule {:?}: {e}", r.name))
                     })?;
+                    for (table, column) in parsed.references() {
+                        let Some(t) = tables.get(table) else {
+                            return Err(ConfigError::invalid(
+                                key(k),
+                                format!("rule {:?}: no [[reference]] is named {table:?}", r.name),
+                            ));
+                        };
+                        if !t.columns.iter().any(|c| **c == *column) {
+                            return Err(ConfigError::invalid(
+                                key(k),
+                                format!(
+                                    "rule {:?}: reference {table:?} has no column {column:?} (it has: {})",
+                                    r.name,
+                                    t.columns.join(", ")
+                                ),
+                            ));
+                        }
+                    }
                     if k != "filter" && parsed.first_aggregate().is_none() {
                         return Err(ConfigError::invalid(
                             key(k),
@@ -1030,6 +1088,35 @@ mod tests {
         .unwrap();
         assert!(matches!(&c.sinks[0], SinkConfig::Jsonl(j) if j.append == Some(true)));
         assert_eq!(c.dead_letter.kind(), DeadLetterKind::Jsonl);
+    }
+
+    #[test]
+    fn reference_tables_are_checked_with_the_rules_that_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("limits.csv");
+        std::fs::write(&csv, "deviceId,co2_max\nd1,900\n").unwrap();
+        let with = |path: &str, when: &str| {
+            GOOD.replace("when = \"avg > 1000\"", &format!("when = \"{when}\""))
+                + &format!("\n[[reference]]\nname = \"limits\"\npath = \"{path}\"\n")
+        };
+        let good = with(&csv.display().to_string(), "avg > limits.co2_max * 1.1");
+        let c = Config::parse(&good).unwrap();
+        assert_eq!(c.reference[0].reload().ms(), 10_000);
+        assert_eq!(
+            key_of(&with("/no/such.csv", "avg > 1")),
+            "reference[0].path"
+        );
+        let csv_text = csv.display().to_string();
+        assert_eq!(
+            key_of(&with(&csv_text, "avg > limits.co2_mx")),
+            "rules[0].when"
+        );
+        assert_eq!(
+            key_of(&with(&csv_text, "avg > caps.co2_max")),
+            "rules[0].when"
+        );
+        std::fs::write(&csv, "deviceId,co2_max\nd1,lots\n").unwrap();
+        assert_eq!(key_of(&good), "reference[0].path");
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Settings {
     pub device_updates: bool,
     /// Which input member fills each role.
     pub fields: Arc<Fields>,
+    /// `[[reference]]` tables (loaded by [`run_with`]; empty from [`Self::from_config`]).
+    pub references: Arc<crate::reference::ReferenceSet>,
 }
 
 impl Settings {
@@ -90,6 +92,7 @@ impl Settings {
                 .iter()
                 .any(|s| s.streams().contains(&crate::config::Stream::Devices)),
             fields: Arc::new(fields),
+            references: Arc::default(),
         }
     }
 }
@@ -109,6 +112,8 @@ pub enum PipelineError {
     },
     #[error("a pipeline thread panicked: {0}")]
     Panicked(&'static str),
+    #[error("{0}")]
+    Reference(String),
     #[error(transparent)]
     Kafka(#[from] crate::ingest::kafka::KafkaSourceError),
 }
@@ -155,7 +160,20 @@ pub fn run_with(
     status: Status,
     hub: Option<Arc<Hub>>,
 ) -> Result<Report, PipelineError> {
-    let settings = Arc::new(Settings::from_config(cfg));
+    let mut settings = Settings::from_config(cfg);
+    let references = crate::reference::ReferenceSet::load(
+        cfg.reference
+            .iter()
+            .map(|r| (r.name.as_str(), r.path.as_path(), r.reload().0)),
+    )
+    .map_err(|(i, e)| PipelineError::Reference(format!("reference[{i}].path: {e}")))?;
+    settings.references = Arc::new(references);
+    let settings = Arc::new(settings);
+    if let Some(h) = &hub {
+        h.set_references(settings.references.clone());
+    }
+    let reloader_stop = Arc::new(AtomicBool::new(false));
+    let reloader = settings.references.spawn_reloader(reloader_stop.clone());
     let mut sinks = cfg
         .sinks
         .iter()
@@ -233,6 +251,10 @@ pub fn run_with(
             (Ok(_), Ok(false)) => Phase::Stopping,
             _ => Phase::Failed,
         });
+    }
+    reloader_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = reloader {
+        let _ = t.join();
     }
     let sink_report = sink_report?;
     drop(done);

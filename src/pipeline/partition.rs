@@ -412,12 +412,17 @@ pub struct Partition {
     /// Device watermarks from the checkpoint resumed from, by [`device_key`]: each
     /// applies when its device is first seen (see [`Self::held`]).
     resumed_clocks: HashMap<u64, i64>,
+    /// The reference tables rules read, as of `tables_generation` of the set.
+    tables: Vec<Arc<crate::reference::Table>>,
+    tables_generation: u64,
 }
 
 impl Partition {
     /// A partition numbered `id`; `epoch` is when the run started (block arrival
     /// times count from it) and the clock's first reading.
     pub fn new(id: usize, settings: Arc<Settings>, epoch: Instant) -> Self {
+        let tables_generation = settings.references.generation();
+        let tables = settings.references.tables();
         let mut windows = WindowEngine::new(&settings.windows, settings.lateness_ms);
         if settings.per_device {
             windows.chain_series();
@@ -489,6 +494,8 @@ impl Partition {
             finish_at: 0,
             memory_at_end: None,
             resumed_clocks: HashMap::new(),
+            tables,
+            tables_generation,
         }
     }
 
@@ -570,11 +577,13 @@ impl Partition {
         if replaying {
             self.rows.truncate(first_row);
         } else if self.rows.len() > first_row {
+            self.refresh_tables();
             self.rules.evaluate(
                 &self.rows,
                 first_row,
                 self.windows.defs(),
                 &self.names,
+                &self.tables,
                 &mut self.alerts,
             );
         }
@@ -609,7 +618,7 @@ impl Partition {
     }
 
     /// End of a finite input: closes every window and hands everything on. Per
-    /// device, a step closes devices until about [`FINISH_ROWS`] rows are out, so
+    /// device, a step closes devices until about 16,384 rows are out, so
     /// that the sinks can take them before the next step (a million devices' last
     /// windows are not built all at once): call it until it says it is done.
     pub fn finish(&mut self, now: Instant) -> bool {
@@ -1196,13 +1205,26 @@ impl Partition {
             &mut self.rows,
             &mut self.latency,
         );
+        self.refresh_tables();
         self.rules.evaluate(
             &self.rows,
             from,
             self.windows.defs(),
             &self.names,
+            &self.tables,
             &mut self.alerts,
         );
+    }
+
+    /// Takes the reference tables swapped in since the last call (an atomic load when
+    /// none was).
+    #[inline]
+    fn refresh_tables(&mut self) {
+        let generation = self.settings.references.generation();
+        if generation != self.tables_generation {
+            self.tables = self.settings.references.tables();
+            self.tables_generation = generation;
+        }
     }
 
     /// Hands closed windows, alerts and dead letters to the sinks.

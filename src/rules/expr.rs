@@ -5,14 +5,19 @@
 //! or         := and ("OR" and)*
 //! and        := unary ("AND" unary)*
 //! unary      := "NOT" unary | "(" expr ")" | comparison
-//! comparison := aggregate op number | number op aggregate
+//! comparison := aggregate op arith | number op aggregate
 //!             | key ("=" | "!=") 'text' | key ["NOT"] "IN" ('text', …)
+//! arith      := term (("+" | "-") term)*
+//! term       := factor (("*" | "/") factor)*
+//! factor     := number | reference "." column | "(" arith ")"
 //! aggregate  := count | sum | avg | min | max
 //! key        := type | deviceId | window
 //! op         := < | <= | > | >= | = | != | <>
 //! ```
 //! Keywords are case-insensitive. Parsing happens once, at start-up; evaluation
-//! allocates nothing.
+//! allocates nothing. `reference.column` reads the device's row of a `[[reference]]`
+//! table: where the device has none (or the column is empty), the rule does not
+//! apply to it (see [`Expr::references_present`]).
 
 use std::fmt;
 
@@ -68,15 +73,72 @@ pub enum Expr {
         negate: bool,
         values: Vec<String>,
     },
+    /// An aggregate compared with arithmetic over reference columns.
+    Cmp {
+        agg: Agg,
+        op: Op,
+        rhs: Arith,
+    },
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Not(Box<Expr>),
+}
+
+/// Arithmetic on numbers and reference columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arith {
+    Num(f64),
+    /// `reference.column`.
+    Ref(String, String),
+    Bin(Box<Arith>, ArithOp, Box<Arith>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Arith {
+    /// Its value for `row`; `None` if a reference column has no value for it.
+    pub fn eval(&self, row: &impl Row) -> Option<f64> {
+        Some(match self {
+            Arith::Num(v) => *v,
+            Arith::Ref(table, column) => row.reference(table, column)?,
+            Arith::Bin(a, op, b) => {
+                let (a, b) = (a.eval(row)?, b.eval(row)?);
+                match op {
+                    ArithOp::Add => a + b,
+                    ArithOp::Sub => a - b,
+                    ArithOp::Mul => a * b,
+                    ArithOp::Div => a / b,
+                }
+            }
+        })
+    }
+
+    fn references<'a>(&'a self, out: &mut Vec<(&'a str, &'a str)>) {
+        match self {
+            Arith::Num(_) => {}
+            Arith::Ref(t, c) => out.push((t, c)),
+            Arith::Bin(a, _, b) => {
+                a.references(out);
+                b.references(out);
+            }
+        }
+    }
 }
 
 /// What an expression is evaluated against: one closed window.
 pub trait Row {
     fn agg(&self, agg: Agg) -> f64;
     fn key(&self, key: Key) -> &str;
+    /// Column `column` of the row's device (and type) in reference table `table`.
+    fn reference(&self, _table: &str, _column: &str) -> Option<f64> {
+        None
+    }
 }
 
 impl Expr {
@@ -101,16 +163,61 @@ impl Expr {
                 let v = row.key(*key);
                 values.iter().any(|x| x == v) != *negate
             }
+            Expr::Cmp { agg, op, rhs } => {
+                let (v, Some(value)) = (row.agg(*agg), rhs.eval(row)) else {
+                    return false;
+                };
+                match op {
+                    Op::Lt => v < value,
+                    Op::Le => v <= value,
+                    Op::Gt => v > value,
+                    Op::Ge => v >= value,
+                    Op::Eq => v == value,
+                    Op::Ne => v != value,
+                }
+            }
             Expr::And(a, b) => a.eval(row) && b.eval(row),
             Expr::Or(a, b) => a.eval(row) || b.eval(row),
             Expr::Not(a) => !a.eval(row),
         }
     }
 
+    /// Every `reference.column` the expression reads.
+    pub fn references(&self) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        self.collect_references(&mut out);
+        out
+    }
+
+    fn collect_references<'a>(&'a self, out: &mut Vec<(&'a str, &'a str)>) {
+        match self {
+            Expr::Cmp { rhs, .. } => rhs.references(out),
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                a.collect_references(out);
+                b.collect_references(out);
+            }
+            Expr::Not(a) => a.collect_references(out),
+            Expr::Num { .. } | Expr::Text { .. } => {}
+        }
+    }
+
+    /// Whether every reference column it reads has a value for `row` (a rule does
+    /// not apply to a device its reference tables do not list).
+    pub fn references_present(&self, row: &impl Row) -> bool {
+        match self {
+            Expr::Cmp { rhs, .. } => rhs.eval(row).is_some(),
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                a.references_present(row) && b.references_present(row)
+            }
+            Expr::Not(a) => a.references_present(row),
+            Expr::Num { .. } | Expr::Text { .. } => true,
+        }
+    }
+
     /// The first aggregate the expression tests: the alert's `value`.
     pub fn first_aggregate(&self) -> Option<Agg> {
         match self {
-            Expr::Num { agg, .. } => Some(*agg),
+            Expr::Num { agg, .. } | Expr::Cmp { agg, .. } => Some(*agg),
             Expr::Text { .. } => None,
             Expr::And(a, b) | Expr::Or(a, b) => a.first_aggregate().or_else(|| b.first_aggregate()),
             Expr::Not(a) => a.first_aggregate(),
@@ -136,9 +243,12 @@ impl std::error::Error for ParseError {}
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),
+    /// `reference.column`.
+    Ref(String, String),
     Num(f64),
     Str(String),
     Op(Op),
+    Arith(ArithOp),
     LParen,
     RParen,
     Comma,
@@ -209,6 +319,23 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 }
                 out.push((start, Tok::Str(text)));
             }
+            b'*' => (out.push((i, Tok::Arith(ArithOp::Mul))), i += 1).1,
+            b'/' => (out.push((i, Tok::Arith(ArithOp::Div))), i += 1).1,
+            // After a value, + and - are operators; elsewhere they sign a number.
+            b'+' | b'-'
+                if matches!(
+                    out.last(),
+                    Some((_, Tok::Num(_) | Tok::Ident(_) | Tok::Ref(..) | Tok::RParen))
+                ) =>
+            {
+                let op = if c == b'+' {
+                    ArithOp::Add
+                } else {
+                    ArithOp::Sub
+                };
+                out.push((i, Tok::Arith(op)));
+                i += 1;
+            }
             b'0'..=b'9' | b'-' | b'+' | b'.' => {
                 i += 1;
                 while i < b.len()
@@ -227,7 +354,22 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                     i += 1;
                 }
-                out.push((start, Tok::Ident(s[start..i].to_owned())));
+                if b.get(i) == Some(&b'.')
+                    && b.get(i + 1)
+                        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+                {
+                    let dot = i;
+                    i += 1;
+                    while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                        i += 1;
+                    }
+                    out.push((
+                        start,
+                        Tok::Ref(s[start..dot].to_owned(), s[dot + 1..i].to_owned()),
+                    ));
+                } else {
+                    out.push((start, Tok::Ident(s[start..i].to_owned())));
+                }
             }
             _ => {
                 return err(
@@ -342,12 +484,9 @@ impl Parser {
             Tok::Ident(name) => {
                 if let Some(agg) = aggregate(&name) {
                     let op = self.op()?;
-                    match self.peek().cloned() {
-                        Some(Tok::Num(value)) => {
-                            self.pos += 1;
-                            Ok(Expr::Num { agg, op, value })
-                        }
-                        _ => self.err(format!("expected a number after {name}")),
+                    match self.arith()? {
+                        Arith::Num(value) => Ok(Expr::Num { agg, op, value }),
+                        rhs => Ok(Expr::Cmp { agg, op, rhs }),
                     }
                 } else if let Some(key) = key(&name) {
                     let negate = self.keyword("not");
@@ -390,6 +529,44 @@ impl Parser {
                     "unexpected {other:?}: expected a comparison such as avg > 1000"
                 ))
             }
+        }
+    }
+    fn arith(&mut self) -> Result<Arith, ParseError> {
+        let mut a = self.term()?;
+        while let Some(Tok::Arith(op @ (ArithOp::Add | ArithOp::Sub))) = self.peek().cloned() {
+            self.pos += 1;
+            a = Arith::Bin(Box::new(a), op, Box::new(self.term()?));
+        }
+        Ok(a)
+    }
+    fn term(&mut self) -> Result<Arith, ParseError> {
+        let mut a = self.factor()?;
+        while let Some(Tok::Arith(op @ (ArithOp::Mul | ArithOp::Div))) = self.peek().cloned() {
+            self.pos += 1;
+            a = Arith::Bin(Box::new(a), op, Box::new(self.factor()?));
+        }
+        Ok(a)
+    }
+    fn factor(&mut self) -> Result<Arith, ParseError> {
+        match self.peek().cloned() {
+            Some(Tok::Num(v)) => {
+                self.pos += 1;
+                Ok(Arith::Num(v))
+            }
+            Some(Tok::Ref(t, c)) => {
+                self.pos += 1;
+                Ok(Arith::Ref(t, c))
+            }
+            Some(Tok::LParen) => {
+                self.pos += 1;
+                let a = self.arith()?;
+                if self.peek() != Some(&Tok::RParen) {
+                    return self.err("expected ')'");
+                }
+                self.pos += 1;
+                Ok(a)
+            }
+            _ => self.err("expected a number or a reference column (e.g. limits.co2_max)"),
         }
     }
     fn op(&mut self) -> Result<Op, ParseError> {
@@ -484,6 +661,40 @@ mod tests {
 
     fn eval(s: &str, r: R) -> bool {
         parse(s).unwrap().eval(&r)
+    }
+
+    #[test]
+    fn reference_columns_and_arithmetic_parse_and_evaluate() {
+        struct R;
+        impl Row for R {
+            fn agg(&self, _: Agg) -> f64 {
+                1000.0
+            }
+            fn key(&self, _: Key) -> &str {
+                "CO2"
+            }
+            fn reference(&self, table: &str, column: &str) -> Option<f64> {
+                match (table, column) {
+                    ("limits", "co2_max") => Some(950.0),
+                    ("limits", "step") => Some(10.0),
+                    _ => None,
+                }
+            }
+        }
+        let yes = |e: &str| parse(e).unwrap().eval(&R);
+        assert!(yes("avg > limits.co2_max"));
+        assert!(!yes("avg < limits.co2_max * 0.95"));
+        assert!(yes("avg >= limits.co2_max + 5 * limits.step"));
+        assert!(!yes("avg > limits.co2_max + 5 * (limits.step + 1)"));
+        assert!(yes("avg > limits.co2_max - -10"));
+        assert!(yes("avg = 2000 / 2"));
+        assert!(!yes("avg > limits.missing"), "a missing column tests false");
+        let e = parse("avg > limits.co2_max AND NOT avg > other.x").unwrap();
+        assert_eq!(e.references(), vec![("limits", "co2_max"), ("other", "x")]);
+        assert!(!e.references_present(&R));
+        assert!(parse("avg > limits.co2_max *").is_err());
+        assert!(parse("avg > (limits.co2_max").is_err());
+        assert!(parse("avg > limits.").is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::config::{RuleConfig, RuleKind};
 use crate::event::{Alert, AlertState, rfc3339_ms};
+use crate::reference::Table;
 use crate::windows::{WindowDef, WindowOutput};
 use expr::{Agg, Expr, Key, Row};
 
@@ -46,6 +47,8 @@ struct Rule {
     clear_agg: Agg,
     /// Per series: whether an alert is open.
     raised: Vec<bool>,
+    /// `when` or `clear` reads reference columns.
+    uses_references: bool,
 }
 
 /// An absence rule.
@@ -127,6 +130,7 @@ struct WindowRow<'a> {
     device: &'a str,
     kind: &'a str,
     window: &'a str,
+    tables: &'a [Arc<Table>],
 }
 
 impl Row for WindowRow<'_> {
@@ -146,6 +150,10 @@ impl Row for WindowRow<'_> {
             Key::DeviceId => self.device,
             Key::Window => self.window,
         }
+    }
+    fn reference(&self, table: &str, column: &str) -> Option<f64> {
+        let t = self.tables.iter().find(|t| *t.name == *table)?;
+        t.value(self.device, self.kind, column)
     }
 }
 
@@ -197,7 +205,9 @@ impl RuleEngine {
             let clear_agg = clear
                 .first_aggregate()
                 .ok_or_else(|| err("clear tests no aggregate".into()))?;
+            let uses_references = !when.references().is_empty() || !clear.references().is_empty();
             out.push(Rule {
+                uses_references,
                 name: Arc::from(r.name.as_str()),
                 window: window as u16,
                 filter,
@@ -251,13 +261,15 @@ impl RuleEngine {
     }
 
     /// Evaluates every rule on the rows of `out` from `from` on, in order, appending
-    /// state changes to `alerts`.
+    /// state changes to `alerts`. `tables` are the reference tables expressions read:
+    /// a rule does not apply to a device they do not list.
     pub fn evaluate(
         &mut self,
         out: &WindowOutput,
         from: usize,
         windows: &[WindowDef],
         names: &impl SeriesNames,
+        tables: &[Arc<Table>],
         alerts: &mut Vec<Alert>,
     ) {
         if self.rules.is_empty() {
@@ -273,8 +285,14 @@ impl RuleEngine {
                     device: names.device(series),
                     kind: names.kind(series),
                     window: &windows[w as usize].name,
+                    tables,
                 };
                 if rule.filter.as_ref().is_some_and(|f| !f.eval(&row)) {
+                    continue;
+                }
+                if rule.uses_references
+                    && !(rule.when.references_present(&row) && rule.clear.references_present(&row))
+                {
                     continue;
                 }
                 let s = series as usize;

@@ -82,6 +82,33 @@ pub fn render(hub: &Hub, queries: &QueryStats) -> String {
         "Events more than max_clock_skew ahead of their partition's event time (dead-lettered with reason skew; also in eventide_events_total{outcome=\"dead_lettered\"}).",
         &one(total.skewed),
     );
+    if let Some(set) = hub.references() {
+        let stats = set.stats();
+        let by = |f: &dyn Fn(&crate::reference::ReferenceStats) -> f64| {
+            stats
+                .iter()
+                .map(|s| (format!("{{reference=\"{}\"}}", s.name), f(s)))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "eventide_reference_rows",
+            "gauge",
+            "Rows of each reference table in use.",
+            &by(&|s| s.rows as f64),
+        );
+        metric(
+            "eventide_reference_loads_total",
+            "counter",
+            "Reference files read and swapped in (the first load included).",
+            &by(&|s| s.loads as f64),
+        );
+        metric(
+            "eventide_reference_load_errors_total",
+            "counter",
+            "Reference files that changed and did not read (the previous table stayed).",
+            &by(&|s| s.errors as f64),
+        );
+    }
     metric(
         "eventide_devices_split_total",
         "counter",

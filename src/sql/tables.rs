@@ -35,15 +35,17 @@ pub enum Table {
     Alerts,
     Devices,
     Stats,
+    Reference,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::LiveWindows,
         Table::Windows,
         Table::Alerts,
         Table::Devices,
         Table::Stats,
+        Table::Reference,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Table {
             Table::Alerts => "alerts",
             Table::Devices => "devices",
             Table::Stats => "stats",
+            Table::Reference => "reference",
         }
     }
 
@@ -62,6 +65,7 @@ impl Table {
             Table::Alerts => alerts_schema(),
             Table::Devices => devices_schema(),
             Table::Stats => stats_schema(),
+            Table::Reference => crate::live::reference_schema(),
         }
     }
 
@@ -73,6 +77,7 @@ impl Table {
             Table::Stats => vec![stats_batch(&hub.snapshots())],
             Table::Windows => hub.closed_windows(),
             Table::Alerts => hub.alerts(),
+            Table::Reference => vec![hub.reference_batch()],
         }
     }
 }

@@ -464,7 +464,7 @@ impl WindowEngine {
         &self.defs
     }
 
-    /// Per-device event time: series' rows are chained ([`PaneStore::heads`]) for
+    /// Per-device event time: series' rows are chained through the panes for
     /// [`Self::close_series`]. Set before the first event.
     pub fn chain_series(&mut self) {
         for store in &mut self.stores {

@@ -72,6 +72,10 @@ pub struct RuleSpec {
     pub kind: String,
     pub above: f64,
     pub below: f64,
+    /// Per-device limits from a reference table (`when = "avg > limits.x"`, `clear =
+    /// "avg < limits.x * 0.95"`): they replace `above`/`below`; a device not listed
+    /// has no alerts.
+    pub limits: Option<BTreeMap<String, f64>>,
 }
 
 /// What eventide is configured to do, for the reference.
@@ -292,10 +296,17 @@ impl Model {
                 let avg = a.sum / a.count as f64;
                 let key = (dev.clone(), kind.clone());
                 let id = format!("{}|{dev}|{}", r.name, time::rfc3339_ms(start + size));
-                if !raised.contains(&key) && avg > r.above {
+                let (above, below) = match &r.limits {
+                    None => (r.above, r.below),
+                    Some(limits) => match limits.get(dev) {
+                        Some(&l) => (l, l * 0.95),
+                        None => continue,
+                    },
+                };
+                if !raised.contains(&key) && avg > above {
                     raised.insert(key);
                     e.alerts.insert(id, ("raised".into(), avg));
-                } else if raised.contains(&key) && avg < r.below {
+                } else if raised.contains(&key) && avg < below {
                     raised.remove(&key);
                     e.alerts.insert(id, ("cleared".into(), avg));
                 }

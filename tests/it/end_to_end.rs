@@ -78,6 +78,7 @@ fn model(partitions: usize) -> Model {
             kind: "CO2".into(),
             above: 1000.0,
             below: 950.0,
+            limits: None,
         }],
         types: None,
         absences: Vec::new(),
@@ -1062,4 +1063,204 @@ fn silent_devices_raise_absence_alerts_as_the_model_does() {
         .map(|c| c.open_alerts)
         .sum::<u64>();
     assert!(open >= 1, "the gone device's alerts stay open");
+}
+
+/// Per-device thresholds from a reference table: each listed device is judged by its
+/// own limit, an unlisted one raises nothing; a limit column used in arithmetic
+/// (`clear = "avg < limits.co2_max * 0.95"`). Against the model.
+#[test]
+fn per_device_thresholds_from_a_csv_give_the_models_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = messy_input(30_000, 21);
+    let mut devices: Vec<String> = std::str::from_utf8(&input)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["deviceId"].as_str().map(str::to_owned))
+        .collect();
+    devices.sort();
+    devices.dedup();
+    // Two of every three devices listed, with limits of 800, 1000 or 1200.
+    let mut limits = std::collections::BTreeMap::new();
+    let mut csv = String::from("deviceId,co2_max,note\n");
+    for (i, d) in devices.iter().enumerate().filter(|(i, _)| i % 3 != 2) {
+        let l = [800.0, 1000.0, 1200.0][i % 3 * 2 % 3];
+        limits.insert(d.clone(), l);
+        csv.push_str(&format!("\"{d}\",{l},{}\n", i));
+    }
+    let table = dir.path().join("limits.csv");
+    std::fs::write(&table, csv).unwrap();
+    let (_, source) = file_source(dir.path(), &input);
+    let text = config_text(dir.path(), &source, 2, "")
+        .replace("when = \"avg > 1000\"", "when = \"avg > limits.co2_max\"")
+        .replace(
+            "clear = \"avg < 950\"",
+            "clear = \"avg < limits.co2_max * 0.95\"",
+        )
+        + &format!(
+            "\n[[reference]]\nname = \"limits\"\npath = \"{}\"\n",
+            table.display()
+        );
+    let cfg = Config::parse(&text).unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let mut m = model(2);
+    m.rules[0].limits = Some(limits.clone());
+    let exp = m.expect(&input);
+    assert_accounting(&report, &exp, "per-device limits");
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_alerts(&out, &exp.alerts);
+    let by = |l: f64| {
+        exp.alerts
+            .keys()
+            .filter(|id| limits.get(id.split('|').nth(1).unwrap()) == Some(&l))
+            .count()
+    };
+    assert!(
+        by(800.0) > by(1200.0),
+        "lower limits raise more: {} vs {}",
+        by(800.0),
+        by(1200.0)
+    );
+    assert!(
+        exp.alerts
+            .keys()
+            .all(|id| limits.contains_key(id.split('|').nth(1).unwrap())),
+        "an unlisted device raises nothing"
+    );
+    assert!(!exp.alerts.is_empty());
+}
+
+/// A reference file rewritten during a stdin run: rules use the new limits from then
+/// on, no window, dedupe or alert state is lost (the windows are those of one
+/// uninterrupted run), and a rewrite that does not read keeps the table in use.
+#[test]
+fn a_reference_file_rewritten_mid_run_changes_rules_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = messy_input(20_000, 23);
+    let lines: Vec<&str> = std::str::from_utf8(&input).unwrap().lines().collect();
+    let half = lines.len() / 2;
+    let table = dir.path().join("limits.ndjson");
+    // At first no device's limit can be reached.
+    let write_limits = |limit: f64| {
+        let mut text = String::new();
+        for d in 0..300 {
+            text.push_str(&format!(
+                "{{\"deviceId\":\"contoso://device-id-{d}\",\"co2_max\":{limit}}}\n"
+            ));
+        }
+        std::fs::write(&table, text).unwrap();
+    };
+    write_limits(1e12);
+    let text = config_text(dir.path(), "kind = \"stdin\"", 2, "")
+        .replace("when = \"avg > 1000\"", "when = \"avg > limits.co2_max\"")
+        .replace(
+            "clear = \"avg < 950\"",
+            "clear = \"avg < limits.co2_max * 0.95\"",
+        )
+        + &format!(
+            "\n[[reference]]\nname = \"limits\"\npath = \"{}\"\nreload = \"50ms\"\n",
+            table.display()
+        );
+    let config = dir.path().join("eventide.toml");
+    std::fs::write(&config, text).unwrap();
+    let log_path = dir.path().join("eventide.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("EVENTIDE_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_for = |what: &str, times: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while log().matches(what).count() < times {
+            assert!(Instant::now() < deadline, "no {what:?} in:\n{}", log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    for l in &lines[..half] {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // A rewrite that does not read: the table in use stays.
+    std::fs::write(&table, "{\"deviceId\": 5}\n").unwrap();
+    wait_for("does not read", 1);
+    // Every device's limit is now 0: its next CO2 window raises.
+    std::thread::sleep(Duration::from_millis(20));
+    write_limits(0.0);
+    wait_for("Reference table reloaded", 1);
+    for l in &lines[half..] {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", log());
+
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    // The windows of one uninterrupted run.
+    let exp = model(2).expect(&input);
+    assert_windows(&out, &exp.windows);
+    // Alerts only under the new limits, each CO2 series raised once (limit 0 never
+    // clears): the rule's state carried over the reload.
+    let alerts: Vec<&Value> = out.iter().filter(|r| r.get("state").is_some()).collect();
+    assert!(alerts.len() > 50, "{}", alerts.len());
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["state"] == "raised" && a["type"] == "CO2")
+    );
+    let mut series: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["deviceId"].as_str().unwrap())
+        .collect();
+    let n = series.len();
+    series.sort();
+    series.dedup();
+    assert_eq!(series.len(), n, "one raise per device");
+    // Each device raised at its first CO2 window closing after the reload: the first
+    // whose close point (end + 2 s lateness) its watermark had not passed when the
+    // first half was in (its newest event time there - 5 s).
+    let mut first_half_wm: std::collections::HashMap<String, i64> = Default::default();
+    for l in &lines[..half] {
+        let events = match serde_json::from_str::<Value>(l) {
+            Ok(Value::Array(a)) => a,
+            Ok(v) => vec![v],
+            Err(_) => continue,
+        };
+        for v in events {
+            if let (Some(d), Some(t)) = (v["deviceId"].as_str(), v["createdAt"].as_str())
+                && let Some(t) = eventide::event::parse_rfc3339_ms(t)
+            {
+                let w = first_half_wm.entry(d.to_owned()).or_insert(i64::MIN);
+                *w = (*w).max(t - 5_000);
+            }
+        }
+    }
+    let mut checked = 0;
+    for a in &alerts {
+        let d = a["deviceId"].as_str().unwrap();
+        let Some(&wm) = first_half_wm.get(d) else {
+            continue;
+        };
+        let first_after = exp
+            .windows
+            .keys()
+            .filter_map(|id| {
+                let p: Vec<&str> = id.split('|').collect();
+                (p[0] == "sliding_5m" && p[1] == d && p[2] == "CO2")
+                    .then(|| eventide::event::parse_rfc3339_ms(p[3]).unwrap() + 300_000)
+            })
+            .filter(|end| end + 2_000 > wm)
+            .min()
+            .unwrap();
+        let end = eventide::event::parse_rfc3339_ms(a["windowEnd"].as_str().unwrap()).unwrap();
+        assert_eq!(end, first_after, "{d}");
+        checked += 1;
+    }
+    assert!(checked > 50, "{checked}");
 }

@@ -841,3 +841,77 @@ snapshot_interval = "50ms"
 
     assert_eq!(r.stop(), 0);
 }
+
+/// The `reference` table shows what is loaded, and `/metrics` counts the loads.
+#[test]
+fn the_reference_table_shows_what_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    sim_input(dir.path(), 2_000);
+    let table = dir.path().join("limits.csv");
+    std::fs::write(
+        &table,
+        "deviceId,type,co2_max,temp_max\n\"contoso://device-id-1\",CO2,900,\n\"id, with \"\"quotes\"\"\",,1000.5,30\n",
+    )
+    .unwrap();
+    let config = file_config(dir.path(), "")
+        + &format!(
+            "\n[[reference]]\nname = \"limits\"\npath = \"{}\"\n",
+            table.display()
+        );
+    let r = Running::start(dir.path(), &config);
+    r.wait_finished();
+    let rows = sql(
+        r.http,
+        "SELECT reference, deviceId, type, \"column\", value FROM reference ORDER BY deviceId, \"column\"",
+    );
+    let got: Vec<(String, String, Value, String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["reference"].as_str().unwrap().to_owned(),
+                r["deviceId"].as_str().unwrap().to_owned(),
+                r["type"].clone(),
+                r["column"].as_str().unwrap().to_owned(),
+                num(&r["value"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "limits".into(),
+                "contoso://device-id-1".into(),
+                Value::from("CO2"),
+                "co2_max".into(),
+                900.0
+            ),
+            (
+                "limits".into(),
+                "id, with \"quotes\"".into(),
+                Value::Null,
+                "co2_max".into(),
+                1000.5
+            ),
+            (
+                "limits".into(),
+                "id, with \"quotes\"".into(),
+                Value::Null,
+                "temp_max".into(),
+                30.0
+            ),
+        ]
+    );
+    let (status, _, body) = http(r.http, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let m = parse_prometheus(&String::from_utf8(body).unwrap());
+    assert_eq!(m["eventide_reference_rows{reference=\"limits\"}"], 2.0);
+    assert_eq!(
+        m["eventide_reference_loads_total{reference=\"limits\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["eventide_reference_load_errors_total{reference=\"limits\"}"],
+        0.0
+    );
+}
