@@ -384,7 +384,8 @@ impl ReferenceSet {
         }
     }
 
-    /// Checks every file at its `reload` interval until `stop` is set.
+    /// Checks every file at its `reload` interval until `stop` is set (then unpark the
+    /// thread, so that it ends at once).
     pub fn spawn_reloader(
         self: &Arc<Self>,
         stop: Arc<AtomicBool>,
@@ -410,7 +411,8 @@ impl ReferenceSet {
                             next[i] = now + s.reload;
                         }
                     }
-                    std::thread::sleep(step);
+                    // Woken at once when the run ends (see `pipeline::run_with`).
+                    std::thread::park_timeout(step);
                 }
             })
             .ok()

@@ -254,6 +254,7 @@ pub fn run_with(
     }
     reloader_stop.store(true, Ordering::Relaxed);
     if let Some(t) = reloader {
+        t.thread().unpark();
         let _ = t.join();
     }
     let sink_report = sink_report?;

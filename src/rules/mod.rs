@@ -131,9 +131,15 @@ struct WindowRow<'a> {
     kind: &'a str,
     window: &'a str,
     tables: &'a [Arc<Table>],
+    /// The device's row in the table last read: (table index, row), so that the
+    /// conditions' columns cost one lookup per window.
+    looked_up: std::cell::Cell<Option<LookedUp<'a>>>,
 }
 
-impl Row for WindowRow<'_> {
+/// A device's row in a reference table: (the table's index, the row if it has one).
+type LookedUp<'a> = (usize, Option<&'a [f64]>);
+
+impl<'a> Row for WindowRow<'a> {
     fn agg(&self, agg: Agg) -> f64 {
         let (o, i) = (self.out, self.i);
         match agg {
@@ -152,8 +158,18 @@ impl Row for WindowRow<'_> {
         }
     }
     fn reference(&self, table: &str, column: &str) -> Option<f64> {
-        let t = self.tables.iter().find(|t| *t.name == *table)?;
-        t.value(self.device, self.kind, column)
+        let i = self.tables.iter().position(|t| *t.name == *table)?;
+        let t: &'a Table = &self.tables[i];
+        let row = match self.looked_up.get() {
+            Some((at, row)) if at == i => row,
+            _ => {
+                let row = t.row(self.device, self.kind);
+                self.looked_up.set(Some((i, row)));
+                row
+            }
+        }?;
+        let c = t.columns.iter().position(|x| **x == *column)?;
+        Some(row[c]).filter(|v| !v.is_nan())
     }
 }
 
@@ -286,6 +302,7 @@ impl RuleEngine {
                     kind: names.kind(series),
                     window: &windows[w as usize].name,
                     tables,
+                    looked_up: std::cell::Cell::new(None),
                 };
                 if rule.filter.as_ref().is_some_and(|f| !f.eval(&row)) {
                     continue;
