@@ -89,6 +89,49 @@ impl fmt::Display for Dur {
     }
 }
 
+/// `[[rules]] after`: a duration, or a reference column (`limits.silence_s`) giving
+/// each device's in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum After {
+    Fixed(Dur),
+    Column { table: String, column: String },
+}
+
+impl<'de> Deserialize<'de> for After {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = After;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    r#"a duration such as "45s", or a reference column such as "limits.silence_s""#,
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<After, E> {
+                if let Ok(d) = humantime::parse_duration(s) {
+                    return Ok(After::Fixed(Dur(d)));
+                }
+                let ident = |x: &str| {
+                    x.chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && x.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                };
+                match s.split_once('.') {
+                    Some((t, c)) if ident(t) && ident(c) => Ok(After::Column {
+                        table: t.into(),
+                        column: c.into(),
+                    }),
+                    _ => Err(E::custom(format!(
+                        "{s:?} is neither a duration (\"45s\") nor a reference column (\"limits.silence_s\")"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -408,8 +451,9 @@ pub struct RuleConfig {
     /// Threshold: clear when this holds, e.g. `avg < 950` (default: when `when` no
     /// longer holds).
     pub clear: Option<String>,
-    /// Absence: how long a device (per type) may stay silent, in event time.
-    pub after: Option<Dur>,
+    /// Absence: how long a device (per type) may stay silent, in event time: a
+    /// duration, or a reference column of seconds per device.
+    pub after: Option<After>,
 }
 
 /// `[[rules]] kind`.
@@ -707,7 +751,7 @@ impl Config {
                 ));
             }
             if r.kind == RuleKind::Absence {
-                validate_absence(r, &key)?;
+                validate_absence(r, &key, &tables)?;
                 continue;
             }
             if r.after.is_some() {
@@ -897,8 +941,12 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
 
 /// An absence rule: `after` (more than zero), a filter over `type` and `deviceId`
 /// only, and none of a threshold rule's keys.
-fn validate_absence(r: &RuleConfig, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    match r.after {
+fn validate_absence(
+    r: &RuleConfig,
+    key: &dyn Fn(&str) -> String,
+    tables: &std::collections::HashMap<&str, crate::reference::Table>,
+) -> Result<(), ConfigError> {
+    match &r.after {
         None => {
             return Err(ConfigError::invalid(
                 key("after"),
@@ -908,13 +956,31 @@ fn validate_absence(r: &RuleConfig, key: &dyn Fn(&str) -> String) -> Result<(), 
                 ),
             ));
         }
-        Some(d) if d.0.is_zero() => {
+        Some(After::Fixed(d)) if d.0.is_zero() => {
             return Err(ConfigError::invalid(
                 key("after"),
                 "must be greater than 0s",
             ));
         }
-        Some(_) => {}
+        Some(After::Fixed(_)) => {}
+        Some(After::Column { table, column }) => match tables.get(table.as_str()) {
+            None => {
+                return Err(ConfigError::invalid(
+                    key("after"),
+                    format!("rule {:?}: no [[reference]] is named {table:?}", r.name),
+                ));
+            }
+            Some(t) if !t.columns.iter().any(|c| **c == **column) => {
+                return Err(ConfigError::invalid(
+                    key("after"),
+                    format!(
+                        "rule {:?}: reference {table:?} has no column {column:?}",
+                        r.name
+                    ),
+                ));
+            }
+            Some(_) => {}
+        },
     }
     for (k, set) in [
         ("window", !r.window.is_empty()),
@@ -1126,7 +1192,18 @@ mod tests {
         };
         let c = Config::parse(&absence("after = \"45s\"\nfilter = \"type = 'CO2'\"")).unwrap();
         assert_eq!(c.rules[1].kind, RuleKind::Absence);
-        assert_eq!(c.rules[1].after.map(|d| d.ms()), Some(45_000));
+        assert_eq!(
+            c.rules[1].after,
+            Some(After::Fixed(Dur(Duration::from_secs(45))))
+        );
+        assert_eq!(
+            key_of(&absence("after = \"limits.silence_s\"")),
+            "rules[1].after"
+        );
+        assert_eq!(
+            key_of(&absence("after = \"forty seconds\"")),
+            "rules[1].after"
+        );
         assert_eq!(key_of(&absence("")), "rules[1].after");
         assert_eq!(key_of(&absence("after = \"0s\"")), "rules[1].after");
         assert_eq!(

@@ -606,7 +606,14 @@ impl Partition {
                     self.close(self.wm);
                 }
                 if self.rules.has_absence() {
-                    self.rules.fire(self.wm, &self.names, &mut self.alerts);
+                    self.refresh_tables();
+                    self.rules.fire(
+                        self.wm,
+                        &self.names,
+                        &self.tables,
+                        self.tables_generation,
+                        &mut self.alerts,
+                    );
                 }
                 self.flush();
             }
@@ -835,7 +842,14 @@ impl Partition {
             .last()
             .is_some_and(|it| block.offset(it) < self.replay_until);
         if self.rules.has_absence() && !replayed {
-            self.rules.fire(self.wm, &self.names, &mut self.alerts);
+            self.refresh_tables();
+            self.rules.fire(
+                self.wm,
+                &self.names,
+                &self.tables,
+                self.tables_generation,
+                &mut self.alerts,
+            );
         }
         if !self.block_times.is_empty() {
             let mid = self.block_times.len() / 2;
@@ -1166,12 +1180,15 @@ impl Partition {
         }
         if self.rules.has_absence() {
             let replaying = offset < self.replay_until;
+            self.refresh_tables();
             self.rules.seen(
                 series,
                 ev.ts,
                 self.wm,
                 replaying,
                 &self.names,
+                &self.tables,
+                self.tables_generation,
                 &mut self.alerts,
             );
         }
@@ -2063,5 +2080,47 @@ clear = "avg < 20"
         assert!(device_windows(&out).is_empty());
         // Kept in the next checkpoint until the device passes it.
         assert_eq!(q.held().clocks.len(), 1);
+    }
+
+    #[test]
+    fn an_absence_rule_reads_each_devices_silence_from_a_reference_column() {
+        let t0 = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("limits.csv");
+        std::fs::write(&table, "deviceId,silence_s\nd1,30\nd2,90\n").unwrap();
+        let text = format!(
+            "{CONFIG}\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"limits.silence_s\"\n\n[[reference]]\nname = \"limits\"\npath = \"{}\"\n",
+            table.display()
+        );
+        let cfg = Config::parse(&text).expect("valid config");
+        let mut settings = Settings::from_config(&cfg);
+        settings.references = Arc::new(
+            crate::reference::ReferenceSet::load([(
+                "limits",
+                table.as_path(),
+                Duration::from_secs(10),
+            )])
+            .unwrap(),
+        );
+        let mut p = Partition::new(0, Arc::new(settings), t0);
+        let mut out = feed(
+            &mut p,
+            &[
+                event("a", "d1", 1, 0, 10, 1.0),
+                event("b", "d2", 1, 0, 10, 1.0),
+                event("c", "d3", 1, 0, 10, 1.0),
+            ],
+            t0,
+        );
+        // d4 moves the clock to 01:20 - 5 s.
+        for s in 0..8u32 {
+            let e = event(&format!("e{s}"), "d4", s as u64, 0, 20 + s * 5, 1.0);
+            out.extend(feed(&mut p, &[e], t0));
+        }
+        out.extend(feed(&mut p, &[event("e9", "d4", 9, 1, 20, 1.0)], t0));
+        let ids: Vec<String> = absence_alerts(&out).into_iter().map(|a| a.0).collect();
+        // d1 (30 s) is due at 00:40; d2 (90 s) at 01:40, not yet; d3 is not listed.
+        assert_eq!(ids, vec!["silent|d1|2026-01-01T00:00:40.000Z".to_owned()]);
+        assert_eq!(absence_alerts(&out)[0].2, 30.0);
     }
 }

@@ -23,7 +23,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::config::{RuleConfig, RuleKind};
+use crate::config::{After, RuleConfig, RuleKind};
 use crate::event::{Alert, AlertState, rfc3339_ms};
 use crate::reference::Table;
 use crate::windows::{WindowDef, WindowOutput};
@@ -55,7 +55,14 @@ struct Rule {
 struct Absence {
     name: Arc<str>,
     filter: Option<Expr>,
+    /// A fixed `after`, ms (0 when a reference column gives it).
     after_ms: i64,
+    /// `after = "table.column"`: seconds per device, and per series the value looked
+    /// up (ms; 0: not yet, -1: the table has none, the rule does not apply), as of
+    /// the tables' `cache_generation`.
+    column: Option<(String, String)>,
+    after_cache: Vec<i64>,
+    cache_generation: u64,
     /// Per series: [`APPLIES`], [`RAISED`], [`QUEUED`], [`DECIDED`] bits.
     state: Vec<u8>,
 }
@@ -70,6 +77,43 @@ const QUEUED: u8 = 4;
 const DECIDED: u8 = 8;
 /// A checkpoint's raised keys were looked up for the series.
 const RESTORE_CHECKED: u8 = 16;
+
+impl Absence {
+    /// How long `series` may stay silent, ms: the fixed `after`, or its device's
+    /// column value (looked up once per series and table generation); `None` where
+    /// the table does not list the device (the rule does not apply to it).
+    #[inline]
+    fn after(
+        &mut self,
+        series: u32,
+        names: &impl SeriesNames,
+        tables: &[Arc<Table>],
+        generation: u64,
+    ) -> Option<i64> {
+        let Some((table, column)) = &self.column else {
+            return Some(self.after_ms);
+        };
+        if self.cache_generation != generation {
+            self.after_cache.fill(0);
+            self.cache_generation = generation;
+        }
+        let s = series as usize;
+        if self.after_cache.len() <= s {
+            self.after_cache.resize(s + 1, 0);
+        }
+        if self.after_cache[s] == 0 {
+            let secs = tables
+                .iter()
+                .find(|t| *t.name == **table)
+                .and_then(|t| t.value(names.device(series), names.kind(series), column));
+            self.after_cache[s] = match secs {
+                Some(v) if v > 0.0 => ((v * 1000.0) as i64).max(1),
+                _ => -1,
+            };
+        }
+        (self.after_cache[s] > 0).then_some(self.after_cache[s])
+    }
+}
 
 /// The keys an absence rule's filter reads: a series, no aggregates.
 struct SeriesRow<'a> {
@@ -191,11 +235,19 @@ impl RuleEngine {
                         .map(expr::parse)
                         .transpose()
                         .map_err(|e| err(format!("filter: {e}")))?,
-                    after_ms: r
-                        .after
-                        .ok_or_else(|| err("an absence rule needs after".into()))?
-                        .ms()
-                        .max(1),
+                    after_ms: match &r.after {
+                        Some(After::Fixed(d)) => d.ms().max(1),
+                        Some(After::Column { .. }) => 0,
+                        None => return Err(err("an absence rule needs after".into())),
+                    },
+                    column: match &r.after {
+                        Some(After::Column { table, column }) => {
+                            Some((table.clone(), column.clone()))
+                        }
+                        _ => None,
+                    },
+                    after_cache: Vec::new(),
+                    cache_generation: 0,
                     state: Vec::new(),
                 });
                 continue;
@@ -362,6 +414,7 @@ impl RuleEngine {
     /// the watermark passed its deadline before it reported (the heap had not fired
     /// yet), raises and clears. `replaying`: read again after a restart, before the
     /// checkpoint (alerts raised at the checkpoint apply from after it).
+    #[allow(clippy::too_many_arguments)]
     pub fn seen(
         &mut self,
         series: u32,
@@ -369,6 +422,8 @@ impl RuleEngine {
         wm: i64,
         replaying: bool,
         names: &impl SeriesNames,
+        tables: &[Arc<Table>],
+        generation: u64,
         alerts: &mut Vec<Alert>,
     ) {
         let s = series as usize;
@@ -398,6 +453,10 @@ impl RuleEngine {
                 a.state[s] = st;
                 continue;
             }
+            let Some(after) = a.after(series, names, tables, generation) else {
+                a.state[s] = st;
+                continue; // its reference table does not list the device
+            };
             if replaying {
                 // Only the last-seen time is rebuilt: what was raised and cleared
                 // before the checkpoint was written then (see `fire`).
@@ -416,10 +475,17 @@ impl RuleEngine {
             if !replaying
                 && st & RAISED == 0
                 && prev != i64::MIN
-                && wm >= prev.saturating_add(a.after_ms)
+                && wm >= prev.saturating_add(after)
             {
                 // Silent past its deadline, noticed only now that it reports.
-                alerts.push(absence_alert(a, series, names, prev, AlertState::Raised));
+                alerts.push(absence_alert(
+                    a,
+                    series,
+                    names,
+                    prev,
+                    after,
+                    AlertState::Raised,
+                ));
                 self.open += 1;
                 st |= RAISED;
             }
@@ -427,7 +493,7 @@ impl RuleEngine {
                 // Raised before a restart and not seen since: its last-seen time is
                 // not known, the clear starts where it ends.
                 let prev = if prev == i64::MIN { ts } else { prev };
-                let mut clear = absence_alert(a, series, names, prev, AlertState::Cleared);
+                let mut clear = absence_alert(a, series, names, prev, after, AlertState::Cleared);
                 let end = rfc3339_ms(ts.max(prev));
                 clear.id = format!("{}|{}|{end}", a.name, names.device(series));
                 clear.value = (ts.max(prev) - prev) as f64 / 1000.0;
@@ -438,7 +504,7 @@ impl RuleEngine {
             }
             if st & QUEUED == 0 {
                 st |= QUEUED;
-                let deadline = ts.max(prev).saturating_add(a.after_ms);
+                let deadline = ts.max(prev).saturating_add(after);
                 self.deadlines.push(Reverse((deadline, r as u32, series)));
             }
             a.state[s] = st;
@@ -453,7 +519,14 @@ impl RuleEngine {
     /// series reported since) go back in the heap. Not called while replaying after a
     /// restart (the last-seen times are not all rebuilt yet); once the replay is done,
     /// a series silent at the checkpoint raises again with the same id.
-    pub fn fire(&mut self, wm: i64, names: &impl SeriesNames, alerts: &mut Vec<Alert>) {
+    pub fn fire(
+        &mut self,
+        wm: i64,
+        names: &impl SeriesNames,
+        tables: &[Arc<Table>],
+        generation: u64,
+        alerts: &mut Vec<Alert>,
+    ) {
         while let Some(&Reverse((deadline, r, series))) = self.deadlines.peek() {
             if deadline > wm {
                 break;
@@ -466,13 +539,23 @@ impl RuleEngine {
                 continue; // it is queued again when it reports
             }
             let last = self.last_seen[s];
-            let due = last.saturating_add(a.after_ms);
+            let Some(after) = a.after(series, names, tables, generation) else {
+                continue; // its reference table no longer lists the device
+            };
+            let due = last.saturating_add(after);
             if due > wm {
                 a.state[s] |= QUEUED;
                 self.deadlines.push(Reverse((due, r, series)));
                 continue;
             }
-            alerts.push(absence_alert(a, series, names, last, AlertState::Raised));
+            alerts.push(absence_alert(
+                a,
+                series,
+                names,
+                last,
+                after,
+                AlertState::Raised,
+            ));
             a.state[s] |= RAISED;
             let key = raised_key(&a.name, names.device(series), names.kind(series));
             if !self.restored.remove(&key) {
@@ -490,10 +573,11 @@ fn absence_alert(
     series: u32,
     names: &impl SeriesNames,
     last: i64,
+    after: i64,
     state: AlertState,
 ) -> Alert {
     let device = names.device(series);
-    let end = rfc3339_ms(last.saturating_add(a.after_ms));
+    let end = rfc3339_ms(last.saturating_add(after));
     Alert {
         id: format!("{}|{device}|{end}", a.name),
         rule: a.name.clone(),
@@ -502,7 +586,7 @@ fn absence_alert(
         window: Arc::from(""),
         window_start: rfc3339_ms(last),
         window_end: end,
-        value: a.after_ms as f64 / 1000.0,
+        value: after as f64 / 1000.0,
         state,
     }
 }
