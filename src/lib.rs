@@ -11,15 +11,19 @@
 //!  │ simulator,   │ part-  │ decode → filter → dedupe → watermark      │─▶│ kafka cosmos │
 //!  │ http (routed │ ition  │ → panes → close windows → rules           │  │ retention    │
 //!  │ by deviceId) │───────▶│ (windows/, rules/, dedupe)                │  │ dead-letter  │
-//!  │ kafka        │ Host   └───────────────────────────────────────────┘  └──────────────┘
-//!  └──────────────┘                  │ snapshots, counts                      │ retained
+//!  │ kafka        │ Host   │ (per device or per partition event time)  │  │ webhook      │
+//!  └──────────────┘        └───────────────────────────────────────────┘  └──────────────┘
+//!                                    │ snapshots, counts                      │ retained
 //!                                    ▼                                        ▼
 //!          live (the board: Hub, counts, snapshots)  ◀── sql/ (DataFusion, HTTP, PostgreSQL)
 //!          output (Output, Checkpoint)   kafka (librdkafka plumbing)   config   event
+//!          reference (tables rules read, reloaded by a thread of their own)
 //! ```
 //!
 //! # Layout
 //!
+//! - [`reference`](mod@reference): per-device reference tables (CSV, JSON, NDJSON) that rule
+//!   expressions read, loaded and reloaded; it imports nothing of the crate.
 //! - [`config`]: the TOML configuration, strict parsing and `validate()`; sources, sinks
 //!   and the dead-letter sink one struct per kind ([`config::source`], [`config::sink`]),
 //!   the Kafka client keys they share ([`config::kafka`]).
@@ -34,11 +38,14 @@
 //! - [`ingest`]: sources (file, stdin, simulator, http, kafka), de-batching, routing,
 //!   decoding, and the source/runtime contract ([`ingest::feed`]: `Feed`, `Host`).
 //! - [`dedupe`]: duplicate detection by event id and by device sequence number.
-//! - [`windows`]: panes, tumbling and sliding windows, closing by watermark.
-//! - [`rules`]: threshold rules with hysteresis, and their expression language.
+//! - [`windows`]: panes, tumbling and sliding windows, closing by a partition's
+//!   watermark or by each device's.
+//! - [`rules`]: threshold rules with hysteresis, absence rules, and their expression
+//!   language.
 //! - [`pipeline`]: the runtime (every partition actor, the one actor loop), the
 //!   partition state machine, wiring and accounting.
-//! - [`sinks`]: JSONL, stdout, Kafka, Cosmos DB, retention for queries; dead letters.
+//! - [`sinks`]: JSONL, stdout, Kafka, Cosmos DB, webhooks, retention for queries; dead
+//!   letters.
 //! - [`sql`]: DataFusion tables over the live board, HTTP and PostgreSQL endpoints,
 //!   metrics.
 //!
