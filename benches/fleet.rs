@@ -13,12 +13,10 @@
 //! EVENTIDE_BENCH_WINDOWS=both|tumbling, default both; EVENTIDE_BENCH_OUT=FILE for
 //! the window records, default a file in a temporary directory)
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use eventide::config::{Config, DeadLetterConfig, SinkConfig, SourceConfig};
-use eventide_simulator::cli::Pieces;
-use eventide_simulator::{Generator, SimConfig};
+use eventide::config::SinkConfig;
+use eventide_simulator::SimConfig;
 
 mod common;
 
@@ -44,21 +42,14 @@ fn main() {
     }
     common::warm_page_cache(&input);
 
-    let mut cfg = Config::load(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/file.toml"
-    )))
-    .expect("example config");
-    if let SourceConfig::File(f) = &mut cfg.source {
-        f.path = input.clone();
-    }
-    let pipeline = format!(
-        "[source]\nkind = \"stdin\"\n[pipeline]\ndedupe = \"event_id\"\nevent_time = \"{}\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\"",
-        std::env::var("EVENTIDE_BENCH_EVENT_TIME").unwrap_or_else(|_| "device".into())
+    let mut cfg = common::example_config(&input, dir.path());
+    let p = common::pipeline_keys(
+        &format!(
+            "dedupe = \"event_id\"\nevent_time = \"{}\"",
+            std::env::var("EVENTIDE_BENCH_EVENT_TIME").unwrap_or_else(|_| "device".into())
+        ),
+        "EVENTIDE_BENCH_EVENT_TIME: device or partition",
     );
-    let p = Config::parse(&pipeline)
-        .expect("EVENTIDE_BENCH_EVENT_TIME: device or partition")
-        .pipeline;
     cfg.pipeline.partitions = Some(2);
     cfg.pipeline.dedupe = p.dedupe;
     cfg.pipeline.event_time = p.event_time;
@@ -72,7 +63,6 @@ fn main() {
     if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
         j.path = out.clone();
     }
-    cfg.dead_letter = DeadLetterConfig::file(dir.path().join("dead.jsonl"));
 
     let (report, wall, cpu) = common::run_to_end(&cfg);
     let peak = peak_rss_kib() as f64 * 1024.0;
@@ -123,19 +113,12 @@ fn main() {
 /// What `eventide-simulator --devices D --count N --interval 30s --complex-fields 3
 /// --hot-devices 100` writes.
 fn generate(path: &Path, devices: u32, n: u64) {
-    let mut g = Generator::new(SimConfig {
+    let cfg = SimConfig {
         devices,
         interval_ms: 30_000,
         complex_fields: 3,
         hot_devices: 100,
         ..SimConfig::default()
-    });
-    let mut w = Pieces::new(std::fs::File::create(path).expect("create input"));
-    let mut buf = Vec::with_capacity(1 << 16);
-    while g.stats().events < n {
-        buf.clear();
-        g.next_message(&mut buf, n - g.stats().events);
-        w.write_all(&buf).expect("write input");
-    }
-    w.flush().expect("flush input");
+    };
+    common::write_events(path, cfg, n);
 }

@@ -8,12 +8,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use eventide::config::{Config, DeadLetterConfig, ServerConfig, SinkConfig, SourceConfig};
+use eventide::config::ServerConfig;
 use eventide::pipeline::{self, Status};
 use eventide::sql::{Hub, Server};
 use hdrhistogram::Histogram;
@@ -45,18 +44,7 @@ fn main() {
         env_u64("EVENTIDE_BENCH_RUNS", 3)
     };
 
-    let mut cfg = Config::load(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/file.toml"
-    )))
-    .expect("example config");
-    if let SourceConfig::File(f) = &mut cfg.source {
-        f.path = input.clone();
-    }
-    if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
-        j.path = dir.path().join("out.jsonl");
-    }
-    cfg.dead_letter = DeadLetterConfig::file(dir.path().join("dead.jsonl"));
+    let cfg = common::example_config(&input, dir.path());
     let server_cfg = ServerConfig {
         http: Some("127.0.0.1:0".into()),
         postgres: Some("off".into()),

@@ -20,7 +20,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use eventide::config::{Config, DeadLetterConfig, ReferenceConfig, SinkConfig, SourceConfig};
+use eventide::config::{Config, ReferenceConfig};
 
 mod common;
 
@@ -46,26 +46,21 @@ fn main() {
 
 fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
     // The example config (tumbling 1m + sliding 5m/1m + co2_high), pointed at the input.
-    let mut cfg = Config::load(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/file.toml"
-    )))
-    .expect("example config");
-    if let SourceConfig::File(f) = &mut cfg.source {
-        f.path = input.to_owned();
-    }
+    let mut cfg = common::example_config(input, dir);
     cfg.pipeline.partitions = Some(partitions as usize);
     if let Ok(mode) = std::env::var("EVENTIDE_BENCH_DEDUPE") {
-        cfg.pipeline.dedupe = Config::parse(&format!("[source]\nkind = \"stdin\"\n[pipeline]\ndedupe = \"{mode}\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\""))
-            .expect("EVENTIDE_BENCH_DEDUPE: event_id, device_sequence, both or none")
-            .pipeline
-            .dedupe;
+        cfg.pipeline.dedupe = common::pipeline_keys(
+            &format!("dedupe = \"{mode}\""),
+            "EVENTIDE_BENCH_DEDUPE: event_id, device_sequence, both or none",
+        )
+        .dedupe;
     }
     if let Ok(mode) = std::env::var("EVENTIDE_BENCH_EVENT_TIME") {
-        cfg.pipeline.event_time = Config::parse(&format!("[source]\nkind = \"stdin\"\n[pipeline]\nevent_time = \"{mode}\"\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\""))
-            .expect("EVENTIDE_BENCH_EVENT_TIME: device or partition")
-            .pipeline
-            .event_time;
+        cfg.pipeline.event_time = common::pipeline_keys(
+            &format!("event_time = \"{mode}\""),
+            "EVENTIDE_BENCH_EVENT_TIME: device or partition",
+        )
+        .event_time;
     }
     if std::env::var_os("EVENTIDE_BENCH_ABSENCE").is_some() {
         // One absence rule beside the threshold rule.
@@ -91,10 +86,6 @@ fn run(n: u64, partitions: u64, dir: &Path, input: &Path, bytes: u64) {
             r.clear = Some("avg < limits.co2_max * 0.95".into());
         }
     }
-    if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
-        j.path = dir.join("out.jsonl");
-    }
-    cfg.dead_letter = DeadLetterConfig::file(dir.join("dead.jsonl"));
 
     let (report, wall, cpu) = common::run_to_end(&cfg);
     assert_eq!(

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use eventide::config::{Config, DeadLetterConfig, PipelineConfig, SinkConfig, SourceConfig};
 use eventide::ingest::mapped::{CHUNK, Mapping};
 use eventide_simulator::cli::Pieces;
 use eventide_simulator::{Generator, Layout, SimConfig};
@@ -35,13 +36,20 @@ pub const DEVICES: u32 = 2000;
 /// comes from disk. (A file written in odd sizes at odd offsets is held in small
 /// folios, each 4 KiB page mapped on its own: BENCHMARKS.md has figures for both.)
 pub fn generate(path: &Path, n: u64) {
-    let mut g = Generator::new(SimConfig {
+    let cfg = SimConfig {
         devices: DEVICES,
         complex_fields: 20,
         hot_devices: 40,
         layout: layout(),
         ..SimConfig::default()
-    });
+    };
+    write_events(path, cfg, n);
+}
+
+/// Writes `n` events of the simulator configured as `cfg` to `path`, in 2 MiB pieces
+/// (see [`generate`]).
+pub fn write_events(path: &Path, cfg: SimConfig, n: u64) {
+    let mut g = Generator::new(cfg);
     let mut w = Pieces::new(std::fs::File::create(path).expect("create input"));
     let mut buf = Vec::with_capacity(1 << 16);
     while g.stats().events < n {
@@ -50,6 +58,34 @@ pub fn generate(path: &Path, n: u64) {
         w.write_all(&buf).expect("write input");
     }
     w.flush().expect("flush input");
+}
+
+/// `config/file.toml` (tumbling 1m + sliding 5m/1m + co2_high) reading `input`, with
+/// its JSONL sink and dead letters in `dir`.
+pub fn example_config(input: &Path, dir: &Path) -> Config {
+    let mut cfg = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/file.toml"
+    )))
+    .expect("example config");
+    if let SourceConfig::File(f) = &mut cfg.source {
+        f.path = input.to_owned();
+    }
+    if let SinkConfig::Jsonl(j) = &mut cfg.sinks[0] {
+        j.path = dir.join("out.jsonl");
+    }
+    cfg.dead_letter = DeadLetterConfig::file(dir.join("dead.jsonl"));
+    cfg
+}
+
+/// A `[pipeline]` section's keys, e.g. `dedupe = "both"`, read as the config reads
+/// them (for harness options given in the environment). Panics naming `what`.
+pub fn pipeline_keys(keys: &str, what: &str) -> PipelineConfig {
+    Config::parse(&format!(
+        "[source]\nkind = \"stdin\"\n[pipeline]\n{keys}\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\""
+    ))
+    .unwrap_or_else(|e| panic!("{what}: {e}"))
+    .pipeline
 }
 
 /// A harness's input: `cargo bench` passes `--bench`; anything else (e.g.

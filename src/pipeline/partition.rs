@@ -577,7 +577,6 @@ impl Partition {
         if replaying {
             self.rows.truncate(first_row);
         } else if self.rows.len() > first_row {
-            self.refresh_tables();
             self.rules.evaluate(
                 &self.rows,
                 first_row,
@@ -593,6 +592,7 @@ impl Partition {
     /// time follows the clock from there (closing windows).
     pub fn on_idle(&mut self, now: Instant) {
         self.now = now;
+        self.refresh_tables();
         let idle = Duration::from_millis(self.settings.idle_timeout_ms.max(1) as u64);
         if self.wm != i64::MIN && now.saturating_duration_since(self.last_event) >= idle {
             let from = self.idle_clock.unwrap_or(self.last_event + idle);
@@ -606,7 +606,6 @@ impl Partition {
                     self.close(self.wm);
                 }
                 if self.rules.has_absence() {
-                    self.refresh_tables();
                     self.rules.fire(
                         self.wm,
                         &self.names,
@@ -630,6 +629,7 @@ impl Partition {
     /// windows are not built all at once): call it until it says it is done.
     pub fn finish(&mut self, now: Instant) -> bool {
         self.now = now;
+        self.refresh_tables();
         if self.memory_at_end.is_none() {
             self.memory_at_end = Some(self.memory());
         }
@@ -782,6 +782,7 @@ impl Partition {
     /// before it is processed.
     pub fn on_block(&mut self, block: &Block, items: &[Item], now: Instant) {
         self.now = now;
+        self.refresh_tables();
         self.last_event = now;
         self.idle_clock = None;
         self.block_times.clear();
@@ -842,7 +843,6 @@ impl Partition {
             .last()
             .is_some_and(|it| block.offset(it) < self.replay_until);
         if self.rules.has_absence() && !replayed {
-            self.refresh_tables();
             self.rules.fire(
                 self.wm,
                 &self.names,
@@ -1180,7 +1180,6 @@ impl Partition {
         }
         if self.rules.has_absence() {
             let replaying = offset < self.replay_until;
-            self.refresh_tables();
             self.rules.seen(
                 series,
                 ev.ts,
@@ -1222,7 +1221,6 @@ impl Partition {
             &mut self.rows,
             &mut self.latency,
         );
-        self.refresh_tables();
         self.rules.evaluate(
             &self.rows,
             from,
@@ -1234,7 +1232,7 @@ impl Partition {
     }
 
     /// Takes the reference tables swapped in since the last call (an atomic load when
-    /// none was).
+    /// none was): once per block, idle tick or step of the end, never per event.
     #[inline]
     fn refresh_tables(&mut self) {
         let generation = self.settings.references.generation();

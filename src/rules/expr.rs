@@ -532,18 +532,23 @@ impl Parser {
         }
     }
     fn arith(&mut self) -> Result<Arith, ParseError> {
-        let mut a = self.term()?;
-        while let Some(Tok::Arith(op @ (ArithOp::Add | ArithOp::Sub))) = self.peek().cloned() {
-            self.pos += 1;
-            a = Arith::Bin(Box::new(a), op, Box::new(self.term()?));
-        }
-        Ok(a)
+        self.left_assoc([ArithOp::Add, ArithOp::Sub], Self::term)
     }
     fn term(&mut self) -> Result<Arith, ParseError> {
-        let mut a = self.factor()?;
-        while let Some(Tok::Arith(op @ (ArithOp::Mul | ArithOp::Div))) = self.peek().cloned() {
+        self.left_assoc([ArithOp::Mul, ArithOp::Div], Self::factor)
+    }
+    /// `operand (op operand)*` for the operators `ops`, left to right.
+    fn left_assoc(
+        &mut self,
+        ops: [ArithOp; 2],
+        operand: fn(&mut Self) -> Result<Arith, ParseError>,
+    ) -> Result<Arith, ParseError> {
+        let mut a = operand(self)?;
+        while let Some(&Tok::Arith(op)) = self.peek()
+            && ops.contains(&op)
+        {
             self.pos += 1;
-            a = Arith::Bin(Box::new(a), op, Box::new(self.factor()?));
+            a = Arith::Bin(Box::new(a), op, Box::new(operand(self)?));
         }
         Ok(a)
     }

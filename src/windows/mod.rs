@@ -122,19 +122,26 @@ impl Pane {
         }
     }
 
-    /// A new row of `series` whose chain goes on at `prev` (per-device event time).
-    fn push_row(&mut self, series: u32, v: f64, prev: (i64, u32)) -> usize {
+    /// A new row of `series`, empty (its first value `v` is counted by
+    /// [`Self::add_at`]).
+    fn new_row(&mut self, series: u32, v: f64) -> usize {
         self.live += 1;
         self.series.push(series);
+        // -0.0 is the sum's identity (-0.0 + -0.0 stays -0.0).
         self.aggs.push(Agg {
             count: 0,
             sum: -0.0,
             min: v,
             max: v,
         });
+        self.series.len() - 1
+    }
+
+    /// A new row of `series` whose chain goes on at `prev` (per-device event time).
+    fn push_row(&mut self, series: u32, v: f64, prev: (i64, u32)) -> usize {
         self.prev_start.push(prev.0);
         self.prev_row.push(prev.1);
-        self.series.len() - 1
+        self.new_row(series, v)
     }
 
     /// Adds a reading of `series`; `hint` is the row where the series was last added
@@ -142,9 +149,6 @@ impl Pane {
     /// row map is not consulted (it costs two cache misses per event).
     #[inline]
     fn add(&mut self, series: u32, hint: &mut u32, v: f64, arrived_ns: u64, offset: i64) {
-        if offset < self.min_offset {
-            self.min_offset = offset;
-        }
         let h = *hint as usize;
         let row = if h < self.series.len() && self.series[h] == series {
             h
@@ -153,31 +157,11 @@ impl Pane {
             let row = *self.rows.entry(series).or_insert(next);
             *hint = row;
             if row == next {
-                self.live += 1;
-                self.series.push(series);
-                // Counted below; -0.0 is the sum's identity (-0.0 + -0.0 stays -0.0).
-                self.aggs.push(Agg {
-                    count: 0,
-                    sum: -0.0,
-                    min: v,
-                    max: v,
-                });
+                self.new_row(series, v);
             }
             row as usize
         };
-        let a = &mut self.aggs[row];
-        a.count += 1;
-        a.sum += v;
-        if v < a.min {
-            a.min = v;
-        }
-        if v > a.max {
-            a.max = v;
-        }
-        match self.arrivals.last_mut() {
-            Some((at, n)) if *at == arrived_ns => *n += 1,
-            _ => self.arrivals.push((arrived_ns, 1)),
-        }
+        self.add_at(row, v, arrived_ns, offset);
     }
 }
 
@@ -270,14 +254,13 @@ impl PaneStore {
         let pane = self.pane_mut(start);
         let row = match found {
             Some(row) => row,
-            None => {
-                let row = pane.push_row(series, v, head);
-                self.heads[s] = (start, row as u32);
-                row
-            }
+            None => pane.push_row(series, v, head),
         };
+        pane.add_at(row, v, arrived_ns, offset);
+        if found.is_none() {
+            self.heads[s] = (start, row as u32);
+        }
         self.hints[s] = row as u32;
-        self.pane_mut(start).add_at(row, v, arrived_ns, offset);
     }
 
     /// Index range of the panes with start in `[from, to)`.

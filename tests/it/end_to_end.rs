@@ -226,15 +226,7 @@ fn one_device_with_a_wrong_clock_costs_no_other_device_its_data() {
         .iter()
         .filter(|l| l.contains(&format!("\"{device}\"")))
         .count() as u64;
-    let unguarded = tempfile::tempdir().unwrap();
-    let (_, source) = file_source(unguarded.path(), input.as_bytes());
-    let text = config_text(unguarded.path(), &source, 2, "max_clock_skew = \"100000d\"");
-    let report = pipeline::run(
-        &Config::parse(&text).unwrap(),
-        Arc::new(AtomicBool::new(false)),
-        Status::Off,
-    )
-    .unwrap();
+    let (_dir, report) = run_file(input.as_bytes(), 2, "max_clock_skew = \"100000d\"");
     assert!(
         report.counts.late <= exp.late + device_events,
         "{}",
@@ -242,20 +234,11 @@ fn one_device_with_a_wrong_clock_costs_no_other_device_its_data() {
     );
 
     // Without the guard, per partition: the partition's watermark jumps to 2031.
-    let unguarded = tempfile::tempdir().unwrap();
-    let (_, source) = file_source(unguarded.path(), input.as_bytes());
-    let text = config_text(
-        unguarded.path(),
-        &source,
+    let (_dir, report) = run_file(
+        input.as_bytes(),
         2,
         "max_clock_skew = \"100000d\"\nevent_time = \"partition\"",
     );
-    let report = pipeline::run(
-        &Config::parse(&text).unwrap(),
-        Arc::new(AtomicBool::new(false)),
-        Status::Off,
-    )
-    .unwrap();
     assert!(
         report.counts.late > exp.late + 3_000,
         "without the guard other devices' events are late: {}",
@@ -263,13 +246,20 @@ fn one_device_with_a_wrong_clock_costs_no_other_device_its_data() {
     );
 }
 
-/// Runs `input` from a file with `extra` in `[pipeline]`; checks the counts, windows,
-/// alerts and late dead letters against `m`, and returns the expectation.
-fn run_against(input: &[u8], partitions: usize, extra: &str, m: &Model, what: &str) -> Expected {
+/// Runs `input` from a file with `extra` in `[pipeline]`; returns the directory of its
+/// outputs (`out.jsonl`, `dead.jsonl`) and the report.
+fn run_file(input: &[u8], partitions: usize, extra: &str) -> (tempfile::TempDir, pipeline::Report) {
     let dir = tempfile::tempdir().unwrap();
     let (_, source) = file_source(dir.path(), input);
     let cfg = Config::parse(&config_text(dir.path(), &source, partitions, extra)).unwrap();
     let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    (dir, report)
+}
+
+/// Runs `input` from a file with `extra` in `[pipeline]`; checks the counts, windows,
+/// alerts and late dead letters against `m`, and returns the expectation.
+fn run_against(input: &[u8], partitions: usize, extra: &str, m: &Model, what: &str) -> Expected {
+    let (dir, report) = run_file(input, partitions, extra);
     let exp = m.expect(input);
     assert!(report.completed, "{what}");
     assert_accounting(&report, &exp, what);

@@ -152,6 +152,21 @@ fn run(config: &Path, what: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Waits (up to 30 s) until the member logging to `log` says the group gave it
+/// partitions.
+fn wait_for_partitions(log: &Path, member: &str) {
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read().contains("partitions assigned") {
+        assert!(
+            Instant::now() < deadline,
+            "{member} got no partitions:\n{}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -570,16 +585,7 @@ fn absence_alerts_survive_a_crash() {
         &with_absence("a", &kafka_source(&brokers, "crash", false)),
         std::fs::File::create(&a_log_path).unwrap(),
     );
-    let a_log = || std::fs::read_to_string(&a_log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a_log().contains("partitions assigned") {
-        assert!(
-            Instant::now() < deadline,
-            "a got no partitions:\n{}",
-            a_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_partitions(&a_log_path, "a");
     // Mid-input: checkpoints committed, the producer still going.
     std::thread::sleep(Duration::from_millis(2_500));
     signal(&a, "-KILL");
@@ -655,15 +661,7 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &st
     let b_log_path = dir.join("b.log");
     let mut b = spawn_logging_to(&b_cfg, std::fs::File::create(&b_log_path).unwrap());
     let b_log = || std::fs::read_to_string(&b_log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !b_log().contains("partitions assigned") {
-        assert!(
-            Instant::now() < deadline,
-            "b got no partitions:\n{}",
-            b_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_partitions(&b_log_path, "b");
     std::thread::sleep(Duration::from_secs(2));
     signal(&b, "-TERM"); // leaves the group: its partitions go back to a
     assert!(b.wait().unwrap().success(), "member b:\n{}", b_log());
