@@ -454,6 +454,9 @@ pub struct RuleConfig {
     /// Absence: how long a device (per type) may stay silent, in event time: a
     /// duration, or a reference column of seconds per device.
     pub after: Option<After>,
+    /// Absence: a `[[reference]]` name whose devices must report: one it lists that
+    /// is never seen raises `after` past when the run started watching.
+    pub expect: Option<String>,
 }
 
 /// `[[rules]] kind`.
@@ -754,6 +757,15 @@ impl Config {
                 validate_absence(r, &key, &tables)?;
                 continue;
             }
+            if r.expect.is_some() {
+                return Err(ConfigError::invalid(
+                    key("expect"),
+                    format!(
+                        "rule {:?}: only an absence rule (kind = \"absence\") takes expect",
+                        r.name
+                    ),
+                ));
+            }
             if r.after.is_some() {
                 return Err(ConfigError::invalid(
                     key("after"),
@@ -997,6 +1009,14 @@ fn validate_absence(
             ));
         }
     }
+    if let Some(table) = &r.expect
+        && !tables.contains_key(table.as_str())
+    {
+        return Err(ConfigError::invalid(
+            key("expect"),
+            format!("rule {:?}: no [[reference]] is named {table:?}", r.name),
+        ));
+    }
     if let Some(text) = &r.filter {
         let parsed = expr::parse(text)
             .map_err(|e| ConfigError::invalid(key("filter"), format!("rule {:?}: {e}", r.name)))?;
@@ -1228,6 +1248,17 @@ mod tests {
                 "when = \"avg > 1000\"\nafter = \"1m\""
             )),
             "rules[0].after"
+        );
+        assert_eq!(
+            key_of(&absence("after = \"45s\"\nexpect = \"fleet\"")),
+            "rules[1].expect"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(
+                "when = \"avg > 1000\"",
+                "when = \"avg > 1000\"\nexpect = \"fleet\""
+            )),
+            "rules[0].expect"
         );
     }
 

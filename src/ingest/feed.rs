@@ -50,6 +50,8 @@ pub struct Resume {
     /// watermark) of each device whose watermark followed the wall clock while it was
     /// quiet.
     pub clocks: Vec<(u64, i64)>,
+    /// [`crate::rules::RuleEngine::watch_from`] (`i64::MIN`: not yet).
+    pub watch_from: i64,
 }
 
 /// What a partition holds that a checkpoint must record.
@@ -63,6 +65,8 @@ pub struct Held {
     pub raised: Vec<u64>,
     /// See [`Resume::clocks`].
     pub clocks: Vec<(u64, i64)>,
+    /// See [`Resume::watch_from`].
+    pub watch_from: i64,
 }
 
 /// One partition's input, read by its actor's thread.

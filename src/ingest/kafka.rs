@@ -115,6 +115,8 @@ pub struct Metadata {
     pub clocks: Vec<(u64, i64)>,
     /// Whether `raised` or `clocks` had to be cut short to fit.
     pub truncated: bool,
+    /// [`Resume::watch_from`]: written after the other fields when set.
+    pub watch_from: i64,
 }
 
 impl Metadata {
@@ -129,7 +131,8 @@ impl Metadata {
             s.push_str(&format!("{:012x}", k & 0xffff_ffff_ffff));
         }
         s.push(';');
-        let room_clocks = MAX_METADATA.saturating_sub(s.len() + 2) / 28;
+        // Room for the flag and `watch_from` after them.
+        let room_clocks = MAX_METADATA.saturating_sub(s.len() + 2 + 21) / 28;
         for (k, wm) in self.clocks.iter().take(room_clocks) {
             s.push_str(&format!("{:012x}{:016x}", k & 0xffff_ffff_ffff, *wm as u64));
         }
@@ -137,6 +140,9 @@ impl Metadata {
             self.truncated || self.raised.len() > room || self.clocks.len() > room_clocks;
         s.push(';');
         s.push(if truncated { 't' } else { 'c' });
+        if self.watch_from != i64::MIN {
+            s.push_str(&format!(";{}", self.watch_from));
+        }
         s
     }
 
@@ -171,6 +177,10 @@ impl Metadata {
             "c" => false,
             _ => return None,
         };
+        let watch_from = match parts.next() {
+            None => i64::MIN,
+            Some(w) => w.parse().ok()?,
+        };
         if keys.len() % 12 != 0 || !keys.is_ascii() {
             return None;
         }
@@ -183,6 +193,7 @@ impl Metadata {
             raised,
             clocks,
             truncated,
+            watch_from,
         })
     }
 }
@@ -496,6 +507,7 @@ impl Feed for KafkaFeed {
             raised: held.raised,
             clocks: held.clocks,
             truncated: false,
+            watch_from: held.watch_from,
         };
         let text = metadata.encode();
         if text.ends_with('t') {
@@ -637,6 +649,7 @@ impl KafkaFeed {
                     position: m.position,
                     raised: m.raised,
                     clocks: m.clocks,
+                    watch_from: m.watch_from,
                 })
             }
             None if offset > 0 => {
@@ -926,6 +939,7 @@ mod tests {
             raised: vec![0xabc, 0xffff_ffff_ffff],
             clocks: vec![(0x1234, 1_767_225_660_000), (0xffff_ffff_ffff, -5)],
             truncated: false,
+            watch_from: 1_767_225_000_000,
         };
         assert_eq!(Metadata::decode(&r.encode()), Some(r));
         let none = Metadata {
@@ -934,6 +948,7 @@ mod tests {
             raised: vec![],
             clocks: vec![],
             truncated: false,
+            watch_from: i64::MIN,
         };
         assert_eq!(Metadata::decode(&none.encode()), Some(none));
         assert_eq!(Metadata::decode(""), None);
@@ -956,6 +971,7 @@ mod tests {
             raised: (0..1000).collect(),
             clocks: vec![],
             truncated: false,
+            watch_from: i64::MIN,
         };
         let m = r.encode();
         assert!(m.len() <= MAX_METADATA, "{}", m.len());

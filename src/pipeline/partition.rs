@@ -417,6 +417,10 @@ pub struct Partition {
     tables_generation: u64,
 }
 
+/// Whether another partition of the instance has seen a device (asked only of devices
+/// an absence rule's `expect` table lists, when they come due).
+pub type SeenElsewhere = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 impl Partition {
     /// A partition numbered `id`; `epoch` is when the run started (block arrival
     /// times count from it) and the clock's first reading.
@@ -497,6 +501,28 @@ impl Partition {
             tables,
             tables_generation,
         }
+    }
+
+    /// Which devices of `expect` tables this partition watches: those
+    /// [`crate::ingest::partition_of`] gives it among `slots`, unless `elsewhere`
+    /// says another partition of the instance has seen them.
+    pub fn set_slots(&mut self, slots: usize, elsewhere: Option<SeenElsewhere>) {
+        let (id, slots) = (self.id, slots.max(1));
+        self.rules.set_owner(Arc::new(move |device: &str| {
+            crate::ingest::partition_of(device, slots) == id
+                && elsewhere.as_ref().is_none_or(|seen| !seen(device))
+        }));
+    }
+
+    /// Absence rules: raises what came due by the watermark.
+    fn fire_absences(&mut self) {
+        self.rules.fire(
+            self.wm,
+            &self.names,
+            &self.tables,
+            self.tables_generation,
+            &mut self.alerts,
+        );
     }
 
     /// Length of an activity period (see [`Self::stamp`]), ms.
@@ -606,13 +632,7 @@ impl Partition {
                     self.close(self.wm);
                 }
                 if self.rules.has_absence() {
-                    self.rules.fire(
-                        self.wm,
-                        &self.names,
-                        &self.tables,
-                        self.tables_generation,
-                        &mut self.alerts,
-                    );
+                    self.fire_absences();
                 }
                 self.flush();
             }
@@ -678,6 +698,7 @@ impl Partition {
             max_ts: self.max_ts,
             raised: self.rules.raised_keys(&self.names),
             clocks,
+            watch_from: self.rules.watch_from,
         }
     }
 
@@ -691,8 +712,10 @@ impl Partition {
         replay_until: i64,
         raised: Vec<u64>,
         clocks: Vec<(u64, i64)>,
+        watch_from: i64,
     ) {
         self.resumed_clocks = clocks.into_iter().collect();
+        self.rules.watch_from = watch_from;
         if max_ts > i64::MIN {
             self.max_ts = max_ts;
             self.wm = max_ts.saturating_sub(self.settings.ooo_ms);
@@ -843,13 +866,7 @@ impl Partition {
             .last()
             .is_some_and(|it| block.offset(it) < self.replay_until);
         if self.rules.has_absence() && !replayed {
-            self.rules.fire(
-                self.wm,
-                &self.names,
-                &self.tables,
-                self.tables_generation,
-                &mut self.alerts,
-            );
+            self.fire_absences();
         }
         if !self.block_times.is_empty() {
             let mid = self.block_times.len() / 2;
@@ -1748,7 +1765,7 @@ clear = "avg < 20"
         // A new partition resumed from that state: the 00:00 window closed before the
         // checkpoint, so an event of it read again is a re-delivery, not late.
         let mut q = partition_clock(t0);
-        q.resume(held.max_ts, 10, held.raised, held.clocks);
+        q.resume(held.max_ts, 10, held.raised, held.clocks, held.watch_from);
         let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 40.0)]);
         b.offsets = vec![5];
         q.on_block(&b, &items, t0);
@@ -1894,7 +1911,7 @@ clear = "avg < 20"
         // Replayed from position 0 with the checkpoint at 3: the 00:00 window of d1
         // closes again while replaying and is dropped; the others come out as before.
         let mut q = partition(t0);
-        q.resume(held.max_ts, 3, held.raised, held.clocks);
+        q.resume(held.max_ts, 3, held.raised, held.clocks, held.watch_from);
         let (mut b, items) = block(&lines);
         b.offsets = vec![0, 1, 2];
         q.on_block(&b, &items, t0);
@@ -2061,7 +2078,13 @@ clear = "avg < 20"
         assert!(held.clocks[0].1 >= 1_767_225_600_000 + 60_000);
 
         let mut q = partition(t0);
-        q.resume(held.max_ts, 71, held.raised, held.clocks.clone());
+        q.resume(
+            held.max_ts,
+            71,
+            held.raised,
+            held.clocks.clone(),
+            held.watch_from,
+        );
         // Replayed: a re-delivery, not a window opened again.
         let (mut b, items) = block(&[event("a", "d1", 1, 0, 10, 20.0)]);
         b.offsets = vec![0];
@@ -2120,5 +2143,64 @@ clear = "avg < 20"
         // d1 (30 s) is due at 00:40; d2 (90 s) at 01:40, not yet; d3 is not listed.
         assert_eq!(ids, vec!["silent|d1|2026-01-01T00:00:40.000Z".to_owned()]);
         assert_eq!(absence_alerts(&out)[0].2, 30.0);
+    }
+
+    #[test]
+    fn a_listed_device_never_seen_raises_at_the_same_time_after_a_restart() {
+        let t0 = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("fleet.csv");
+        std::fs::write(&table, "deviceId,site\nghost,1\nd1,1\n").unwrap();
+        let text = format!(
+            "{CONFIG}\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"45s\"\nexpect = \"fleet\"\n\n[[reference]]\nname = \"fleet\"\npath = \"{}\"\n",
+            table.display()
+        );
+        let cfg = Config::parse(&text).expect("valid config");
+        let mut settings = Settings::from_config(&cfg);
+        settings.references = Arc::new(
+            crate::reference::ReferenceSet::load([(
+                "fleet",
+                table.as_path(),
+                Duration::from_secs(10),
+            )])
+            .unwrap(),
+        );
+        let settings = Arc::new(settings);
+        let mut p = Partition::new(0, settings.clone(), t0);
+        // Watching starts at the first event's watermark: 00:10 - 5 s.
+        feed(&mut p, &[event("a", "d1", 1, 0, 10, 1.0)], t0);
+        let held = p.held();
+        assert_eq!(held.watch_from, 1_767_225_605_000);
+        let mut q = Partition::new(0, settings, t0);
+        q.resume(held.max_ts, 0, held.raised, held.clocks, held.watch_from);
+        let ghost = |p: &mut Partition| {
+            let mut out = Vec::new();
+            for (i, s) in [(2u64, 40u32), (3, 56)] {
+                let e = event(&format!("b{i}"), "d1", i, 0, s, 1.0);
+                out.extend(feed(p, &[e], t0));
+            }
+            absence_alerts(&out)
+                .into_iter()
+                .filter(|a| a.0.contains("|ghost|"))
+                .collect::<Vec<_>>()
+        };
+        let raised = vec![(
+            "silent|ghost|2026-01-01T00:00:50.000Z".to_owned(),
+            AlertState::Raised,
+            45.0,
+        )];
+        assert_eq!(ghost(&mut p), raised);
+        assert_eq!(ghost(&mut q), raised, "the restart raises the same alert");
+        // It reports at last: cleared.
+        let out = feed(&mut p, &[event("g", "ghost", 1, 1, 0, 1.0)], t0);
+        assert_eq!(
+            absence_alerts(&out),
+            vec![(
+                "silent|ghost|2026-01-01T00:01:00.000Z".to_owned(),
+                AlertState::Cleared,
+                55.0
+            )]
+        );
+        assert_eq!(p.counts().open_alerts, 0);
     }
 }

@@ -47,6 +47,12 @@ struct Owner {
 }
 
 impl DeviceOwners {
+    /// Whether a partition other than `slot` has seen `device`.
+    fn elsewhere(&self, slot: usize, device: &str) -> bool {
+        let key = xxhash_rust::xxh3::xxh3_64(device.as_bytes());
+        self.0.lock().get(&key).is_some_and(|o| o.slot != slot)
+    }
+
     /// Records the new devices of the partition in `slot`; counts and logs those
     /// another partition saw first.
     fn check(&self, slot: usize, p: &mut Partition) {
@@ -86,6 +92,8 @@ pub struct Runtime {
     registry: Arc<StatsRegistry>,
     reports: Arc<Mutex<Vec<PartitionReport>>>,
     owners: Arc<DeviceOwners>,
+    /// How many partitions the source said it has (see [`Host::partitions`]).
+    slots: std::sync::atomic::AtomicUsize,
 }
 
 impl Runtime {
@@ -104,6 +112,7 @@ impl Runtime {
             registry,
             reports: Arc::default(),
             owners: Arc::default(),
+            slots: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
@@ -126,6 +135,7 @@ impl Host for Runtime {
     }
 
     fn partitions(&self, n: usize) {
+        self.slots.store(n, Ordering::Relaxed);
         if let Some(h) = &self.hub {
             h.ensure_partitions(n);
         }
@@ -144,8 +154,14 @@ impl Host for Runtime {
         if let Some(h) = &hub {
             h.partitions_assigned.fetch_add(1, Ordering::Relaxed);
         }
+        let mut p = Partition::new(slot, self.settings.clone(), self.epoch);
+        let owners = self.owners.clone();
+        p.set_slots(
+            self.slots.load(Ordering::Relaxed),
+            Some(Arc::new(move |device: &str| owners.elsewhere(slot, device))),
+        );
         let actor = ActorLoop {
-            p: Partition::new(slot, self.settings.clone(), self.epoch),
+            p,
             feed,
             stats,
             out,
@@ -209,7 +225,8 @@ struct ActorLoop {
 impl ActorLoop {
     fn run(mut self, tick: Duration) -> PartitionReport {
         if let Some(r) = self.feed.resume() {
-            self.p.resume(r.max_ts, r.position, r.raised, r.clocks);
+            self.p
+                .resume(r.max_ts, r.position, r.raised, r.clocks, r.watch_from);
         }
         let every = self.feed.checkpoint_interval();
         let mut next_checkpoint = Instant::now() + every.unwrap_or_default();

@@ -16,6 +16,12 @@
 //! scans every series. The alert's times come from event time only (last seen,
 //! last seen + `after`, the time it reported again), so a replay writes the same
 //! alerts.
+//!
+//! An absence rule with `expect = "table"` also watches the devices a reference table
+//! lists that never report: each is owned by one partition (the caller says which),
+//! which raises it once its watermark is `after` past the time it started watching
+//! ([`RuleEngine::watch_from`], kept in checkpoints), and clears it when the device
+//! first reports. These are kept sorted by `after`, so firing them is a cursor.
 
 pub mod expr;
 
@@ -65,6 +71,100 @@ struct Absence {
     cache_generation: u64,
     /// Per series: [`APPLIES`], [`RAISED`], [`QUEUED`], [`DECIDED`] bits.
     state: Vec<u8>,
+    /// `expect = "table"`: the listed devices not seen yet.
+    expect: Option<Expected>,
+}
+
+/// The devices an absence rule's `expect` table lists that this partition owns and
+/// has not seen (see the module docs).
+struct Expected {
+    table: String,
+    /// The tables' generation `pending` was built from (`u64::MAX`: not yet).
+    generation: u64,
+    /// Sorted by `after`: their deadlines (`watch_from + after`) are in order.
+    pending: Vec<Pending>,
+    /// `pending[..cursor]` have come due.
+    cursor: usize,
+    /// Each device's entries in `pending`.
+    by_device: hashbrown::HashMap<Box<str>, Vec<u32>>,
+    /// Hashes ([`seen_hash`]) of the devices, and of the (device, type)s, the rule has
+    /// seen: a reload does not list them again.
+    seen: hashbrown::HashSet<u64>,
+}
+
+struct Pending {
+    device: Box<str>,
+    /// The table's type ("": any type the rule's filter takes).
+    kind: Box<str>,
+    after: i64,
+    raised: bool,
+    seen: bool,
+}
+
+/// [`Expected::seen`]'s hash of a device (`kind` ""), or of a (device, type).
+fn seen_hash(device: &str, kind: &str) -> u64 {
+    raised_key("", device, kind)
+}
+
+impl Expected {
+    /// Lists again what the table lists (after a reload): entries raised and still
+    /// unseen stay raised; a device the table no longer lists is no longer watched.
+    fn rebuild(
+        &mut self,
+        tables: &[Arc<Table>],
+        generation: u64,
+        column: Option<&(String, String)>,
+        after_ms: i64,
+        owns: &dyn Fn(&str) -> bool,
+    ) -> u64 {
+        let raised: hashbrown::HashSet<(Box<str>, Box<str>)> = self
+            .pending
+            .drain(..)
+            .filter(|p| p.raised && !p.seen)
+            .map(|p| (p.device, p.kind))
+            .collect();
+        let mut dropped = raised.len() as u64;
+        self.generation = generation;
+        self.cursor = 0;
+        self.by_device.clear();
+        let Some(t) = tables.iter().find(|t| *t.name == *self.table) else {
+            return dropped;
+        };
+        let after_col = column.and_then(|(table, c)| {
+            let at = tables.iter().find(|t| *t.name == **table)?;
+            Some((at, c))
+        });
+        for (device, kind, _) in t.iter() {
+            if self.seen.contains(&seen_hash(device, kind)) || !owns(device) {
+                continue;
+            }
+            let after = match (column, after_col) {
+                (None, _) => after_ms,
+                (Some(_), Some((at, c))) => match at.value(device, kind, c) {
+                    Some(v) if v > 0.0 => ((v * 1000.0) as i64).max(1),
+                    _ => continue,
+                },
+                (Some(_), None) => continue,
+            };
+            let was = !raised.is_empty() && raised.contains(&(Box::from(device), Box::from(kind)));
+            dropped -= was as u64;
+            self.pending.push(Pending {
+                device: device.into(),
+                kind: kind.into(),
+                after,
+                raised: was,
+                seen: false,
+            });
+        }
+        self.pending.sort_by_key(|p| p.after);
+        for (i, p) in self.pending.iter().enumerate() {
+            self.by_device
+                .entry(p.device.clone())
+                .or_default()
+                .push(i as u32);
+        }
+        dropped
+    }
 }
 
 /// The rule's filter takes the series (valid once [`DECIDED`]).
@@ -154,7 +254,17 @@ pub struct RuleEngine {
     /// Raised (rule, series) keys restored from a checkpoint, applied when the
     /// series is first evaluated (see [`raised_key`]).
     restored: hashbrown::HashSet<u64>,
+    /// The watermark when absence rules started watching the devices `expect`
+    /// tables list (`i64::MIN`: no event yet); kept in checkpoints, so that a replay
+    /// raises them at the same time.
+    pub watch_from: i64,
+    /// Whether this partition watches a device an `expect` table lists (`None`: all).
+    owns: Option<Owns>,
 }
+
+/// Whether a partition watches a device an `expect` table lists (and has not seen it
+/// on another partition).
+pub type Owns = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A 48-bit key of a raised alert's (rule, device, type), for checkpoints: compact
 /// enough that hundreds fit in a Kafka commit's metadata, and independent of the
@@ -249,6 +359,14 @@ impl RuleEngine {
                     after_cache: Vec::new(),
                     cache_generation: 0,
                     state: Vec::new(),
+                    expect: r.expect.as_ref().map(|table| Expected {
+                        table: table.clone(),
+                        generation: u64::MAX,
+                        pending: Vec::new(),
+                        cursor: 0,
+                        by_device: hashbrown::HashMap::new(),
+                        seen: hashbrown::HashSet::new(),
+                    }),
                 });
                 continue;
             }
@@ -293,6 +411,8 @@ impl RuleEngine {
             deadlines: BinaryHeap::new(),
             open: 0,
             restored: hashbrown::HashSet::new(),
+            watch_from: i64::MIN,
+            owns: None,
         })
     }
 
@@ -314,6 +434,14 @@ impl RuleEngine {
             {
                 let s = s as u32;
                 keys.push(raised_key(&a.name, names.device(s), names.kind(s)));
+            }
+            if let Some(e) = &a.expect {
+                keys.extend(
+                    e.pending
+                        .iter()
+                        .filter(|p| p.raised && !p.seen)
+                        .map(|p| raised_key(&a.name, &p.device, &p.kind)),
+                );
             }
         }
         keys.sort_unstable();
@@ -429,6 +557,9 @@ impl RuleEngine {
         let s = series as usize;
         if self.last_seen.len() <= s {
             self.last_seen.resize(s + 1, i64::MIN);
+            if self.watch_from == i64::MIN {
+                self.watch_from = wm; // the first event: `expect` devices are watched
+            }
         }
         let prev = self.last_seen[s];
         for (r, a) in self.absences.iter_mut().enumerate() {
@@ -452,6 +583,63 @@ impl RuleEngine {
             if st & APPLIES == 0 {
                 a.state[s] = st;
                 continue;
+            }
+            if a.state[s] & DECIDED == 0
+                && let Some(e) = &mut a.expect
+            {
+                // The series' first event: its device is no longer unseen.
+                let owns = |device: &str| self.owns.as_ref().is_none_or(|o| o(device));
+                if e.generation != generation {
+                    let dropped =
+                        e.rebuild(tables, generation, a.column.as_ref(), a.after_ms, &owns);
+                    self.open = self.open.saturating_sub(dropped);
+                }
+                let (device, kind) = (names.device(series), names.kind(series));
+                e.seen.insert(seen_hash(device, ""));
+                e.seen.insert(seen_hash(device, kind));
+                let from = self.watch_from;
+                for &i in e.by_device.get(device).into_iter().flatten() {
+                    let p = &mut e.pending[i as usize];
+                    if p.seen || !(p.kind.is_empty() || *p.kind == *kind) {
+                        continue;
+                    }
+                    p.seen = true;
+                    let mut raised = p.raised
+                        || !self.restored.is_empty()
+                            && self.restored.remove(&raised_key(&a.name, device, &p.kind));
+                    if !raised && !replaying && wm >= from.saturating_add(p.after) {
+                        // Due before it first reported, noticed only now.
+                        alerts.push(absence_alert(
+                            &a.name,
+                            device,
+                            &p.kind,
+                            from,
+                            p.after,
+                            AlertState::Raised,
+                        ));
+                        self.open += 1;
+                        raised = true;
+                    }
+                    if !raised {
+                        continue;
+                    }
+                    self.open = self.open.saturating_sub(1);
+                    if !replaying {
+                        let end = ts.max(from);
+                        let mut clear = absence_alert(
+                            &a.name,
+                            device,
+                            &p.kind,
+                            from,
+                            p.after,
+                            AlertState::Cleared,
+                        );
+                        clear.id = format!("{}|{device}|{}", a.name, rfc3339_ms(end));
+                        clear.value = (end - from) as f64 / 1000.0;
+                        clear.window_end = rfc3339_ms(end);
+                        alerts.push(clear);
+                    }
+                }
             }
             let Some(after) = a.after(series, names, tables, generation) else {
                 a.state[s] = st;
@@ -479,9 +667,9 @@ impl RuleEngine {
             {
                 // Silent past its deadline, noticed only now that it reports.
                 alerts.push(absence_alert(
-                    a,
-                    series,
-                    names,
+                    &a.name,
+                    names.device(series),
+                    names.kind(series),
                     prev,
                     after,
                     AlertState::Raised,
@@ -493,7 +681,14 @@ impl RuleEngine {
                 // Raised before a restart and not seen since: its last-seen time is
                 // not known, the clear starts where it ends.
                 let prev = if prev == i64::MIN { ts } else { prev };
-                let mut clear = absence_alert(a, series, names, prev, after, AlertState::Cleared);
+                let mut clear = absence_alert(
+                    &a.name,
+                    names.device(series),
+                    names.kind(series),
+                    prev,
+                    after,
+                    AlertState::Cleared,
+                );
                 let end = rfc3339_ms(ts.max(prev));
                 clear.id = format!("{}|{}|{end}", a.name, names.device(series));
                 clear.value = (ts.max(prev) - prev) as f64 / 1000.0;
@@ -519,6 +714,10 @@ impl RuleEngine {
     /// series reported since) go back in the heap. Not called while replaying after a
     /// restart (the last-seen times are not all rebuilt yet); once the replay is done,
     /// a series silent at the checkpoint raises again with the same id.
+    ///
+    /// `expect` rules: each device their table lists that this partition watches
+    /// ([`Self::set_owner`]) and has not seen raises once the watermark is `after`
+    /// past [`Self::watch_from`].
     pub fn fire(
         &mut self,
         wm: i64,
@@ -527,6 +726,9 @@ impl RuleEngine {
         generation: u64,
         alerts: &mut Vec<Alert>,
     ) {
+        if self.watch_from != i64::MIN {
+            self.fire_expected(wm, tables, generation, alerts);
+        }
         while let Some(&Reverse((deadline, r, series))) = self.deadlines.peek() {
             if deadline > wm {
                 break;
@@ -549,9 +751,9 @@ impl RuleEngine {
                 continue;
             }
             alerts.push(absence_alert(
-                a,
-                series,
-                names,
+                &a.name,
+                names.device(series),
+                names.kind(series),
                 last,
                 after,
                 AlertState::Raised,
@@ -565,24 +767,72 @@ impl RuleEngine {
     }
 }
 
+impl RuleEngine {
+    /// Which devices of `expect` tables this partition watches.
+    pub fn set_owner(&mut self, owns: Owns) {
+        self.owns = Some(owns);
+    }
+
+    /// The `expect` rules' unseen devices that came due by `wm`.
+    fn fire_expected(
+        &mut self,
+        wm: i64,
+        tables: &[Arc<Table>],
+        generation: u64,
+        alerts: &mut Vec<Alert>,
+    ) {
+        let from = self.watch_from;
+        let owns = |device: &str| self.owns.as_ref().is_none_or(|o| o(device));
+        for a in &mut self.absences {
+            let Some(e) = &mut a.expect else { continue };
+            if e.generation != generation {
+                let dropped = e.rebuild(tables, generation, a.column.as_ref(), a.after_ms, &owns);
+                self.open = self.open.saturating_sub(dropped);
+            }
+            while let Some(p) = e.pending.get_mut(e.cursor) {
+                if from.saturating_add(p.after) > wm {
+                    break;
+                }
+                e.cursor += 1;
+                if p.seen || p.raised || !owns(&p.device) {
+                    continue;
+                }
+                p.raised = true;
+                let key = raised_key(&a.name, &p.device, &p.kind);
+                if !self.restored.is_empty() && self.restored.remove(&key) {
+                    continue; // raised before the restart, and counted in `open`
+                }
+                alerts.push(absence_alert(
+                    &a.name,
+                    &p.device,
+                    &p.kind,
+                    from,
+                    p.after,
+                    AlertState::Raised,
+                ));
+                self.open += 1;
+            }
+        }
+    }
+}
+
 /// An absence alert of `series`, last seen at `last`: raised at `last + after` (its
 /// `windowEnd`, and `after` in seconds as its value); a clear's end and value are
 /// set by the caller.
 fn absence_alert(
-    a: &Absence,
-    series: u32,
-    names: &impl SeriesNames,
+    rule: &Arc<str>,
+    device: &str,
+    kind: &str,
     last: i64,
     after: i64,
     state: AlertState,
 ) -> Alert {
-    let device = names.device(series);
     let end = rfc3339_ms(last.saturating_add(after));
     Alert {
-        id: format!("{}|{device}|{end}", a.name),
-        rule: a.name.clone(),
+        id: format!("{rule}|{device}|{end}"),
+        rule: rule.clone(),
         device_id: device.to_owned(),
-        kind: names.kind(series).to_owned(),
+        kind: kind.to_owned(),
         window: Arc::from(""),
         window_start: rfc3339_ms(last),
         window_end: end,

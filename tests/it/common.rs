@@ -5,7 +5,7 @@
 //! "is this window already closed?" test per window instead of panes.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -89,6 +89,11 @@ pub struct Model {
     pub types: Option<Vec<String>>,
     /// Absence rules: (name, the type the filter pins or none, after ms).
     pub absences: Vec<(String, Option<String>, i64)>,
+    /// Absence rules with `expect`: (its index in `absences`, the devices the table
+    /// lists). Each partition watches the listed devices that hash to it from its
+    /// watermark at its first event (not a duplicate, of a kept type): one unseen
+    /// when its watermark is `after` past that raises, and clears when it reports.
+    pub expects: Vec<(usize, Vec<String>)>,
     /// Each device keeps its own watermark (`pipeline.event_time = "device"`, the
     /// default); else one per partition.
     pub per_device: bool,
@@ -148,6 +153,12 @@ impl Model {
         // Absence rules: per (device, type) its partition and latest time; raised.
         let mut last_seen: BTreeMap<(String, String), (usize, i64)> = BTreeMap::new();
         let mut absent: HashSet<(usize, String, String)> = HashSet::new();
+        let mut watch_from: Vec<i64> = vec![i64::MIN; self.partitions];
+        let mut unseen: Vec<BTreeSet<String>> = self
+            .expects
+            .iter()
+            .map(|(_, list)| list.iter().cloned().collect())
+            .collect();
         let mut ids: HashSet<String> = HashSet::new();
         let mut seqs: HashSet<(String, u64)> = HashSet::new();
         let mut seq_seen: HashMap<String, (u64, BTreeMap<u64, ()>)> = HashMap::new();
@@ -196,6 +207,25 @@ impl Model {
             if dup_id || !seqs.insert((dev.clone(), seq)) {
                 e.duplicate += 1;
                 continue;
+            }
+            if !self.absences.is_empty() && watch_from[p] == i64::MIN {
+                watch_from[p] = wm[p];
+            }
+            for (x, (r, _)) in self.expects.iter().enumerate() {
+                let (name, pinned, after) = &self.absences[*r];
+                if pinned.as_ref().is_some_and(|t| *t != kind) || !unseen[x].remove(&dev) {
+                    continue;
+                }
+                let from = watch_from[p];
+                if wm[p] >= from + after {
+                    let id = format!("{name}|{dev}|{}", time::rfc3339_ms(from + after));
+                    e.alerts
+                        .insert(id, ("raised".into(), *after as f64 / 1000.0));
+                    let end = ts.max(from);
+                    let id = format!("{name}|{dev}|{}", time::rfc3339_ms(end));
+                    e.alerts
+                        .insert(id, ("cleared".into(), (end - from) as f64 / 1000.0));
+                }
             }
             for (r, (name, pinned, after)) in self.absences.iter().enumerate() {
                 if pinned.as_ref().is_some_and(|t| *t != kind) {
@@ -262,6 +292,20 @@ impl Model {
                 }
                 if wm[p] >= last + after {
                     let id = format!("{name}|{dev}|{}", time::rfc3339_ms(last + after));
+                    e.alerts
+                        .insert(id, ("raised".into(), *after as f64 / 1000.0));
+                }
+            }
+        }
+        // Listed devices never seen: raised if their partition's watermark passed
+        // the deadline.
+        for (x, (r, _)) in self.expects.iter().enumerate() {
+            let (name, _, after) = &self.absences[*r];
+            for dev in &unseen[x] {
+                let p = eventide::ingest::partition_of(dev, self.partitions);
+                let from = watch_from[p];
+                if from != i64::MIN && wm[p] >= from + after {
+                    let id = format!("{name}|{dev}|{}", time::rfc3339_ms(from + after));
                     e.alerts
                         .insert(id, ("raised".into(), *after as f64 / 1000.0));
                 }

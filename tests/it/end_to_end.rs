@@ -82,6 +82,7 @@ fn model(partitions: usize) -> Model {
         }],
         types: None,
         absences: Vec::new(),
+        expects: Vec::new(),
         per_device: true,
     }
 }
@@ -1053,6 +1054,100 @@ fn silent_devices_raise_absence_alerts_as_the_model_does() {
         .map(|c| c.open_alerts)
         .sum::<u64>();
     assert!(open >= 1, "the gone device's alerts stay open");
+}
+
+/// Devices a reference table lists must report (`expect = "fleet"`): each listed
+/// device never seen raises once, `after` past when its partition started watching
+/// (ids with `/ \\ ? #` and non-ASCII included); one that first reports late raises
+/// and clears; listed devices that report in time raise nothing beyond the usual
+/// absence alerts. Against the model, per type and with a filter pinning one.
+#[test]
+fn devices_a_reference_table_lists_must_report() {
+    let lines = clean_lines(17);
+    let t0 = lines.iter().map(|l| l.2).min().unwrap();
+    let mut devices: Vec<String> = lines.iter().map(|l| l.1.clone()).collect();
+    devices.sort();
+    devices.dedup();
+    let late = devices[3].clone();
+    // The late device's first report is 6 minutes in.
+    let input = joined(
+        lines
+            .iter()
+            .filter(|l| !(l.1 == late && l.2 < t0 + 6 * 60_000))
+            .map(|l| l.0.clone()),
+    );
+    let ghosts = [
+        "contoso://device-id-9001",
+        "ghost/with\\slash?and#hash",
+        "capteur-été-n°7",
+        "ghost-4",
+        "ghost-5",
+        "ghost-6",
+    ];
+    // Listed: the ghosts, the late device and every third reporting device.
+    let mut listed: Vec<String> = ghosts.iter().map(|g| g.to_string()).collect();
+    listed.push(late.clone());
+    listed.extend(devices.iter().step_by(3).cloned());
+    listed.sort();
+    listed.dedup();
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("fleet.ndjson");
+    let rows: Vec<String> = listed
+        .iter()
+        .map(|d| serde_json::json!({"deviceId": d, "site": 1}).to_string())
+        .collect();
+    std::fs::write(&table, rows.join("\n")).unwrap();
+    let rules = format!(
+        "\n[[rules]]\nname = \"roll_call\"\nkind = \"absence\"\nafter = \"2m\"\nexpect = \"fleet\"\n\n[[rules]]\nname = \"co2_roll_call\"\nkind = \"absence\"\nfilter = \"type = 'CO2'\"\nafter = \"3m\"\nexpect = \"fleet\"\n\n[[reference]]\nname = \"fleet\"\npath = \"{}\"\n",
+        table.display()
+    );
+    let (_, source) = file_source(dir.path(), &input);
+    let text = config_text(dir.path(), &source, 2, "").replacen(
+        "[[sinks]]",
+        &format!("{rules}\n[[sinks]]"),
+        1,
+    );
+    let cfg = Config::parse(&text).unwrap();
+    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let mut m = model(2);
+    m.absences = vec![
+        ("roll_call".into(), None, 120_000),
+        ("co2_roll_call".into(), Some("CO2".into()), 180_000),
+    ];
+    m.expects = vec![(0, listed.clone()), (1, listed.clone())];
+    let exp = m.expect(&input);
+    assert_accounting(&report, &exp, "expected devices");
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_alerts(&out, &exp.alerts);
+    let of = |rule: &str, who: &str, state: &str| {
+        exp.alerts
+            .iter()
+            .filter(|(id, a)| id.starts_with(&format!("{rule}|{who}|")) && a.0 == state)
+            .count()
+    };
+    for g in ghosts {
+        assert_eq!(of("roll_call", g, "raised"), 1, "{g} raised once");
+        assert_eq!(of("co2_roll_call", g, "raised"), 1, "{g}: per filter too");
+        assert_eq!(of("roll_call", g, "cleared"), 0);
+    }
+    assert_eq!(
+        (
+            of("roll_call", &late, "raised"),
+            of("roll_call", &late, "cleared")
+        ),
+        (1, 1),
+        "the late device raises and clears"
+    );
+    // The ghosts' alerts as written: type from the table (none), window empty.
+    let ghost = out
+        .iter()
+        .find(|r| r["rule"] == "roll_call" && r["deviceId"] == ghosts[1])
+        .unwrap();
+    assert_eq!(
+        (ghost["type"].as_str(), ghost["window"].as_str()),
+        (Some(""), Some(""))
+    );
+    assert_eq!(ghost["value"], 120.0);
 }
 
 /// Per-device thresholds from a reference table: each listed device is judged by its
