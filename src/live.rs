@@ -352,6 +352,35 @@ pub enum IngestRefused {
     Unavailable,
 }
 
+/// What the two stages publish for `/metrics`: the first stage's events, and the
+/// lag (messages behind the end of the partitions this instance owns) of each.
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    /// Events the first stage read, forwarded, and dead-lettered.
+    pub received: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Of `dead_lettered`: parse and schema errors.
+    pub parse: AtomicU64,
+    pub schema: AtomicU64,
+    /// Messages behind the partitions' ends: the input topics (the first stage, or the
+    /// only one), and the repartition topic (`-1`: not known yet, or no such stage).
+    pub lag_input: AtomicI64,
+    pub lag_repartition: AtomicI64,
+    /// Whether there is a first stage.
+    pub repartitioning: AtomicBool,
+}
+
+impl KafkaStats {
+    pub fn new() -> Self {
+        KafkaStats {
+            lag_input: AtomicI64::new(-1),
+            lag_repartition: AtomicI64::new(-1),
+            ..KafkaStats::default()
+        }
+    }
+}
+
 /// The state shared between the pipeline and the query side.
 pub struct Hub {
     /// One slot per partition actor; grows when a source learns how many it has.
@@ -372,6 +401,8 @@ pub struct Hub {
     pub started: Instant,
     /// The `[[reference]]` tables of the run, for the `reference` table and metrics.
     references: Mutex<Option<Arc<crate::reference::ReferenceSet>>>,
+    /// Kafka: the lag of each stage and the repartition stage's events.
+    pub kafka: Arc<KafkaStats>,
 }
 
 /// `reference`: one row per (table, device, type, column) with a value.
@@ -460,6 +491,7 @@ impl Hub {
             snapshot_interval,
             started: Instant::now(),
             references: Mutex::new(None),
+            kafka: Arc::new(KafkaStats::new()),
         }
     }
 

@@ -238,7 +238,7 @@ fn print_report(r: &Report) {
     );
     if c.split_devices > 0 {
         eprintln!(
-            "  WARNING: {} devices arrived on more than one partition: their windows are split and wrong (partition the input by device)",
+            "  WARNING: {} devices arrived on more than one partition: their windows are split and wrong (partition the input by device, or set source.partitioning = \"any\")",
             c.split_devices
         );
     }

@@ -225,8 +225,8 @@ fn run(args: Args) -> io::Result<()> {
             }
             Some(
                 crate::kafka::KafkaOut::new(brokers, &args.topic, &args.kafka_properties()?)
-                    .map_err(|e| io::Error::other(format!("kafka: {e}")))?
-                    .with_keys(args.kafka_keys),
+                    .and_then(|k| k.with_keys(args.kafka_keys))
+                    .map_err(|e| io::Error::other(format!("kafka: {e}")))?,
             )
         }
         None => None,

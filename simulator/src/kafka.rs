@@ -52,8 +52,8 @@ pub enum KafkaKeys {
     /// Each message whole, keyed by its first event's deviceId (as IoT gateways
     /// send batches mixing devices).
     First,
-    /// No key (round robin or random partitions, as clients send without a
-    /// partition key).
+    /// No key, partitions in turn (round robin, as Event Hubs clients send without
+    /// a partition key).
     None,
 }
 
@@ -61,6 +61,8 @@ pub struct KafkaOut {
     producer: ThreadedProducer<Counts>,
     topic: String,
     keys: KafkaKeys,
+    /// [`KafkaKeys::None`]: the topic's partition count, and the next one's turn.
+    round_robin: (i32, i32),
     /// Messages handed to the producer.
     pub sent: u64,
 }
@@ -80,14 +82,26 @@ impl KafkaOut {
             producer: c.create_with_context(Counts::default())?,
             topic: topic.to_owned(),
             keys: KafkaKeys::Device,
+            round_robin: (0, 0),
             sent: 0,
         })
     }
 
     /// Keys messages as `keys` says.
-    pub fn with_keys(mut self, keys: KafkaKeys) -> Self {
+    pub fn with_keys(mut self, keys: KafkaKeys) -> Result<Self, KafkaError> {
         self.keys = keys;
-        self
+        if keys == KafkaKeys::None {
+            let md = self
+                .producer
+                .client()
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(30))?;
+            let n = md
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len() as i32);
+            self.round_robin = (n.max(1), 0);
+        }
+        Ok(self)
     }
 
     /// Sends one generated line (without its newline).
@@ -131,6 +145,10 @@ impl KafkaOut {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
+        } else if self.keys == KafkaKeys::None {
+            let (n, next) = self.round_robin;
+            record = record.partition(next);
+            self.round_robin.1 = (next + 1) % n;
         }
         loop {
             match self.producer.send(record) {

@@ -130,7 +130,26 @@ pub struct Kafka {
     /// in offset-commit metadata, for brokers that do not return commit metadata.
     /// Created (compacted, 1 partition) if missing.
     pub checkpoint_topic: Option<String>,
+    /// Whether every message's events belong to the device it is keyed by
+    /// (`by_device`, the default), or not (`any`: events are re-keyed by device
+    /// through `repartition_topic` first).
+    pub partitioning: Option<Partitioning>,
+    /// `partitioning = "any"`: the topic events are re-keyed through (default
+    /// `{group_id}-by-device`; created with the input's partition count if missing).
+    pub repartition_topic: Option<String>,
     pub fields: Option<FieldsConfig>,
+}
+
+/// `[source] partitioning` (kafka).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioning {
+    /// Every message's events belong to the device it is keyed by.
+    #[default]
+    ByDevice,
+    /// Messages may mix devices or be keyed otherwise: events are de-batched and
+    /// re-keyed by device through a repartition topic.
+    Any,
 }
 
 kafka_security!(Kafka);
@@ -142,6 +161,17 @@ impl Kafka {
 
     pub fn commit_interval(&self) -> Duration {
         self.commit_interval.map_or(Duration::from_secs(1), |d| d.0)
+    }
+
+    pub fn partitioning(&self) -> Partitioning {
+        self.partitioning.unwrap_or_default()
+    }
+
+    /// `partitioning = "any"`: the repartition topic.
+    pub fn repartition_topic(&self) -> String {
+        self.repartition_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-by-device", self.group_id()))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -167,6 +197,32 @@ impl Kafka {
                 "source.checkpoint_topic",
                 "must name a topic of its own, not empty and not one of source.topics",
             ));
+        }
+        if let Some(t) = &self.repartition_topic {
+            if self.partitioning() != Partitioning::Any {
+                return Err(ConfigError::invalid(
+                    "source.repartition_topic",
+                    "is used only with partitioning = \"any\"",
+                ));
+            }
+            if t.trim().is_empty() {
+                return Err(ConfigError::invalid("source.repartition_topic", "is empty"));
+            }
+        }
+        if self.partitioning() == Partitioning::Any {
+            let t = self.repartition_topic();
+            if self.topics.contains(&t) || self.checkpoint_topic.as_ref() == Some(&t) {
+                return Err(ConfigError::invalid(
+                    if self.repartition_topic.is_some() {
+                        "source.repartition_topic"
+                    } else {
+                        "source.partitioning"
+                    },
+                    format!(
+                        "the repartition topic {t:?} must be a topic of its own, not one of source.topics or the checkpoint topic"
+                    ),
+                ));
+            }
         }
         check_properties("source.properties", &self.properties, KAFKA_SOURCE_OWNED)?;
         self.security().validate("source", &self.properties)?;

@@ -192,29 +192,57 @@ impl CheckpointLog {
 
 /// Creates `topic` (compacted, one partition) unless it exists.
 fn ensure_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Result<(), KafkaError> {
+    create_topic(client, topic, 1, true, "checkpoint", timeout).map(|_| ())
+}
+
+/// Creates `topic` with `partitions` (compacted or not) unless it exists; `what` it
+/// is for, for the log. Returns its partition count.
+pub(crate) fn create_topic(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    compact: bool,
+    what: &str,
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
     let probe: BaseConsumer = client.create()?;
-    let md = probe.fetch_metadata(Some(topic), timeout)?;
-    if md
-        .topics()
-        .first()
-        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
-    {
-        return Ok(());
+    let count = |probe: &BaseConsumer| -> Result<usize, KafkaError> {
+        let md = probe.fetch_metadata(Some(topic), timeout)?;
+        Ok(md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
+    };
+    let n = count(&probe)?;
+    if n > 0 {
+        return Ok(n);
     }
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    if compact {
+        new = new.set("cleanup.policy", "compact");
+    }
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let results = futures::executor::block_on(admin.create_topics([&new], &opts))?;
     for r in results {
         match r {
-            Ok(_) => tracing::info!(topic, "Kafka: created the checkpoint topic."),
+            Ok(_) => tracing::info!(topic, partitions, "Kafka: created the {what} topic."),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
                 return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(topic = t, error = %code, "Kafka: cannot create the checkpoint topic.")
+                    tracing::error!(topic = t, error = %code, "Kafka: cannot create the {what} topic.")
                 });
             }
         }
     }
-    Ok(())
+    // The metadata may lag the creation for a moment.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = count(&probe)?;
+        if n > 0 || Instant::now() >= deadline {
+            return Ok(n.max(partitions as usize));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

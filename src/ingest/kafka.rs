@@ -207,6 +207,12 @@ pub struct KafkaRun {
     pub durable: Receiver<Checkpoint>,
     /// Starts and stops the partition actors.
     pub host: Arc<dyn Host>,
+    /// Where the lag is published.
+    pub stats: Arc<crate::live::KafkaStats>,
+    /// Reading a repartition topic ([`super::repartition`]): with `stop_at_end`, the
+    /// end is the topic's end once this is set (the first stage has forwarded the
+    /// whole input), not its end at the start.
+    pub first_stage_done: Option<Arc<AtomicBool>>,
 }
 
 type TopicPartition = (Arc<str>, i32);
@@ -247,8 +253,9 @@ struct Shared {
     run: KafkaRun,
     /// Hub slot of each partition (its index in the sorted partition list).
     slots: HashMap<TopicPartition, usize>,
-    /// stop_at_end: each partition's end offset when the run started.
-    ends: Option<HashMap<TopicPartition, i64>>,
+    /// stop_at_end: each partition's end offset when the run started (or, after a
+    /// first stage, when it finished).
+    ends: Arc<OnceLock<HashMap<TopicPartition, i64>>>,
     state: Mutex<State>,
     /// `source.checkpoint_topic`: checkpoints as records there, not commit metadata.
     log: Option<Arc<CheckpointLog>>,
@@ -329,7 +336,8 @@ impl Shared {
             tp: tp.clone(),
             generation,
             strays: strays_rx,
-            end: self.ends.as_ref().and_then(|e| e.get(&tp).copied()),
+            end: self.ends.get().and_then(|e| e.get(&tp).copied()),
+            ends: self.ends.clone(),
             end_checked: false,
             position: None,
             done: false,
@@ -442,8 +450,9 @@ struct KafkaFeed {
     tp: TopicPartition,
     generation: u64,
     strays: Receiver<OwnedMessage>,
-    /// stop_at_end: the partition's end offset.
+    /// stop_at_end: the partition's end offset, once known (from `ends`).
     end: Option<i64>,
+    ends: Arc<OnceLock<HashMap<TopicPartition, i64>>>,
     /// Whether `end` was compared with the fetch high watermark yet.
     end_checked: bool,
     /// The next offset to read, once known (resumed from, or read up to).
@@ -535,6 +544,9 @@ impl Feed for KafkaFeed {
 impl KafkaFeed {
     /// stop_at_end: whether the position is the end it had at the start.
     fn at_end(&mut self) -> bool {
+        if self.end.is_none() {
+            self.end = self.ends.get().and_then(|e| e.get(&self.tp).copied());
+        }
         let (Some(e), Some(p)) = (self.end, self.position) else {
             return false;
         };
@@ -759,25 +771,10 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
         }
     }
     all.sort();
-    let ends = if stop_at_end {
-        let mut ends = HashMap::new();
-        for tp in &all {
-            match probe.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT) {
-                Ok((_, high)) => {
-                    ends.insert(tp.clone(), high);
-                }
-                Err(e) => return Err(explain(&probe, e)),
-            }
-        }
-        tracing::info!(
-            partitions = ends.len(),
-            messages = ends.values().sum::<i64>(),
-            "Kafka: reading every partition up to its current end."
-        );
-        Some(ends)
-    } else {
-        None
-    };
+    let ends = Arc::new(OnceLock::new());
+    if stop_at_end && run.first_stage_done.is_none() {
+        let _ = ends.set(end_offsets(&probe, &all)?);
+    }
     drop(probe);
     let log = match &run.source.checkpoint_topic {
         None => None,
@@ -820,6 +817,7 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     let interval = shared.run.source.commit_interval();
     let mut next_commit = Instant::now() + interval;
     let mut next_end_check = Instant::now();
+    let mut next_lag = Instant::now();
     let result = loop {
         if shared.run.stop.load(Ordering::Relaxed) {
             break Ok(false);
@@ -859,7 +857,22 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
             shared.commit(&consumer, None, CommitMode::Async);
             next_commit = Instant::now() + interval;
         }
-        if let Some(ends) = &shared.ends {
+        if stop_at_end
+            && shared.ends.get().is_none()
+            && shared
+                .run
+                .first_stage_done
+                .as_ref()
+                .is_some_and(|d| d.load(Ordering::Acquire))
+        {
+            // The first stage has forwarded the whole input: read to the end now.
+            let _ = shared.ends.set(end_offsets(&*consumer, &all)?);
+        }
+        if Instant::now() >= next_lag {
+            next_lag = Instant::now() + interval;
+            publish_lag(&shared, &consumer);
+        }
+        if let Some(ends) = shared.ends.get() {
             while let Ok(tp) = shared.finished_rx.try_recv() {
                 shared.state.lock().finished.insert(tp);
             }
@@ -877,6 +890,50 @@ pub fn run(run: KafkaRun) -> Result<bool, KafkaSourceError> {
     shared.commit(&consumer, None, CommitMode::Sync);
     consumer.unsubscribe();
     result
+}
+
+/// Each partition's end offset now.
+fn end_offsets<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
+    all: &[TopicPartition],
+) -> Result<HashMap<TopicPartition, i64>, KafkaSourceError> {
+    let mut ends = HashMap::new();
+    for tp in all {
+        match client.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT) {
+            Ok((_, high)) => {
+                ends.insert(tp.clone(), high);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(
+        partitions = ends.len(),
+        messages = ends.values().sum::<i64>(),
+        "Kafka: reading every partition up to its current end."
+    );
+    Ok(ends)
+}
+
+/// Publishes the messages behind the ends of the partitions this member owns.
+fn publish_lag(shared: &Shared, consumer: &BaseConsumer<Ctx>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    let lag: i64 = positions
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(pos) => cached_high_watermark(consumer, e.topic(), e.partition())
+                .map(|high| (high - pos).max(0)),
+            _ => cached_high_watermark(consumer, e.topic(), e.partition()),
+        })
+        .sum();
+    let stats = &shared.run.stats;
+    if shared.run.first_stage_done.is_some() {
+        stats.lag_repartition.store(lag, Ordering::Relaxed);
+    } else {
+        stats.lag_input.store(lag, Ordering::Relaxed);
+    }
 }
 
 /// Whether every partition is consumed to its end: by this instance, or (after a
@@ -1046,9 +1103,11 @@ mod tests {
                 stop: Arc::default(),
                 durable,
                 host: Arc::new(NoActors),
+                stats: Arc::default(),
+                first_stage_done: None,
             },
             slots: HashMap::new(),
-            ends: Some(ends.clone()),
+            ends: Arc::new(OnceLock::from(ends.clone())),
             state: Mutex::new(State::default()),
             log: None,
             consumer: OnceLock::new(),

@@ -21,6 +21,7 @@ pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod mapped;
+pub mod repartition;
 pub mod simulator;
 
 use std::io;

@@ -28,7 +28,7 @@ use crate::ingest::file::read_lines;
 use crate::ingest::simulator::SimulatorSource;
 use crate::ingest::{ReadError, Router};
 pub use crate::live::Counts;
-use crate::live::{Hub, Phase, StatsRegistry};
+use crate::live::{Hub, KafkaStats, Phase, StatsRegistry};
 use crate::sinks::{self, DeadLetterSink, Sink, SinkError, SinkReport};
 use crate::windows::END_OF_TIME;
 pub use partition::{EmitLatency, Memory, device_key};
@@ -209,6 +209,8 @@ pub fn run_with(
     ));
     tracing::info!(source = ?cfg.source.kind(), "Pipeline started.");
 
+    // Counts of the events a Kafka repartition stage dead-lettered.
+    let mut first_stage = Counts::default();
     let lines = |l| run_routed(cfg, l, &settings, &runtime, stop.clone(), hub.as_ref());
     let source_result = match &cfg.source {
         SourceConfig::Kafka(source) => {
@@ -216,13 +218,23 @@ pub fn run_with(
                 h.set_phase(Phase::Running);
                 h.source_connected.store(true, Ordering::Relaxed);
             }
-            crate::ingest::kafka::run(crate::ingest::kafka::KafkaRun {
-                source: source.clone(),
-                stop: stop.clone(),
-                durable: durable_rx,
-                host: runtime.clone(),
+            let stats = hub
+                .as_ref()
+                .map_or_else(|| Arc::new(KafkaStats::new()), |h| h.kafka.clone());
+            run_kafka(
+                source,
+                &settings,
+                &runtime,
+                stop.clone(),
+                durable_rx,
+                stats.clone(),
+            )
+            .inspect(|_| {
+                // The first stage's dead letters, in the accounting.
+                let dead = stats.dead_lettered.load(Ordering::Relaxed);
+                first_stage.received = dead;
+                first_stage.dead_lettered = dead;
             })
-            .map_err(PipelineError::from)
         }
         SourceConfig::File(f) => lines(Lines::File(&f.path))?,
         SourceConfig::Stdin(_) => lines(Lines::Stdin)?,
@@ -264,7 +276,7 @@ pub fn run_with(
     }
     source_result?;
 
-    let mut counts = Counts::default();
+    let mut counts = first_stage;
     let mut latency = Histogram::new(3).expect("valid");
     let mut emit = EmitLatency::default();
     let mut devices = 0;
@@ -293,6 +305,75 @@ pub fn run_with(
         tracing::error!(counts = %report.counts, "Accounting does not add up.");
     }
     Ok(report)
+}
+
+/// The Kafka source: one stage, or with `partitioning = "any"`, the repartition
+/// stage on a thread of its own, feeding the second through the repartition topic.
+fn run_kafka(
+    source: &crate::config::source::Kafka,
+    settings: &Settings,
+    runtime: &Arc<Runtime>,
+    stop: Arc<AtomicBool>,
+    durable: crossbeam_channel::Receiver<crate::output::Checkpoint>,
+    stats: Arc<KafkaStats>,
+) -> Result<bool, PipelineError> {
+    use crate::config::source::Partitioning;
+    use crate::ingest::{kafka, repartition};
+    let host: Arc<dyn Host> = runtime.clone();
+    if source.partitioning() == Partitioning::ByDevice {
+        return Ok(kafka::run(kafka::KafkaRun {
+            source: source.clone(),
+            stop,
+            durable,
+            host,
+            stats,
+            first_stage_done: None,
+        })?);
+    }
+    // The second stage reads the topic: it exists before either starts.
+    repartition::ensure_topic(source)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let first_stop = Arc::new(AtomicBool::new(false));
+    let stage = repartition::Stage {
+        source: source.clone(),
+        fields: settings.fields.clone(),
+        stop: first_stop.clone(),
+        out: runtime
+            .sender()
+            .expect("the runtime is open while the source runs"),
+        stats: stats.clone(),
+        done: done.clone(),
+    };
+    let first = {
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name("repartition".into())
+            .spawn(move || {
+                let r = repartition::run(stage);
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed); // the second stage stops too
+                }
+                r
+            })
+            .expect("spawning a thread")
+    };
+    let second = kafka::run(kafka::KafkaRun {
+        source: repartition::second_stage(source),
+        stop,
+        durable,
+        host,
+        stats,
+        first_stage_done: Some(done),
+    });
+    // The first stage stops after the second, so that what it forwarded last stays in
+    // the repartition topic for the next run.
+    first_stop.store(true, Ordering::Relaxed);
+    let first = first
+        .join()
+        .map_err(|_| PipelineError::Panicked("repartition"))?;
+    let read_to_end = second?;
+    first?;
+    Ok(read_to_end)
 }
 
 /// A line-oriented source.

@@ -75,7 +75,7 @@ impl DeviceOwners {
                 device,
                 first_partition = first,
                 partition = slot,
-                "A device's events arrive on more than one partition: each partition keeps part of its windows, which are then wrong. Partition the input by device (Kafka: key every message by its deviceId, one device per message)."
+                "A device's events arrive on more than one partition: each partition keeps part of its windows, which are then wrong. Partition the input by device (Kafka: key every message by its deviceId, one device per message; or set source.partitioning = \"any\" to have eventide re-key it)."
             );
         }
     }
@@ -114,6 +114,12 @@ impl Runtime {
             owners: Arc::default(),
             slots: std::sync::atomic::AtomicUsize::new(1),
         }
+    }
+
+    /// To the sink thread, for outputs that come from no partition (the repartition
+    /// stage's dead letters); `None` once closed.
+    pub fn sender(&self) -> Option<Sender<Output>> {
+        self.out.lock().clone()
     }
 
     /// No actor starts after this; the sinks end when the running ones have.

@@ -26,6 +26,11 @@ pub fn render(hub: &Hub, queries: &QueryStats) -> String {
     // gauges (open alerts, sequence gaps) are the partitions owned now.
     let (open_alerts, gaps) = (total.open_alerts, total.gaps);
     total.add(&hub.retired());
+    // Events a Kafka repartition stage dead-lettered never reach a partition.
+    let k = &hub.kafka;
+    let first_dead = k.dead_lettered.load(Ordering::Relaxed);
+    total.received += first_dead;
+    total.dead_lettered += first_dead;
     total.open_alerts = open_alerts;
     total.gaps = gaps;
     let mut o = String::with_capacity(8192);
@@ -107,6 +112,36 @@ pub fn render(hub: &Hub, queries: &QueryStats) -> String {
             "counter",
             "Reference files that changed and did not read (the previous table stayed).",
             &by(&|s| s.errors as f64),
+        );
+    }
+    let lag = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
+    let lags: Vec<(String, f64)> = [
+        ("input", lag(&k.lag_input)),
+        ("repartition", lag(&k.lag_repartition)),
+    ]
+    .into_iter()
+    .filter(|(_, v)| *v >= 0)
+    .map(|(stage, v)| (format!("{{stage=\"{stage}\"}}"), v as f64))
+    .collect();
+    if !lags.is_empty() {
+        metric(
+            "eventide_kafka_lag_messages",
+            "gauge",
+            "Kafka messages behind the end of the partitions this instance owns, per stage: input (the input topics) and repartition (partitioning = \"any\": the repartition topic).",
+            &lags,
+        );
+    }
+    if k.repartitioning.load(Ordering::Relaxed) {
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        metric(
+            "eventide_repartition_events_total",
+            "counter",
+            "partitioning = \"any\": input events the first stage read, by outcome (forwarded to the repartition topic, or dead-lettered there).",
+            &[
+                ("forwarded", n(&k.forwarded)),
+                ("dead_lettered", n(&k.dead_lettered)),
+            ]
+            .map(|(o, v)| (format!("{{outcome=\"{o}\"}}"), v)),
         );
     }
     metric(

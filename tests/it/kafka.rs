@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use eventide_simulator::SimConfig;
-use eventide_simulator::kafka::KafkaOut;
+use eventide_simulator::kafka::{KafkaKeys, KafkaOut};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -68,8 +68,12 @@ fn write_config(dir: &Path, name: &str, source: &str, sinks: &str) -> PathBuf {
 
 /// [`write_config`] with `pipeline` added to `[pipeline]`.
 fn write_config_with(dir: &Path, name: &str, source: &str, sinks: &str, pipeline: &str) -> PathBuf {
+    let mut base = PIPELINE.to_owned();
+    if pipeline.contains("max_out_of_order") {
+        base = base.replace("max_out_of_order = \"30s\"\n", "");
+    }
     let text = format!(
-        "[source]\n{source}\n{PIPELINE}{pipeline}\n{}\n{sinks}\n",
+        "[source]\n{source}\n{base}{pipeline}\n{}\n{sinks}\n",
         common::WINDOWS_AND_RULE
     );
     let path = dir.join(format!("{name}.toml"));
@@ -230,6 +234,42 @@ fn assert_same(got: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>
     );
 }
 
+/// [`assert_same`], but sums and averages may differ in their last bits: a device's
+/// events spread over input partitions reach it in an order of their own, and
+/// floating-point addition depends on the order.
+fn assert_same_but_rounding(got: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
+    let close = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    };
+    // Where they differ only in rounding, the expected record stands for the one got.
+    let got: BTreeMap<String, Value> = got
+        .iter()
+        .map(|(k, g)| {
+            let same = expected.get(k).is_some_and(|e| {
+                let (Some(g), Some(e)) = (g.as_object(), e.as_object()) else {
+                    return false;
+                };
+                g.len() == e.len()
+                    && g.iter().all(|(f, v)| {
+                        e.get(f).is_some_and(|w| {
+                            if ["sum", "avg", "value"].contains(&f.as_str()) {
+                                close(v, w)
+                            } else {
+                                v == w
+                            }
+                        })
+                    })
+            });
+            (
+                k.clone(),
+                if same { expected[k].clone() } else { g.clone() },
+            )
+        })
+        .collect();
+    assert_same(&got, expected);
+}
+
 /// The windows and alerts a file run of `input` writes (the reference), and its
 /// dead letters.
 fn reference(dir: &Path, input: &[u8]) -> (BTreeMap<String, Value>, Vec<Value>) {
@@ -271,7 +311,20 @@ fn produce(brokers: &str, input: &[u8], rate: Option<f64>) {
 }
 
 fn produce_with(brokers: &str, props: &[(String, String)], input: &[u8], rate: Option<f64>) {
-    let mut out = KafkaOut::new(brokers, TOPIC, props).unwrap();
+    produce_keyed(brokers, props, input, rate, KafkaKeys::Device)
+}
+
+/// [`produce_with`], keying messages as `keys` says.
+fn produce_keyed(
+    brokers: &str,
+    props: &[(String, String)],
+    input: &[u8],
+    rate: Option<f64>,
+    keys: KafkaKeys,
+) {
+    let mut out = KafkaOut::new(brokers, TOPIC, props)
+        .and_then(|o| o.with_keys(keys))
+        .unwrap();
     let started = Instant::now();
     for (i, line) in input
         .split(|&b| b == b'\n')
@@ -520,6 +573,45 @@ fn rebalances_and_a_crash_on_tansu() {
     rebalances_and_a_crash(&tansu, &format!("checkpoint_topic = \"{CHECKPOINTS}\""), "");
 }
 
+/// Two instances forward a device's events, from different input partitions, each at
+/// its own pace: the repartition topic holds them in an order that lags by as much as
+/// the instances' progress differs. Produced at 8,000 events/s, event time here runs
+/// 200 times faster than the clock, so a tenth of a second between the two is 20 s of
+/// event time: the bound on disorder covers it.
+const REPARTITION_PIPELINE: &str = "max_out_of_order = \"10m\"\n";
+
+/// Gateway batches keyed by their first device, read with `partitioning = "any"`
+/// through the same crash and rebalances: both stages share the group's work, and the
+/// kill -9 of both at once loses nothing (the input's offsets pass only events
+/// delivered to the repartition topic; those forwarded twice are duplicates).
+#[test]
+fn rebalances_and_a_crash_with_repartitioning() {
+    let _serial = serial();
+    let cluster = mock(4);
+    Broker::create_topic(&cluster, "g2-by-device", 4);
+    rebalances_and_a_crash_keyed(
+        &cluster,
+        "partitioning = \"any\"",
+        REPARTITION_PIPELINE,
+        KafkaKeys::First,
+    );
+}
+
+/// The same on tansu, with unkeyed messages (round robin), the repartition topic
+/// created by eventide, and one record per batch for every producer (see [`Tansu`]).
+#[test]
+fn rebalances_and_a_crash_with_repartitioning_on_tansu() {
+    let _serial = serial();
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 4);
+    rebalances_and_a_crash_keyed(
+        &tansu,
+        &format!("checkpoint_topic = \"{CHECKPOINTS}\"\npartitioning = \"any\""),
+        REPARTITION_PIPELINE,
+        KafkaKeys::None,
+    );
+}
+
 const CHECKPOINTS: &str = "eventide-checkpoints";
 
 /// Absence alerts through a kill -9: devices that fall silent (some for good, some
@@ -629,6 +721,16 @@ fn absence_alerts_survive_a_crash() {
 /// Two members share the group, one leaves, the other is killed, a third resumes:
 /// the results are the file run's. `pipeline` is added to `[pipeline]`.
 fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &str) {
+    rebalances_and_a_crash_keyed(broker, source_extra, pipeline, KafkaKeys::Device)
+}
+
+/// [`rebalances_and_a_crash`], with the input's messages keyed as `keys` says.
+fn rebalances_and_a_crash_keyed(
+    broker: &dyn Broker,
+    source_extra: &str,
+    pipeline: &str,
+    keys: KafkaKeys,
+) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let input = generate(sim(12), 60_000);
@@ -639,7 +741,18 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &st
         let brokers = brokers.clone();
         let input = input.clone();
         let props = broker.producer_properties();
-        std::thread::spawn(move || produce_with(&brokers, &props, &input, Some(8_000.0)))
+        std::thread::spawn(move || produce_keyed(&brokers, &props, &input, Some(8_000.0), keys))
+    };
+    // The first stage of `partitioning = "any"` produces with the source's
+    // properties: what this broker's producers need.
+    let kafka_source = |brokers: &str, group: &str, stop_at_end: bool| {
+        let mut s = kafka_source(brokers, group, stop_at_end);
+        if source_extra.contains("partitioning") {
+            for (k, v) in broker.producer_properties() {
+                s = s.replacen(" }", &format!(", \"{k}\" = \"{v}\" }}"), 1);
+            }
+        }
+        s
     };
     let a_cfg = write_config_with(
         dir,
@@ -655,7 +768,7 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &st
         &jsonl_sinks(dir, "b"),
         pipeline,
     );
-    let a = spawn(&a_cfg);
+    let a = spawn_logging_to(&a_cfg, std::fs::File::create(dir.join("a.log")).unwrap());
     std::thread::sleep(Duration::from_secs(2));
     // b's log goes to a file, to see when the group has given it partitions.
     let b_log_path = dir.join("b.log");
@@ -688,7 +801,7 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &st
         c_log.contains("resuming from a checkpoint"),
         "c resumed:\n{c_log}"
     );
-    if !source_extra.is_empty() {
+    if source_extra.contains("checkpoint_topic") {
         assert!(
             c_log.contains("checkpoint read from the checkpoint topic"),
             "c read its checkpoints from the topic:\n{c_log}"
@@ -708,7 +821,11 @@ fn rebalances_and_a_crash(broker: &dyn Broker, source_extra: &str, pipeline: &st
         .flat_map(|n| records(&dir.join(format!("{n}.out.jsonl"))))
         .collect();
     let got = upsert(all);
-    assert_same(&got, &expected);
+    if keys == KafkaKeys::Device {
+        assert_same(&got, &expected);
+    } else {
+        assert_same_but_rounding(&got, &expected);
+    }
     // Dead letters are at-least-once: every one is there.
     let dead: Vec<Value> = ["a", "b", "c"]
         .iter()
@@ -963,6 +1080,88 @@ fn devices_split_across_partitions_are_counted_and_warned_about() {
             )),
             "--kafka-keys {keys}: the report counts them:\n{log}"
         );
+    }
+}
+
+/// Gateway batches keyed by their first device, and unkeyed messages, read with
+/// `partitioning = "any"`: the first stage de-batches them and re-keys every event by
+/// device through the repartition topic; the results are exactly the file run's
+/// windows, alerts and dead letters (invalid events dead-lettered by the first stage,
+/// with the input's topic/partition/offset). The repartition topic holds each device
+/// in one partition, and no device is split.
+#[test]
+fn input_partitioned_any_way_is_re_keyed_by_device() {
+    let _serial = serial();
+    for keys in ["first", "none"] {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let cluster = mock(4);
+        let brokers = cluster.bootstrap_servers();
+        let group = format!("any-{keys}");
+        let repartition = format!("{group}-by-device");
+        // The mock cluster cannot create topics on request: eventide would.
+        Broker::create_topic(&cluster, &repartition, 4);
+        let args = [
+            "eventide-simulator",
+            "--devices",
+            "150",
+            "--count",
+            "20000",
+            "--seed",
+            "23",
+            "--malformed",
+            "0.01",
+            "--batch-fraction",
+            "0.5",
+            "--batch-size",
+            "6",
+            "--kafka-keys",
+            keys,
+        ];
+        let file = simulate(&args, &brokers, dir);
+        let (expected, expected_dead) = reference(dir, &std::fs::read(&file).unwrap());
+        assert!(!expected_dead.is_empty(), "the input holds invalid events");
+        let cfg = write_config(
+            dir,
+            keys,
+            &format!(
+                "{}\npartitioning = \"any\"",
+                kafka_source(&brokers, &group, true)
+            ),
+            &jsonl_sinks(dir, keys),
+        );
+        let log = run(&cfg, "the kafka run");
+        assert!(
+            !log.contains("more than one partition"),
+            "--kafka-keys {keys}: re-keyed, no device is split:\n{log}"
+        );
+        let out = records(&dir.join(format!("{keys}.out.jsonl")));
+        assert_eq!(
+            out.len(),
+            expected.len(),
+            "--kafka-keys {keys}: each record once:\n{log}"
+        );
+        assert_same_but_rounding(&upsert(out), &expected);
+        let dead = records(&dir.join(format!("{keys}.dead.jsonl")));
+        assert_eq!(dead_payloads(&dead), dead_payloads(&expected_dead));
+        for d in dead.iter().filter(|d| d["reason"] != "late") {
+            let source = d["source"].as_str().unwrap();
+            assert!(
+                source.starts_with(&format!("{TOPIC}/")) && source.split('/').count() == 3,
+                "dead-lettered at the first stage, from the input: {source}"
+            );
+        }
+        let mut by_device: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();
+        for (p, e) in read_topic(&brokers, &repartition) {
+            let device = e["deviceId"].as_str().unwrap().to_owned();
+            assert_eq!(
+                p as usize,
+                eventide::ingest::partition_of(&device, 4),
+                "{device}"
+            );
+            by_device.entry(device).or_default().insert(p);
+        }
+        assert_eq!(by_device.len(), 150);
     }
 }
 
