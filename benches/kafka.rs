@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use eventide::config::{Config, DeadLetterConfig, SinkConfig};
 use eventide::live::Hub;
 use eventide::pipeline::{self, Status};
-use eventide_simulator::kafka::KafkaOut;
+use eventide_simulator::kafka::{KafkaKeys, KafkaOut};
 use eventide_simulator::{Generator, SimConfig};
 use hdrhistogram::Histogram;
 use rdkafka::mocking::MockCluster;
@@ -133,7 +133,100 @@ fn main() {
         peak_rss_kib() as f64 / 1024.0
     );
 
+    stages(input.quick);
     latency(input.quick, partitions);
+}
+
+/// `partitioning = "any"` against keyed input: the same events (batches of up to 6
+/// mixing devices, no complexData: ~220 bytes, so that they fit the mock cluster's
+/// 5 MB per partition) on 4 partitions, read once keyed by device (one stage) and once
+/// as gateway batches keyed by their first device through the repartition topic (two
+/// stages, both in this process with the broker). `fetch.wait.max.ms` as in the
+/// latency runs: the mock broker holds an empty fetch for the whole wait, which the
+/// second stage, reading what the first is writing, would otherwise measure.
+fn stages(quick: bool) {
+    let events = if quick {
+        10_000
+    } else {
+        env_u64("EVENTIDE_BENCH_STAGE_EVENTS", 60_000)
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("events.ndjson");
+    common::write_events(
+        &path,
+        SimConfig {
+            devices: 2000,
+            hot_devices: 40,
+            complex_fields: 0,
+            batch_fraction: 0.5,
+            batch_size: 6,
+            ..SimConfig::default()
+        },
+        events,
+    );
+    let text = std::fs::read(&path).expect("input");
+    println!("eventide kafka stages ({events} events, 4 partitions)");
+    for (label, keys, partitioning) in [
+        ("one stage, keyed by device", KafkaKeys::Device, "by_device"),
+        ("two stages, gateway batches", KafkaKeys::First, "any"),
+    ] {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("telemetry", 4, 1).expect("topic");
+        cluster
+            .create_topic("stages-by-device", 4, 1)
+            .expect("repartition topic");
+        let brokers = cluster.bootstrap_servers();
+        let mut out = KafkaOut::new(&brokers, "telemetry", &[])
+            .and_then(|o| o.with_keys(keys))
+            .expect("producer");
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            out.send_line(line).expect("produce");
+        }
+        let (_, failed, _) = out.finish();
+        assert_eq!(failed, 0);
+        let cfg = Config::parse(&format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"telemetry\"]\ngroup_id = \"stages\"\nstop_at_end = true\npartitioning = \"{partitioning}\"\nproperties = {{ \"fetch.wait.max.ms\" = \"10\" }}\n\
+             [pipeline]\nmax_out_of_order = \"30s\"\ndedupe = \"both\"\n\
+             [[windows]]\nname = \"tumbling_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
+             [[windows]]\nname = \"sliding_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\n\
+             [[rules]]\nname = \"co2_high\"\nwindow = \"sliding_5m\"\nfilter = \"type = 'CO2'\"\nwhen = \"avg > 1000\"\nclear = \"avg < 950\"\n\
+             [[sinks]]\nkind = \"jsonl\"\npath = \"{out}\"\n\
+             [dead_letter]\nkind = \"jsonl\"\npath = \"{dead}\"\n",
+            out = dir.path().join(format!("{partitioning}.out.jsonl")).display(),
+            dead = dir.path().join(format!("{partitioning}.dead.jsonl")).display(),
+        ))
+        .expect("stages config");
+        let hub = Arc::new(Hub::new(0, Duration::ZERO, Duration::from_secs(3600)));
+        let cpu_before = cpu_seconds();
+        let started = Instant::now();
+        let run = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                pipeline::run_with(
+                    &cfg,
+                    Arc::new(AtomicBool::new(false)),
+                    Status::Off,
+                    Some(hub),
+                )
+            })
+        };
+        wait_for_actors(&hub, 4);
+        let joined = started.elapsed().as_secs_f64();
+        let report = run.join().expect("pipeline thread").expect("pipeline run");
+        let wall = started.elapsed().as_secs_f64() - joined;
+        let cpu = cpu_seconds() - cpu_before;
+        assert!(
+            report.completed && report.counts.balanced(),
+            "{}",
+            report.counts
+        );
+        assert_eq!(report.counts.received, events);
+        println!(
+            "  {label:<30} {:>9.0} events/s from the assignment on ({wall:.2} s), {:.2} CPU-s per million events (with the broker)",
+            events as f64 / wall,
+            cpu / (events as f64 / 1e6)
+        );
+    }
 }
 
 /// The latency runs: one per rate, each on its own topic and consumer group.

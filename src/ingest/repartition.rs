@@ -453,10 +453,13 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
         }
         // Forward while messages come, up to a tenth of a second, then do the rest.
         let until = Instant::now() + interval.min(Duration::from_millis(100));
+        // Nothing to forward last time: wait on the consumer a moment (serving the
+        // group's callbacks), not in a busy loop.
+        let mut wait = Duration::ZERO;
         while Instant::now() < until {
             // Messages fetched before their partition got its own queue: all of them
             // before that queue is read (they come first).
-            while let Some(r) = consumer.poll(Duration::ZERO) {
+            while let Some(r) = consumer.poll(std::mem::take(&mut wait)) {
                 let Ok(m) = r else { continue };
                 let tp: Tp = (Arc::from(m.topic()), m.partition());
                 match shared.parts.lock().get_mut(&tp) {
@@ -467,7 +470,8 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
                 }
             }
             let Some(m) = next_message(&shared, &consumer) else {
-                producer.poll(Duration::from_millis(5));
+                producer.poll(Duration::ZERO);
+                wait = Duration::from_millis(2);
                 continue;
             };
             let slot = loop {
@@ -524,9 +528,10 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
         if let Some(ends) = &ends
             && Instant::now() >= next_end_check
         {
-            next_end_check = Instant::now() + Duration::from_millis(250);
+            next_end_check = Instant::now() + Duration::from_millis(50);
             if forwarded_to_end(&shared, &consumer, &producer, ends) {
                 tracing::info!("Kafka repartition: every input partition is forwarded to its end.");
+                stage.done.store(true, Ordering::Release);
                 break Ok(true);
             }
         }
@@ -550,9 +555,6 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
         delivered = n(&producer.context().delivered),
         "Kafka repartition: stopped."
     );
-    if result.as_ref().is_ok_and(|&done| done) {
-        stage.done.store(true, Ordering::Release);
-    }
     result
 }
 
@@ -582,7 +584,13 @@ fn next_message(shared: &Shared, consumer: &BaseConsumer<Ctx>) -> Option<OwnedMe
     let mut best: Option<(i64, &Tp)> = None;
     for (tp, p) in parts.iter_mut() {
         if p.head.is_none() {
-            p.head = p.strays.pop_front().or_else(|| match p.queue.poll(Duration::ZERO) {
+            // A partition already waited on gets a moment for its fetch to land.
+            let wait = if p.waiting.is_some() {
+                Duration::from_millis(1)
+            } else {
+                Duration::ZERO
+            };
+            p.head = p.strays.pop_front().or_else(|| match p.queue.poll(wait) {
                 Some(Ok(m)) => Some(m.detach()),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka repartition: error reading a partition; librdkafka retries.");
