@@ -486,3 +486,18 @@ pub fn debian_tool(command: &'static str, package: &str) -> &'static str {
     );
     command
 }
+
+/// GET `path` on loopback `port` with a bearer token: the body, if the answer is 200.
+pub fn http_get(port: u16, path: &str, token: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
+}

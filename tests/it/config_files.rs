@@ -168,6 +168,26 @@ fn check_config_names_the_bad_key_and_exits_non_zero() {
             "source.checkpoint_topic",
         ),
         (
+            "commit_interval = \"1s\"",
+            "commit_interval = \"1s\"\npartitioning = \"sometimes\"",
+            "source.partitioning",
+        ),
+        (
+            "commit_interval = \"1s\"",
+            "commit_interval = \"1s\"\nrepartition_topic = \"rekeyed\"",
+            "source.repartition_topic",
+        ),
+        (
+            "commit_interval = \"1s\"",
+            "commit_interval = \"1s\"\npartitioning = \"any\"\nrepartition_topic = \"telemetry\"",
+            "source.repartition_topic",
+        ),
+        (
+            "commit_interval = \"1s\"",
+            "commit_interval = \"1s\"\npartitioning = \"any\"\ncheckpoint_topic = \"eventide-by-device\"",
+            "source.partitioning",
+        ),
+        (
             "max_retries = 5",
             "max_retries = 5\npath = \"x\"",
             "sinks[0].path",
@@ -382,21 +402,6 @@ fn the_kubernetes_manifests_validate() {
     );
 }
 
-/// GET `path` on loopback `port` with a bearer token: the body, if the answer is 200.
-fn http_get(port: u16, path: &str, token: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
-}
-
 /// Every metric the Grafana dashboard in deploy/ queries is in a real `/metrics`
 /// scrape of a running eventide.
 #[test]
@@ -441,7 +446,7 @@ fn every_metric_the_dashboard_queries_is_scraped() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut scrape = String::new();
     while std::time::Instant::now() < deadline {
-        if let Some(body) = http_get(port, "/metrics", "t0ken")
+        if let Some(body) = common::http_get(port, "/metrics", "t0ken")
             && body.contains("eventide_windows_closed_total")
             && body.contains("eventide_window_close_latency_seconds_bucket")
         {

@@ -1165,6 +1165,99 @@ fn input_partitioned_any_way_is_re_keyed_by_device() {
     }
 }
 
+/// `/metrics` of a running instance with `partitioning = "any"` shows both stages:
+/// the lag of the input and of the repartition topic (down to 0 once all is read),
+/// and the first stage's events forwarded and dead-lettered, which with the second
+/// stage's outcomes add up to every event produced.
+#[test]
+fn both_stages_are_visible_in_metrics() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let cluster = mock(4);
+    let brokers = cluster.bootstrap_servers();
+    Broker::create_topic(&cluster, "live-by-device", 4);
+    let input = generate(sim(31), 12_000);
+    // The model's accounting of the input (the windows are not asked for).
+    let expected = common::Model {
+        partitions: 4,
+        ooo: 30_000,
+        lateness: 0,
+        windows: Vec::new(),
+        rules: Vec::new(),
+        types: None,
+        absences: Vec::new(),
+        expects: Vec::new(),
+        per_device: true,
+    }
+    .expect(&input);
+    produce_keyed(&brokers, &[], &input, None, KafkaKeys::None);
+    let port = common::free_port();
+    let cfg = write_config(
+        dir,
+        "live",
+        &format!(
+            "{}\npartitioning = \"any\"",
+            kafka_source(&brokers, "live", false)
+        ),
+        &format!(
+            "{}\n[server]\nhttp = \"127.0.0.1:{port}\"\npostgres = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n",
+            jsonl_sinks(dir, "live")
+        ),
+    );
+    let mut child = spawn_logging_to(&cfg, std::fs::File::create(dir.join("live.log")).unwrap());
+    let value = |body: &str, name: &str| -> Option<f64> {
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    let done = loop {
+        if Instant::now() > deadline {
+            break false;
+        }
+        if let Some(body) = common::http_get(port, "/metrics", "t0ken") {
+            let settled = value(&body, "eventide_events_received_total")
+                == Some(expected.received as f64)
+                && value(&body, "eventide_kafka_lag_messages{stage=\"input\"}") == Some(0.0)
+                && value(&body, "eventide_kafka_lag_messages{stage=\"repartition\"}") == Some(0.0);
+            last = body;
+            if settled {
+                break true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("live.log")).unwrap_or_default();
+    assert!(done, "metrics never settled:\n{last}\n{log}");
+    let dead = value(
+        &last,
+        "eventide_repartition_events_total{outcome=\"dead_lettered\"}",
+    );
+    let forwarded = value(
+        &last,
+        "eventide_repartition_events_total{outcome=\"forwarded\"}",
+    );
+    assert_eq!(
+        dead,
+        Some((expected.parse + expected.schema) as f64),
+        "{last}"
+    );
+    assert_eq!(
+        forwarded,
+        Some((expected.received - expected.parse - expected.schema) as f64),
+        "{last}"
+    );
+    assert_eq!(
+        value(&last, "eventide_events_total{outcome=\"dead_lettered\"}"),
+        dead,
+        "the first stage's dead letters are the run's: {last}"
+    );
+}
+
 /// End to end through a separate broker process: the simulator's command produces to
 /// tansu, eventide (checkpoints in a topic it creates) reads it to the end and writes
 /// windows and alerts to tansu topics, which hold exactly the file run's records. A
