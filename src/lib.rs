@@ -36,7 +36,9 @@
 //! - [`kafka`]: librdkafka plumbing shared by the Kafka source, its checkpoint log
 //!   and the Kafka sinks.
 //! - [`ingest`]: sources (file, stdin, simulator, http, kafka), de-batching, routing,
-//!   decoding, and the source/runtime contract ([`ingest::feed`]: `Feed`, `Host`).
+//!   decoding, and the source/runtime contract ([`ingest::feed`]: `Feed`, `Host`);
+//!   for Kafka input not keyed by device, the stage that re-keys it through a
+//!   repartition topic ([`ingest::repartition`]).
 //! - [`dedupe`]: duplicate detection by event id and by device sequence number.
 //! - [`windows`]: panes, tumbling and sliding windows, closing by a partition's
 //!   watermark or by each device's.
