@@ -184,18 +184,15 @@ fn stages(quick: bool) {
         }
         let (_, failed, _) = out.finish();
         assert_eq!(failed, 0);
-        let cfg = Config::parse(&format!(
-            "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"telemetry\"]\ngroup_id = \"stages\"\nstop_at_end = true\npartitioning = \"{partitioning}\"\nproperties = {{ \"fetch.wait.max.ms\" = \"10\" }}\n\
-             [pipeline]\nmax_out_of_order = \"30s\"\ndedupe = \"both\"\n\
-             [[windows]]\nname = \"tumbling_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
-             [[windows]]\nname = \"sliding_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\n\
-             [[rules]]\nname = \"co2_high\"\nwindow = \"sliding_5m\"\nfilter = \"type = 'CO2'\"\nwhen = \"avg > 1000\"\nclear = \"avg < 950\"\n\
-             [[sinks]]\nkind = \"jsonl\"\npath = \"{out}\"\n\
-             [dead_letter]\nkind = \"jsonl\"\npath = \"{dead}\"\n",
-            out = dir.path().join(format!("{partitioning}.out.jsonl")).display(),
-            dead = dir.path().join(format!("{partitioning}.dead.jsonl")).display(),
-        ))
-        .expect("stages config");
+        let cfg = kafka_config(
+            &format!(
+                "topics = [\"telemetry\"]\ngroup_id = \"stages\"\nstop_at_end = true\npartitioning = \"{partitioning}\""
+            ),
+            &brokers,
+            "30s",
+            dir.path(),
+            partitioning,
+        );
         let hub = Arc::new(Hub::new(0, Duration::ZERO, Duration::from_secs(3600)));
         let cpu_before = cpu_seconds();
         let started = Instant::now();
@@ -229,6 +226,30 @@ fn stages(quick: bool) {
     }
 }
 
+/// A Kafka source on `brokers` (`source`: its topics, group and other keys) with
+/// `fetch.wait.max.ms` = 10 (see [`latency`]), `max_out_of_order`, the example's
+/// windows and rule, and JSONL sinks named `name` in `dir`.
+fn kafka_config(
+    source: &str,
+    brokers: &str,
+    max_out_of_order: &str,
+    dir: &Path,
+    name: &str,
+) -> Config {
+    Config::parse(&format!(
+        "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\n{source}\nproperties = {{ \"fetch.wait.max.ms\" = \"10\" }}\n\
+         [pipeline]\nmax_out_of_order = \"{max_out_of_order}\"\ndedupe = \"both\"\n\
+         [[windows]]\nname = \"tumbling_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
+         [[windows]]\nname = \"sliding_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\n\
+         [[rules]]\nname = \"co2_high\"\nwindow = \"sliding_5m\"\nfilter = \"type = 'CO2'\"\nwhen = \"avg > 1000\"\nclear = \"avg < 950\"\n\
+         [[sinks]]\nkind = \"jsonl\"\npath = \"{out}\"\n\
+         [dead_letter]\nkind = \"jsonl\"\npath = \"{dead}\"\n",
+        out = dir.join(format!("{name}.out.jsonl")).display(),
+        dead = dir.join(format!("{name}.dead.jsonl")).display(),
+    ))
+    .expect("kafka config")
+}
+
 /// The latency runs: one per rate, each on its own topic and consumer group.
 fn latency(quick: bool, partitions: i32) {
     let rates: Vec<f64> = if quick {
@@ -259,18 +280,13 @@ fn latency(quick: bool, partitions: i32) {
         // fetch.wait.max.ms: the mock broker holds a fetch that found no data for the
         // whole wait, even when data arrives meanwhile (a Kafka broker answers at
         // once), so its 500 ms default would be measured as latency here.
-        let cfg = Config::parse(&format!(
-            "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{topic}\"\nproperties = {{ \"fetch.wait.max.ms\" = \"10\" }}\n\
-             [pipeline]\nmax_out_of_order = \"5s\"\ndedupe = \"both\"\n\
-             [[windows]]\nname = \"tumbling_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
-             [[windows]]\nname = \"sliding_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\n\
-             [[rules]]\nname = \"co2_high\"\nwindow = \"sliding_5m\"\nfilter = \"type = 'CO2'\"\nwhen = \"avg > 1000\"\nclear = \"avg < 950\"\n\
-             [[sinks]]\nkind = \"jsonl\"\npath = \"{out}\"\n\
-             [dead_letter]\nkind = \"jsonl\"\npath = \"{dead}\"\n",
-            out = dir.path().join(format!("out{i}.jsonl")).display(),
-            dead = dir.path().join(format!("dead{i}.jsonl")).display(),
-        ))
-        .expect("latency config");
+        let cfg = kafka_config(
+            &format!("topics = [\"{topic}\"]\ngroup_id = \"{topic}\""),
+            &brokers,
+            "5s",
+            dir.path(),
+            &topic,
+        );
         let stop = Arc::new(AtomicBool::new(false));
         // A hub only to see when the actors have started (snapshots for queries
         // every hour, so it costs the measured run nothing).

@@ -732,7 +732,7 @@ impl BlockBuilder {
 }
 
 /// The consumer configuration: eventide's settings, then the user's properties.
-fn consumer_config(s: &KafkaConfig) -> ClientConfig {
+pub(crate) fn consumer_config(s: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.brokers)
         .set("group.id", s.group_id())

@@ -373,17 +373,7 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
     let topic = source.repartition_topic();
     stage.stats.repartitioning.store(true, Ordering::Relaxed);
 
-    let mut consumer_config = ClientConfig::new();
-    consumer_config
-        .set("bootstrap.servers", &source.brokers)
-        .set("group.id", source.group_id())
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    for (k, v) in source.kafka_properties() {
-        consumer_config.set(k, v);
-    }
+    let consumer_config = super::kafka::consumer_config(source);
     // stop_at_end: each input partition's end now.
     let ends: Option<HashMap<Tp, i64>> = if source.stop_at_end.unwrap_or(false) {
         let probe: BaseConsumer = consumer_config.create()?;

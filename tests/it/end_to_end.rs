@@ -978,6 +978,16 @@ time_format = "epoch_ms"
     matches_the_model(&renamed, &input, fields, "mapped");
 }
 
+/// Runs the usual config (2 partitions) over `input` in `dir`, with `rules` (TOML,
+/// e.g. `[[rules]]` and `[[reference]]` tables) added.
+fn run_with_rules(dir: &Path, input: &[u8], rules: &str) -> pipeline::Report {
+    let (_, source) = file_source(dir, input);
+    let text =
+        config_text(dir, &source, 2, "").replacen("[[sinks]]", &format!("{rules}\n[[sinks]]"), 1);
+    let cfg = Config::parse(&text).unwrap();
+    pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap()
+}
+
 /// Devices that stop at known times raise one absence alert each at their deadline
 /// and clear when they report again; one that stays silent to the end is raised if
 /// its partition's clock passed its deadline; a short silence raises nothing. Per
@@ -1001,14 +1011,7 @@ fn silent_devices_raise_absence_alerts_as_the_model_does() {
     );
     let rules = "\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"2m\"\n\n[[rules]]\nname = \"co2_silent\"\nkind = \"absence\"\nfilter = \"type = 'CO2'\"\nafter = \"90s\"\n";
     let dir = tempfile::tempdir().unwrap();
-    let (_, source) = file_source(dir.path(), &input);
-    let text = config_text(dir.path(), &source, 2, "").replacen(
-        "[[sinks]]",
-        &format!("{rules}\n[[sinks]]"),
-        1,
-    );
-    let cfg = Config::parse(&text).unwrap();
-    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let report = run_with_rules(dir.path(), &input, rules);
     let mut m = model(2);
     m.absences = vec![
         ("silent".into(), None, 120_000),
@@ -1101,14 +1104,7 @@ fn devices_a_reference_table_lists_must_report() {
         "\n[[rules]]\nname = \"roll_call\"\nkind = \"absence\"\nafter = \"2m\"\nexpect = \"fleet\"\n\n[[rules]]\nname = \"co2_roll_call\"\nkind = \"absence\"\nfilter = \"type = 'CO2'\"\nafter = \"3m\"\nexpect = \"fleet\"\n\n[[reference]]\nname = \"fleet\"\npath = \"{}\"\n",
         table.display()
     );
-    let (_, source) = file_source(dir.path(), &input);
-    let text = config_text(dir.path(), &source, 2, "").replacen(
-        "[[sinks]]",
-        &format!("{rules}\n[[sinks]]"),
-        1,
-    );
-    let cfg = Config::parse(&text).unwrap();
-    let report = pipeline::run(&cfg, Arc::new(AtomicBool::new(false)), Status::Off).unwrap();
+    let report = run_with_rules(dir.path(), &input, &rules);
     let mut m = model(2);
     m.absences = vec![
         ("roll_call".into(), None, 120_000),
