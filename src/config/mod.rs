@@ -644,6 +644,19 @@ impl Config {
                 ));
             }
         }
+        if let SourceConfig::Kafka(k) = &self.source
+            && k.partitioning() == source::Partitioning::Any
+            && p.dedupe(&fields) == DedupeMode::None
+        {
+            return Err(ConfigError::invalid(
+                if p.dedupe.is_some() {
+                    "pipeline.dedupe"
+                } else {
+                    "source.partitioning"
+                },
+                "partitioning = \"any\" needs dedupe (event_id, device_sequence or both): after a crash the repartition stage forwards some events again, and dedupe removes them",
+            ));
+        }
         if let Some(n) = p.partitions
             && (n == 0 || n > 1024)
         {
@@ -1203,6 +1216,21 @@ mod tests {
         );
         std::fs::write(&csv, "deviceId,co2_max\nd1,lots\n").unwrap();
         assert_eq!(key_of(&good), "reference[0].path");
+    }
+
+    #[test]
+    fn repartitioning_needs_dedupe() {
+        let kafka = |pipeline: &str| {
+            format!(
+                "[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"t\"]\npartitioning = \"any\"\n[pipeline]\n{pipeline}\n[[windows]]\nname = \"w\"\nkind = \"tumbling\"\nsize = \"1m\"\n"
+            )
+        };
+        assert!(
+            Config::parse(&kafka("")).is_ok(),
+            "dedupe by event id by default"
+        );
+        assert!(Config::parse(&kafka("dedupe = \"device_sequence\"")).is_ok());
+        assert_eq!(key_of(&kafka("dedupe = \"none\"")), "pipeline.dedupe");
     }
 
     #[test]
