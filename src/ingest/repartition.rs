@@ -68,6 +68,8 @@ pub struct Stage {
     /// stop_at_end: set once every input partition is forwarded to its end and
     /// committed (by this instance or another member).
     pub done: Arc<AtomicBool>,
+    /// The repartition topic's partition count ([`ensure_topic`]).
+    pub partitions: usize,
 }
 
 /// Creates the repartition topic if missing (as many partitions as the input topics
@@ -255,6 +257,28 @@ impl ConsumerContext for Ctx {
         }
     }
 
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            // Recorded only once the broker has taken them: a failed commit is made
+            // again at the next interval.
+            Ok(()) => {
+                let mut t = self.shared.tracker.lock();
+                for e in offsets.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        t.committed.insert((Arc::from(e.topic()), e.partition()), o);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka repartition: offset commit failed; it is made again at the next interval.")
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.shared.joined.store(true, Ordering::Relaxed);
@@ -350,15 +374,18 @@ impl Shared {
         for (tp, o) in &batch {
             let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(*o));
         }
+        // An asynchronous commit is recorded by the commit callback once the broker
+        // has taken it; a synchronous one, now.
         match consumer.commit(&tpl, mode) {
-            Ok(()) => {
+            Ok(()) if matches!(mode, CommitMode::Sync) => {
                 let mut t = self.tracker.lock();
                 for (tp, o) in batch {
                     t.committed.insert(tp, o);
                 }
             }
+            Ok(()) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "Kafka repartition: offset commit failed; it is retried with the next one.")
+                tracing::warn!(error = %e, "Kafka repartition: offset commit failed; it is made again at the next interval.")
             }
         }
     }
@@ -369,7 +396,7 @@ impl Shared {
 /// input was read to its end.
 pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
     let source = &stage.source;
-    let partitions = ensure_topic(source)?;
+    let partitions = stage.partitions;
     let topic = source.repartition_topic();
     stage.stats.repartitioning.store(true, Ordering::Relaxed);
 

@@ -331,7 +331,7 @@ fn run_kafka(
         })?);
     }
     // The second stage reads the topic: it exists before either starts.
-    repartition::ensure_topic(source)?;
+    let partitions = repartition::ensure_topic(source)?;
     let done = Arc::new(AtomicBool::new(false));
     let first_stop = Arc::new(AtomicBool::new(false));
     let stage = repartition::Stage {
@@ -343,6 +343,7 @@ fn run_kafka(
             .expect("the runtime is open while the source runs"),
         stats: stats.clone(),
         done: done.clone(),
+        partitions,
     };
     let first = {
         let stop = stop.clone();
