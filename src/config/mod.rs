@@ -768,6 +768,18 @@ impl Config {
             }
             if r.kind == RuleKind::Absence {
                 validate_absence(r, &key, &tables)?;
+                if r.expect.is_some()
+                    && let SourceConfig::Kafka(k) = &self.source
+                    && k.partitioning() != source::Partitioning::Any
+                {
+                    return Err(ConfigError::invalid(
+                        key("expect"),
+                        format!(
+                            "rule {:?}: with a kafka source, expect needs source.partitioning = \"any\" (a device never seen is watched by the partition its id hashes to, which only the repartition topic guarantees is its partition)",
+                            r.name
+                        ),
+                    ));
+                }
                 continue;
             }
             if r.expect.is_some() {
@@ -1231,6 +1243,23 @@ mod tests {
         );
         assert!(Config::parse(&kafka("dedupe = \"device_sequence\"")).is_ok());
         assert_eq!(key_of(&kafka("dedupe = \"none\"")), "pipeline.dedupe");
+        // A rule watching listed devices: fine when re-keyed, refused otherwise.
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("fleet.csv");
+        std::fs::write(&table, "deviceId\nd1\n").unwrap();
+        let expecting = |text: String| {
+            format!(
+                "{text}[[rules]]\nname = \"roll_call\"\nkind = \"absence\"\nafter = \"1m\"\nexpect = \"fleet\"\n[[reference]]\nname = \"fleet\"\npath = \"{}\"\n",
+                table.display()
+            )
+        };
+        assert!(Config::parse(&expecting(kafka(""))).is_ok());
+        assert_eq!(
+            key_of(&expecting(
+                kafka("").replace("partitioning = \"any\"\n", "")
+            )),
+            "rules[0].expect"
+        );
     }
 
     #[test]

@@ -417,10 +417,6 @@ pub struct Partition {
     tables_generation: u64,
 }
 
-/// Whether another partition of the instance has seen a device (asked only of devices
-/// an absence rule's `expect` table lists, when they come due).
-pub type SeenElsewhere = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
 impl Partition {
     /// A partition numbered `id`; `epoch` is when the run started (block arrival
     /// times count from it) and the clock's first reading.
@@ -504,13 +500,13 @@ impl Partition {
     }
 
     /// Which devices of `expect` tables this partition watches: those
-    /// [`crate::ingest::partition_of`] gives it among `slots`, unless `elsewhere`
-    /// says another partition of the instance has seen them.
-    pub fn set_slots(&mut self, slots: usize, elsewhere: Option<SeenElsewhere>) {
+    /// [`crate::ingest::partition_of`] gives it among `slots` (where the router and
+    /// the repartition topic put them; a Kafka source without repartitioning takes no
+    /// `expect`, see the config).
+    pub fn set_slots(&mut self, slots: usize) {
         let (id, slots) = (self.id, slots.max(1));
         self.rules.set_owner(Arc::new(move |device: &str| {
             crate::ingest::partition_of(device, slots) == id
-                && elsewhere.as_ref().is_none_or(|seen| !seen(device))
         }));
     }
 

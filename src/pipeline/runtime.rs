@@ -47,12 +47,6 @@ struct Owner {
 }
 
 impl DeviceOwners {
-    /// Whether a partition other than `slot` has seen `device`.
-    fn elsewhere(&self, slot: usize, device: &str) -> bool {
-        let key = xxhash_rust::xxh3::xxh3_64(device.as_bytes());
-        self.0.lock().get(&key).is_some_and(|o| o.slot != slot)
-    }
-
     /// Records the new devices of the partition in `slot`; counts and logs those
     /// another partition saw first.
     fn check(&self, slot: usize, p: &mut Partition) {
@@ -161,11 +155,7 @@ impl Host for Runtime {
             h.partitions_assigned.fetch_add(1, Ordering::Relaxed);
         }
         let mut p = Partition::new(slot, self.settings.clone(), self.epoch);
-        let owners = self.owners.clone();
-        p.set_slots(
-            self.slots.load(Ordering::Relaxed),
-            Some(Arc::new(move |device: &str| owners.elsewhere(slot, device))),
-        );
+        p.set_slots(self.slots.load(Ordering::Relaxed));
         let actor = ActorLoop {
             p,
             feed,

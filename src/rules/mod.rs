@@ -262,8 +262,7 @@ pub struct RuleEngine {
     owns: Option<Owns>,
 }
 
-/// Whether a partition watches a device an `expect` table lists (and has not seen it
-/// on another partition).
+/// Whether a partition watches a device an `expect` table lists.
 pub type Owns = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A 48-bit key of a raised alert's (rule, device, type), for checkpoints: compact
