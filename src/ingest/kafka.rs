@@ -52,6 +52,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_METADATA: usize = 4000;
 /// Messages read into one block at most.
 const MAX_BLOCK_MESSAGES: usize = 4096;
+/// How long after an actor starts messages may still come as strays, and how long a
+/// gap in its offsets waits for them (see [`await_strays`]).
+const STRAYS_SPAN: Duration = Duration::from_secs(5);
+const STRAYS_WAIT: Duration = Duration::from_millis(300);
 
 /// A Kafka source failure.
 #[derive(Debug, thiserror::Error)]
@@ -344,6 +348,8 @@ impl Shared {
             commit_interval: self.run.source.commit_interval(),
             epoch: self.run.host.epoch(),
             finished: self.finished_tx.clone(),
+            next_offset: None,
+            started: Instant::now(),
         };
         let actor = self
             .run
@@ -462,11 +468,23 @@ struct KafkaFeed {
     commit_interval: Duration,
     epoch: Instant,
     finished: Sender<TopicPartition>,
+    /// The offset the next message should have (messages are handed on in offset
+    /// order; see [`Self::read_block`]), once known.
+    next_offset: Option<i64>,
+    /// When the actor started: strays come only in its first moments.
+    started: Instant,
 }
 
 impl Feed for KafkaFeed {
     fn resume(&mut self) -> Option<Resume> {
         let resume = self.resume_from_checkpoint();
+        self.next_offset = self.position.or_else(|| {
+            // Nothing committed: consumption starts at the beginning of the log.
+            self.consumer
+                .fetch_watermarks(&self.tp.0, self.tp.1, REQUEST_TIMEOUT)
+                .ok()
+                .map(|(low, _)| low)
+        });
         if let (Some(e), None) = (self.end, self.position) {
             // Nothing committed: consumption starts at the beginning of the log.
             if let Ok((low, _)) =
@@ -681,13 +699,22 @@ impl KafkaFeed {
     fn read_block(&mut self, wait: Duration) -> Option<(Block, Vec<Item>)> {
         let mut b = BlockBuilder::default();
         while let Ok(m) = self.strays.try_recv() {
+            self.next_offset = Some(m.offset() + 1);
             b.add(&m);
         }
         let mut wait = wait;
         while b.offsets.len() < MAX_BLOCK_MESSAGES && b.data.len() < BLOCK_SIZE {
             match self.queue.poll(wait) {
                 None => break,
-                Some(Ok(m)) => b.add(&m),
+                Some(Ok(m)) => {
+                    if self.next_offset.is_some_and(|next| m.offset() > next)
+                        && self.started.elapsed() < STRAYS_SPAN
+                    {
+                        await_strays(&self.strays, &mut self.next_offset, &mut b, m.offset());
+                    }
+                    self.next_offset = Some(m.offset() + 1);
+                    b.add(&m);
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka: error reading the partition; librdkafka retries.");
                     break;
@@ -706,6 +733,26 @@ impl KafkaFeed {
         block.offsets = b.offsets;
         block.timestamps = b.stamps;
         Some((block, b.items))
+    }
+}
+
+/// Messages before `offset` fetched before a partition's queue was split off come
+/// through the main queue (as `strays`, a moment later): waits for them, so that a
+/// device's events are handed on in offset order. Offsets may also skip (compaction,
+/// transaction markers): the wait is bounded.
+fn await_strays(
+    strays: &Receiver<OwnedMessage>,
+    next_offset: &mut Option<i64>,
+    b: &mut BlockBuilder,
+    offset: i64,
+) {
+    let deadline = Instant::now() + STRAYS_WAIT;
+    while let Ok(m) = strays.recv_deadline(deadline) {
+        *next_offset = Some(m.offset() + 1);
+        b.add(&m);
+        if m.offset() + 1 >= offset {
+            return;
+        }
     }
 }
 
