@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use arrow_array::{
     ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
 };
-use eventide::config::{Config, DeadLetterConfig, SourceConfig};
+use eventide::config::{Config, DeadLetterConfig};
 use eventide::event::window_schema;
 use eventide::sinks::Output;
 use eventide::sinks::cosmos::{CosmosSettings, CosmosSink};
@@ -152,14 +152,8 @@ fn windows(from: usize, n: usize) -> RecordBatch {
 /// The pipeline as `config/file.toml` sets it up (tumbling 1m + sliding 5m/1m +
 /// co2_high, 2 partitions) from `input`, with only a cosmos sink taking `streams`.
 fn pipeline_run(server: &Cosmos, input: &Path, n: u64, database: &str, streams: &[&str]) {
-    let mut cfg = Config::load(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/file.toml"
-    )))
-    .expect("example config");
-    if let SourceConfig::File(f) = &mut cfg.source {
-        f.path = input.to_owned();
-    }
+    let dir = input.parent().expect("the input is in a directory");
+    let mut cfg = common::example_config(input, dir);
     cfg.dead_letter = DeadLetterConfig::file(input.with_extension("dead.jsonl"));
     let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
     // The sink as its own config section (parsed, so it is validated like any other).

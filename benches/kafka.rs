@@ -78,25 +78,8 @@ fn main() {
     }
     cfg.dead_letter = DeadLetterConfig::file(input.dir.path().join("dead.jsonl"));
 
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    let hub = Arc::new(Hub::new(0, Duration::ZERO, Duration::from_secs(3600)));
-    let run = {
-        let hub = hub.clone();
-        std::thread::spawn(move || {
-            pipeline::run_with(
-                &cfg,
-                Arc::new(AtomicBool::new(false)),
-                Status::Off,
-                Some(hub),
-            )
-        })
-    };
-    wait_for_actors(&hub, partitions as usize);
-    let joined = started.elapsed().as_secs_f64();
-    let report = run.join().expect("pipeline thread").expect("pipeline run");
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
+    let (report, joined, wall, cpu) = run_kafka(cfg, partitions as usize);
+    let wall = wall + joined;
     assert!(
         report.completed && report.counts.balanced(),
         "{}",
@@ -193,25 +176,7 @@ fn stages(quick: bool) {
             dir.path(),
             partitioning,
         );
-        let hub = Arc::new(Hub::new(0, Duration::ZERO, Duration::from_secs(3600)));
-        let cpu_before = cpu_seconds();
-        let started = Instant::now();
-        let run = {
-            let hub = hub.clone();
-            std::thread::spawn(move || {
-                pipeline::run_with(
-                    &cfg,
-                    Arc::new(AtomicBool::new(false)),
-                    Status::Off,
-                    Some(hub),
-                )
-            })
-        };
-        wait_for_actors(&hub, 4);
-        let joined = started.elapsed().as_secs_f64();
-        let report = run.join().expect("pipeline thread").expect("pipeline run");
-        let wall = started.elapsed().as_secs_f64() - joined;
-        let cpu = cpu_seconds() - cpu_before;
+        let (report, _, wall, cpu) = run_kafka(cfg, 4);
         assert!(
             report.completed && report.counts.balanced(),
             "{}",
@@ -224,6 +189,31 @@ fn stages(quick: bool) {
             cpu / (events as f64 / 1e6)
         );
     }
+}
+
+/// Runs `cfg` (a Kafka source with `stop_at_end`) to the end: the report, the
+/// seconds until its `partitions` actors started (joining the group), the seconds
+/// from then to the end, and this process's CPU seconds over the whole run.
+fn run_kafka(cfg: Config, partitions: usize) -> (pipeline::Report, f64, f64, f64) {
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let hub = Arc::new(Hub::new(0, Duration::ZERO, Duration::from_secs(3600)));
+    let run = {
+        let hub = hub.clone();
+        std::thread::spawn(move || {
+            pipeline::run_with(
+                &cfg,
+                Arc::new(AtomicBool::new(false)),
+                Status::Off,
+                Some(hub),
+            )
+        })
+    };
+    wait_for_actors(&hub, partitions);
+    let joined = started.elapsed().as_secs_f64();
+    let report = run.join().expect("pipeline thread").expect("pipeline run");
+    let wall = started.elapsed().as_secs_f64() - joined;
+    (report, joined, wall, cpu_seconds() - cpu_before)
 }
 
 /// A Kafka source on `brokers` (`source`: its topics, group and other keys) with

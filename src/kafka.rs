@@ -68,6 +68,16 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// A plain client config (admin requests, metadata): the brokers and properties.
+pub fn client_config(brokers: &str, props: Option<&BTreeMap<String, String>>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in props.into_iter().flatten() {
+        c.set(k, v);
+    }
+    c
+}
+
 /// Builds a producer client config: the given brokers and properties, idempotence on.
 pub fn producer_config(brokers: &str, props: Option<&BTreeMap<String, String>>) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -47,11 +47,7 @@ impl CheckpointLog {
         group: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", brokers);
-        for (k, v) in properties.into_iter().flatten() {
-            client.set(k, v);
-        }
+        let client = crate::kafka::client_config(brokers, properties);
         ensure_topic(&client, topic, timeout)?;
         let writer = KafkaWriter::new(
             &producer_config(brokers, properties)

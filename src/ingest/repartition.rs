@@ -35,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::decode::{DecodeError, Decoder, Fields, MAX_VALUES};
 use super::kafka::KafkaSourceError;
@@ -75,11 +75,7 @@ pub struct Stage {
 /// Creates the repartition topic if missing (as many partitions as the input topics
 /// together); returns its partition count.
 pub fn ensure_topic(source: &KafkaConfig) -> Result<usize, KafkaSourceError> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &source.brokers);
-    for (k, v) in source.kafka_properties() {
-        client.set(k, v);
-    }
+    let client = crate::kafka::client_config(&source.brokers, Some(&source.kafka_properties()));
     let probe: BaseConsumer = client.create()?;
     let mut inputs = 0;
     for t in &source.topics {
@@ -161,8 +157,6 @@ struct Tracker {
     /// last one committed.
     done: HashMap<Tp, i64>,
     committed: HashMap<Tp, i64>,
-    /// Next offset to read, per partition (for the lag).
-    position: HashMap<Tp, i64>,
 }
 
 impl Tracker {
@@ -202,7 +196,6 @@ impl Tracker {
             }
             self.done.remove(tp);
             self.committed.remove(tp);
-            self.position.remove(tp);
         }
         slots
     }
@@ -505,12 +498,12 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
             pending.store(1, Ordering::Relaxed);
             forward.message(&m, &producer, slot);
             pending.fetch_sub(1, Ordering::Release);
+            // In offset order, so that the committed offset never passes a message in
+            // flight (strays come first, see above).
             let mut t = shared.tracker.lock();
-            t.position.insert(tp.clone(), m.offset() + 1);
-            t.flight
-                .entry(tp)
-                .or_default()
-                .push_back((m.offset(), slot));
+            let q = t.flight.entry(tp).or_default();
+            let at = q.partition_point(|&(o, _)| o < m.offset());
+            q.insert(at, (m.offset(), slot));
         }
         producer.poll(Duration::ZERO);
         if !shared.send_dead(&producer, std::mem::take(&mut forward.dead)) {
@@ -532,12 +525,13 @@ pub fn run(stage: Stage) -> Result<bool, KafkaSourceError> {
         if Instant::now() >= next_commit {
             shared.commit(&consumer, None, CommitMode::Async);
             next_commit = Instant::now() + interval;
-            let t = shared.tracker.lock();
-            let lag: i64 = t
-                .position
+            let lag: i64 = shared
+                .parts
+                .lock()
                 .iter()
-                .filter_map(|(tp, &pos)| {
-                    cached_high_watermark(&consumer, &tp.0, tp.1).map(|h| (h - pos).max(0))
+                .filter_map(|(tp, p)| {
+                    let high = cached_high_watermark(&consumer, &tp.0, tp.1)?;
+                    Some((high - p.position?).max(0))
                 })
                 .sum();
             stage.stats.lag_input.store(lag, Ordering::Relaxed);
@@ -659,9 +653,11 @@ fn forwarded_to_end(
         let mut t = shared.tracker.lock();
         t.advance(&producer.context().pending);
         // Ours: read to the end and every message done.
-        let ours_behind = t.position.iter().any(|(tp, &pos)| {
-            ends.get(tp)
-                .is_some_and(|&end| pos < end || t.done.get(tp).is_some_and(|&d| d < end))
+        let ours_behind = shared.parts.lock().iter().any(|(tp, p)| {
+            let (Some(pos), Some(&end)) = (p.position, ends.get(tp)) else {
+                return false;
+            };
+            pos < end || t.done.get(tp).is_some_and(|&d| d < end)
         });
         if ours_behind || t.flight.values().any(|q| !q.is_empty()) {
             return false;

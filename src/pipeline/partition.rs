@@ -2099,6 +2099,17 @@ clear = "avg < 20"
         assert_eq!(q.held().clocks.len(), 1);
     }
 
+    /// The settings of config `text`, with the reference table `name` loaded from
+    /// `path` (as the pipeline loads them at start).
+    fn settings_with_table(text: &str, name: &str, path: &std::path::Path) -> Arc<Settings> {
+        let cfg = Config::parse(text).expect("valid config");
+        let mut settings = Settings::from_config(&cfg);
+        settings.references = Arc::new(
+            crate::reference::ReferenceSet::load([(name, path, Duration::from_secs(10))]).unwrap(),
+        );
+        Arc::new(settings)
+    }
+
     #[test]
     fn an_absence_rule_reads_each_devices_silence_from_a_reference_column() {
         let t0 = Instant::now();
@@ -2109,17 +2120,7 @@ clear = "avg < 20"
             "{CONFIG}\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"limits.silence_s\"\n\n[[reference]]\nname = \"limits\"\npath = \"{}\"\n",
             table.display()
         );
-        let cfg = Config::parse(&text).expect("valid config");
-        let mut settings = Settings::from_config(&cfg);
-        settings.references = Arc::new(
-            crate::reference::ReferenceSet::load([(
-                "limits",
-                table.as_path(),
-                Duration::from_secs(10),
-            )])
-            .unwrap(),
-        );
-        let mut p = Partition::new(0, Arc::new(settings), t0);
+        let mut p = Partition::new(0, settings_with_table(&text, "limits", &table), t0);
         let mut out = feed(
             &mut p,
             &[
@@ -2151,17 +2152,7 @@ clear = "avg < 20"
             "{CONFIG}\n[[rules]]\nname = \"silent\"\nkind = \"absence\"\nafter = \"45s\"\nexpect = \"fleet\"\n\n[[reference]]\nname = \"fleet\"\npath = \"{}\"\n",
             table.display()
         );
-        let cfg = Config::parse(&text).expect("valid config");
-        let mut settings = Settings::from_config(&cfg);
-        settings.references = Arc::new(
-            crate::reference::ReferenceSet::load([(
-                "fleet",
-                table.as_path(),
-                Duration::from_secs(10),
-            )])
-            .unwrap(),
-        );
-        let settings = Arc::new(settings);
+        let settings = settings_with_table(&text, "fleet", &table);
         let mut p = Partition::new(0, settings.clone(), t0);
         // Watching starts at the first event's watermark: 00:10 - 5 s.
         feed(&mut p, &[event("a", "d1", 1, 0, 10, 1.0)], t0);
