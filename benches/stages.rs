@@ -9,13 +9,14 @@ use eventide::dedupe::{EventIdSet, SeqTracker, id_hash};
 use eventide::ingest::decode::{Decoder, DeviceKey, decode, decode_scalar};
 use eventide::rules::{RuleEngine, SeriesNames};
 use eventide::windows::{WindowEngine, WindowOutput};
-use eventide_simulator::{Generator, SimConfig};
+use eventide_simulator::{Generator, Layout, SimConfig};
 
-fn events(n: usize) -> Vec<Vec<u8>> {
+fn events(n: usize, layout: Layout) -> Vec<Vec<u8>> {
     Generator::new(SimConfig {
         devices: 2000,
         complex_fields: 20,
         duplicate_fraction: 0.0,
+        layout,
         ..SimConfig::default()
     })
     .single_events(n)
@@ -40,7 +41,7 @@ fn windows() -> Vec<WindowConfig> {
 }
 
 fn bench(c: &mut Criterion) {
-    let evs = events(10_000);
+    let evs = events(10_000, Layout::Sas);
     let bytes: u64 = evs.iter().map(|e| e.len() as u64).sum();
     let mut g = c.benchmark_group("stages");
     g.throughput(Throughput::Elements(evs.len() as u64));
@@ -98,6 +99,29 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // The same events in each layout: the decode and the router's look, apart.
+    for (name, layout) in [
+        ("sas", Layout::Sas),
+        ("compact", Layout::Compact),
+        ("pretty", Layout::Pretty),
+        ("shuffled", Layout::Shuffled),
+    ] {
+        let evs = events(10_000, layout);
+        g.bench_function(format!("layout {name}: decode"), |b| {
+            b.iter(|| {
+                for e in &evs {
+                    black_box(decoder.decode(e).unwrap().value);
+                }
+            })
+        });
+        g.bench_function(format!("layout {name}: route"), |b| {
+            b.iter(|| {
+                for e in &evs {
+                    black_box(router_key.find(e).unwrap().len());
+                }
+            })
+        });
+    }
 
     let decoded: Vec<_> = evs.iter().map(|e| decode(e).unwrap()).collect();
     // A pool larger than the horizon: every check is a new id (insert + sweeps), as in

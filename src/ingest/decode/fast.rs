@@ -1,10 +1,15 @@
 //! The fast reader: one pass over a message in any member order.
 //!
-//! A message is read member by member: each key with one vector scan for its closing
-//! quote and dispatched on through [`Fields::role`] (one table lookup by length and
-//! one compare), each string value with one vector scan, each number with a word-wise
-//! digit scan, and a flat object value (the usual `complexData`) by
-//! [`flat::object_len`], which checks its grammar 64 bytes at a time. Whitespace is
+//! A message is read member by member, every member through the same steps whatever
+//! its role (see [`read`]): the 64 bytes from its key as bitmaps ([`Block`]), which
+//! give where the key and a string, number or literal value end; the key's slot from
+//! a table ([`Fields::slot_at`]: one lookup by length and one masked compare of four
+//! words); the value's place kept in that slot. A flat object value (the usual
+//! `complexData`) is checked by [`flat::object_len`], 64 bytes at a time. The slots
+//! are read afterwards, role by role, always in the same order. So the branches are
+//! as predictable when the member order changes from one event to the next as when it
+//! is fixed: dispatching on each key instead cost a fifth of the throughput on such
+//! input (a mispredicted branch or two per member). Whitespace is
 //! taken wherever JSON allows it (`", "` and `": "` as Python and many SDKs write
 //! them, pretty-printed messages), unknown members are validated and skipped wherever
 //! they are, and nested values are walked.
@@ -17,11 +22,52 @@
 
 use std::borrow::Cow;
 
+use super::fields::SLOTS;
 use super::{Event, Fields, Role, TimeFormat, Values, digits, epoch_ms, string_stop_words};
 use crate::event::MinuteCache;
 
 /// Deeper nesting than this goes to the scalar decoder (which allows up to 128).
 const MAX_DEPTH: usize = 64;
+
+/// The slot of members with no role.
+const OTHER: usize = Role::Other.slot();
+
+/// Bitmaps of 64 bytes (bit `i` for byte `i`).
+#[derive(Clone, Copy, Default)]
+struct Block {
+    /// What ends the fast scan of a string: `"`, `\\` and control characters.
+    string: u64,
+    /// What ends a number or literal: `,`, `}`, whitespace and control characters.
+    stop: u64,
+    /// Non-ASCII bytes.
+    high: u64,
+}
+
+impl Block {
+    /// [`Scan::block`] one byte at a time.
+    fn of_bytes(w: &[u8; 64]) -> Block {
+        let mut k = Block::default();
+        for (i, &c) in w.iter().enumerate() {
+            let bit = 1u64 << i;
+            k.string |= bit * (c == b'"' || c == b'\\' || c < 0x20) as u64;
+            k.stop |= bit * (c <= b' ' || c == b',' || c == b'}') as u64;
+            k.high |= bit * (c >= 0x80) as u64;
+        }
+        k
+    }
+}
+
+/// The bits from `i` on (`i` < 64).
+#[inline(always)]
+fn from(i: usize) -> u64 {
+    !0u64 << i
+}
+
+/// The bits below `i` (`i` ≤ 64).
+#[inline(always)]
+fn below(i: usize) -> u64 {
+    if i >= 64 { !0 } else { (1u64 << i) - 1 }
+}
 
 /// The fast reader and what it keeps between messages.
 pub struct Reader {
@@ -85,6 +131,8 @@ impl Reader {
 
 /// The scans the reader is built from, with or without vector instructions.
 trait Scan {
+    /// The bitmaps of 64 bytes.
+    fn block(w: &[u8; 64]) -> Block;
     /// [`super::string_stop`].
     fn stop(b: &[u8], i: usize) -> Option<(usize, bool)>;
     /// [`flat::object_len`] of the object at `b[0]`, where available.
@@ -97,6 +145,10 @@ trait Scan {
 struct Words;
 
 impl Scan for Words {
+    #[inline(always)]
+    fn block(w: &[u8; 64]) -> Block {
+        Block::of_bytes(w)
+    }
     #[inline(always)]
     fn stop(b: &[u8], i: usize) -> Option<(usize, bool)> {
         string_stop_words(b, i)
@@ -118,6 +170,43 @@ struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 impl Scan for Avx2 {
+    #[inline(always)]
+    fn block(w: &[u8; 64]) -> Block {
+        use std::arch::x86_64::*;
+        // A macro, not a closure: a closure does not take its function's target
+        // features (see `string_stop_inline`).
+        macro_rules! half {
+            ($at:expr) => {{
+                // SAFETY: 32 bytes at `$at` are in `w`; an unaligned load (and the
+                // caller's CPU has AVX2, see the type's docs).
+                unsafe {
+                    let v = _mm256_loadu_si256(w[$at..$at + 32].as_ptr().cast());
+                    let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+                    let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+                    let comma = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b',' as i8));
+                    let brace = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'}' as i8));
+                    let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+                    let blank = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x20)), v);
+                    (
+                        _mm256_movemask_epi8(_mm256_or_si256(
+                            quote,
+                            _mm256_or_si256(backslash, control),
+                        )) as u32 as u64,
+                        _mm256_movemask_epi8(_mm256_or_si256(blank, _mm256_or_si256(comma, brace)))
+                            as u32 as u64,
+                        _mm256_movemask_epi8(v) as u32 as u64,
+                    )
+                }
+            }};
+        }
+        let (q0, s0, h0) = half!(0);
+        let (q1, s1, h1) = half!(32);
+        Block {
+            string: q0 | q1 << 32,
+            stop: s0 | s1 << 32,
+            high: h0 | h1 << 32,
+        }
+    }
     #[inline(always)]
     fn stop(b: &[u8], i: usize) -> Option<(usize, bool)> {
         // SAFETY: only used on a CPU with AVX2 (see the type's docs), where it is
@@ -285,44 +374,17 @@ fn skip_nested<S: Scan>(b: &[u8], p: usize, depth: usize) -> Option<usize> {
     }
 }
 
-/// The time member's value at `p`: its event time and where after it.
-#[inline(always)]
-fn time<S: Scan>(
-    b: &[u8],
-    p: usize,
-    format: TimeFormat,
-    minutes: &mut MinuteCache,
-) -> Option<(i64, usize)> {
-    if at(b, p) == b'"' {
-        let (s, e) = string::<S>(b, p + 1)?;
-        let ms = match format {
-            TimeFormat::Rfc3339 => minutes.parse(s)?,
-            _ => epoch_ms(s, format)?,
-        };
-        return Some((ms, e));
-    }
-    if format == TimeFormat::Rfc3339 {
-        return None;
-    }
-    let e = number_end(b, p)?;
-    // SAFETY: a number's bytes are ASCII.
-    let text = unsafe { std::str::from_utf8_unchecked(&b[p..e]) };
-    Some((epoch_ms(text, format)?, e))
-}
-
-/// A string field's value at `p` into `slot`: `None` unless it is a string not seen
-/// before. Where after it.
-#[inline(always)]
-fn text<'a, S: Scan>(b: &'a [u8], p: usize, slot: &mut Option<&'a str>) -> Option<usize> {
-    if slot.is_some() || at(b, p) != b'"' {
-        return None;
-    }
-    let (s, e) = string::<S>(b, p + 1)?;
-    *slot = Some(s);
-    Some(e)
-}
-
 /// The whole message as an event, if the fast reader takes it (see the module docs).
+///
+/// Every member goes through the same steps, whatever its role: the 64 bytes from its
+/// key are read as bitmaps ([`Block`]); the key ends at the first quote, the value at
+/// its closing quote (a string) or at the first `,`, `}` or whitespace (a number or
+/// literal), both read off the bitmaps and chosen without a branch; the key's slot
+/// ([`Fields::slot`]) is looked up in a table and the value's place kept there. Only
+/// objects and arrays (`complexData`), and values longer than the window, take a
+/// branch of their own. The values are read afterwards, role by role, in one order:
+/// so a member order that changes from one event to the next leaves the branches as
+/// predictable as a fixed one.
 #[inline(always)]
 fn read<'a, S: Scan>(
     b: &'a [u8],
@@ -330,90 +392,104 @@ fn read<'a, S: Scan>(
     minutes: &mut MinuteCache,
     values: &mut Values,
 ) -> Option<Event<'a>> {
+    let n = b.len();
+    if n > u32::MAX as usize {
+        return None;
+    }
+    // A message of fewer than 64 bytes, then zeros (a zero is a control character: no
+    // string, number or literal runs past the end).
+    let mut tail = [0u8; 128];
+    if n < 64 {
+        tail[..n].copy_from_slice(b);
+    }
     let mut p = ws(b, 0);
     if at(b, p) != b'{' {
         return None;
     }
     p = ws(b, p + 1);
-    let (mut event_id, mut device_id, mut kind) = (None, None, None);
-    let (mut seq, mut value, mut ts) = (None, None, None);
-    // Value members seen (null ones too), and those with a number.
-    let (mut seen, mut present) = (0u32, 0u16);
-    let mut complex = false;
+    // Where each slot's value is (from its first byte to the byte after it).
+    let mut slots = [(0u32, 0u32); SLOTS];
+    // Slots filled, and filled twice.
+    let (mut seen, mut twice) = (0u32, 0u32);
+    // An escape or control character in a key or string, and non-ASCII bytes.
+    let (mut bad, mut high) = (false, 0u64);
     loop {
         if at(b, p) != b'"' {
             return None; // also `{}`: the scalar decoder says what is missing
         }
-        let (key, e) = string::<S>(b, p + 1)?;
-        p = e;
-        if at(b, p) != b':' {
-            p = ws(b, p);
-            if at(b, p) != b':' {
+        // The bitmaps are read from the 64 bytes from `p`, or from the last 64 near the
+        // end of `b`, shifted down to `p` (chosen without a branch: which members end
+        // a message changes with the member order); bytes past the end stop strings
+        // and numbers.
+        let k = match b.get(n.wrapping_sub(64)..) {
+            Some(_) => {
+                let from_b = std::hint::select_unpredictable(p + 64 <= n, p, n - 64);
+                let shift = p - from_b;
+                let k = S::block(b[from_b..from_b + 64].try_into().expect("64 bytes"));
+                let past_end = !(!0u64 >> shift);
+                Block {
+                    string: k.string >> shift | past_end,
+                    stop: k.stop >> shift | past_end,
+                    high: k.high >> shift,
+                }
+            }
+            // A message of fewer than 64 bytes: from a copy, with zeros after it.
+            None => S::block(tail[p..p + 64].try_into().expect("64 bytes")),
+        };
+        let close = (k.string & from(1)).trailing_zeros() as usize;
+        let (key_end, slot) = if close < 64 {
+            bad |= at(b, p + close) != b'"';
+            high |= k.high & below(close);
+            (p + close, f.slot_at(b, p + 1, close - 1))
+        } else {
+            let e = string::<S>(b, p + 1)?.1 - 1;
+            (e, f.slot(&b[p + 1..e]))
+        };
+        let mut v = key_end + 1;
+        if at(b, v) != b':' {
+            v = ws(b, v);
+            if at(b, v) != b':' {
                 return None;
             }
         }
-        p += 1;
-        if is_ws(at(b, p)) {
-            p = ws(b, p);
+        v += 1;
+        if is_ws(at(b, v)) {
+            v = ws(b, v);
         }
-        p = match f.role(key.as_bytes()) {
-            Role::EventId => text::<S>(b, p, &mut event_id)?,
-            Role::DeviceId => text::<S>(b, p, &mut device_id)?,
-            Role::Type => text::<S>(b, p, &mut kind)?,
-            Role::Time => {
-                if ts.is_some() {
-                    return None;
-                }
-                let (ms, e) = time::<S>(b, p, f.time_format, minutes)?;
-                ts = Some(ms);
-                e
+        let first = at(b, v);
+        let end = if matches!(first, b'{' | b'[') {
+            skip::<S>(b, v)?
+        } else {
+            // A string or a number or literal, as far as the window shows it.
+            let r = v - p;
+            let (close, stop) = if r < 63 {
+                (
+                    (k.string & from(r + 1)).trailing_zeros() as usize,
+                    (k.stop & from(r)).trailing_zeros() as usize,
+                )
+            } else {
+                (64, 64)
+            };
+            let string = first == b'"';
+            // (`&`, not `&&`: no branch.)
+            bad |= string & (close < 64) & (at(b, p + close) != b'"');
+            high |= k.high & from(r.min(62) + 1) & below(close) & (string as u64).wrapping_neg();
+            let e = std::hint::select_unpredictable(string, close + 1, stop);
+            if e < 64 + string as usize {
+                p + e
+            } else {
+                // Longer than the window (`skip` checks a string itself).
+                skip::<S>(b, v)?
             }
-            Role::Sequence => {
-                let e = digits(b, p);
-                // An integer without a leading zero, small enough for a u64 (longer
-                // ones, and `1.0`, `1e3`, go the scalar way).
-                if seq.is_some() || e == p || e - p > 19 || (b[p] == b'0' && e - p > 1) {
-                    return None;
-                }
-                if matches!(at(b, e), b'.' | b'e' | b'E') {
-                    return None;
-                }
-                seq = Some(
-                    b[p..e]
-                        .iter()
-                        .fold(0u64, |n, &d| n * 10 + (d - b'0') as u64),
-                );
-                e
-            }
-            Role::Value(i) => {
-                let bit = 1u32 << i;
-                if seen & bit != 0 {
-                    return None;
-                }
-                seen |= bit;
-                if at(b, p) == b'n' && f.multi() {
-                    literal(b, p, b"null")?
-                } else {
-                    let e = number_end(b, p)?;
-                    let v = number_value(&b[p..e])?;
-                    if f.multi() {
-                        values[i as usize] = v;
-                        present |= 1 << i;
-                    } else {
-                        value = Some(v);
-                    }
-                    e
-                }
-            }
-            Role::ComplexData => {
-                if complex || !matches!(at(b, p), b'{' | b'n') {
-                    return None;
-                }
-                complex = true;
-                skip::<S>(b, p)?
-            }
-            Role::Other => skip::<S>(b, p)?,
         };
+        if slot == OTHER && !matches!(first, b'"' | b'{' | b'[') && skip::<S>(b, v)? != end {
+            return None; // not a number or literal
+        }
+        let bit = 1u32 << slot;
+        twice |= seen & bit;
+        seen |= bit;
+        slots[slot] = (v as u32, end as u32);
+        p = end;
         if !matches!(at(b, p), b',' | b'}') {
             p = ws(b, p);
         }
@@ -428,42 +504,137 @@ fn read<'a, S: Scan>(
             _ => return None,
         }
     }
-    if ws(b, p + 1) != b.len() {
+    if ws(b, p + 1) != n || bad || twice & !(1 << OTHER) != 0 {
         return None;
     }
-    let device_id = device_id?;
-    if device_id.is_empty() {
+    if high != 0 && std::str::from_utf8(b).is_err() {
         return None;
     }
+    // The values, role by role.
+    let found = Slots {
+        b,
+        slots: &slots,
+        seen,
+    };
+    let device_id = found
+        .text(Role::DeviceId.slot())
+        .filter(|d| !d.is_empty())?;
     let event_id = match f.event_id {
-        Some(_) => event_id.filter(|id: &&str| !id.is_empty())?,
+        Some(_) => found
+            .text(Role::EventId.slot())
+            .filter(|id| !id.is_empty())?,
+        None => "",
+    };
+    let kind = match f.kind {
+        Some(_) => found.text(Role::Type.slot())?,
         None => "",
     };
     let seq = match f.sequence {
-        Some(_) => seq?,
+        Some(_) => {
+            // An integer without a leading zero, small enough for a u64 (longer ones,
+            // and `1.0`, `1e3`, go the scalar way).
+            let (v, e) = found.value(Role::Sequence.slot())?;
+            if digits(b, v) != e || e == v || e - v > 19 || (b[v] == b'0' && e - v > 1) {
+                return None;
+            }
+            b[v..e]
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + (d - b'0') as u64)
+        }
         None => 0,
     };
-    let kind = match f.kind {
-        Some(_) => kind?,
-        None => "",
+    let ts = {
+        let (v, e) = found.value(Role::Time.slot())?;
+        if b[v] == b'"' {
+            let s = found.text(Role::Time.slot())?;
+            match f.time_format {
+                TimeFormat::Rfc3339 => minutes.parse(s)?,
+                format => epoch_ms(s, format)?,
+            }
+        } else {
+            if f.time_format == TimeFormat::Rfc3339 || number_end(b, v)? != e {
+                return None;
+            }
+            // SAFETY: a number's bytes are ASCII.
+            epoch_ms(
+                unsafe { std::str::from_utf8_unchecked(&b[v..e]) },
+                f.time_format,
+            )?
+        }
     };
+    let mut present = 0u16;
     let value = if f.multi() {
+        for i in 0..f.values.len() {
+            let slot = Role::Value(i as u8).slot();
+            let Some((v, e)) = found.value(slot) else {
+                continue;
+            };
+            if &b[v..e] != b"null" {
+                values[i] = found.number(slot)?;
+                present |= 1 << i;
+            }
+        }
         if present == 0 {
             return None;
         }
         0.0
     } else {
-        value?
+        found.number(Role::Value(0).slot())?
     };
+    if let Some((v, e)) = found.value(Role::ComplexData.slot())
+        && b[v] != b'{'
+        && &b[v..e] != b"null"
+    {
+        return None;
+    }
     Some(Event {
         event_id: Cow::Borrowed(event_id),
         device_id: Cow::Borrowed(device_id),
         seq,
         kind: Cow::Borrowed(kind),
         value,
-        ts: ts?,
+        ts,
         present,
     })
+}
+
+/// Where [`read`] found each slot's value.
+struct Slots<'a, 's> {
+    b: &'a [u8],
+    slots: &'s [(u32, u32); SLOTS],
+    seen: u32,
+}
+
+impl<'a> Slots<'a, '_> {
+    /// Where the value of `slot` is, if the message has one.
+    #[inline(always)]
+    fn value(&self, slot: usize) -> Option<(usize, usize)> {
+        let (v, e) = self.slots[slot];
+        (self.seen & (1 << slot) != 0).then_some((v as usize, e as usize))
+    }
+
+    /// The value of `slot` if it is a string.
+    #[inline(always)]
+    fn text(&self, slot: usize) -> Option<&'a str> {
+        let (v, e) = self.value(slot)?;
+        if self.b[v] != b'"' {
+            return None;
+        }
+        // SAFETY: UTF-8: every string is checked: in the window (no escapes or control
+        // characters, and the whole message is checked when any byte is non-ASCII) or
+        // by `skip`.
+        Some(unsafe { std::str::from_utf8_unchecked(&self.b[v + 1..e - 1]) })
+    }
+
+    /// The value of `slot` if it is a number.
+    #[inline(always)]
+    fn number(&self, slot: usize) -> Option<f64> {
+        let (v, e) = self.value(slot)?;
+        if number_end(self.b, v)? != e {
+            return None;
+        }
+        number_value(&self.b[v..e])
+    }
 }
 
 /// The longest integer part a number may have on the fast path, and the longest

@@ -1,9 +1,10 @@
 //! Which input member fills each role of an event (`[source.fields]`), and how its
 //! time reads.
 //!
-//! Both readers (the fast one and the scalar one) find a member's role by its key
-//! through [`Fields::role`]: one table lookup by key length and one compare, whatever
-//! the member order.
+//! Both readers find a member's role by its key with one table lookup by key length
+//! and one compare, whatever the member order: the scalar one through
+//! [`Fields::role`], the fast one through [`Fields::slot_at`], which gives the role's
+//! [`Role::slot`] and compares four masked words (no branch on the key's length).
 
 /// Most value members one event may carry (`value = ["temperature", …]`).
 pub const MAX_VALUES: usize = 16;
@@ -37,6 +38,26 @@ pub enum Role {
     Other,
 }
 
+impl Role {
+    /// Where the fast reader keeps a member of this role ([`Fields::slot`]): one slot
+    /// per role, then one per value member, then one shared by all other members.
+    pub const fn slot(self) -> usize {
+        match self {
+            Role::EventId => 0,
+            Role::DeviceId => 1,
+            Role::Sequence => 2,
+            Role::Type => 3,
+            Role::Time => 4,
+            Role::ComplexData => 5,
+            Role::Value(i) => 6 + i as usize,
+            Role::Other => SLOTS - 1,
+        }
+    }
+}
+
+/// How many slots [`Role::slot`] numbers.
+pub const SLOTS: usize = 7 + MAX_VALUES;
+
 /// The member names of an event's roles. `Default` is the contract's names.
 #[derive(Debug, Clone)]
 pub struct Fields {
@@ -57,7 +78,17 @@ pub struct Fields {
     by_len: [u8; LENGTHS],
     /// The next entry of `keys` with the same length bucket.
     next: Vec<u8>,
+    /// The [`Role::slot`] of each entry of `keys`.
+    slots: Vec<u8>,
+    /// Each entry of `keys` of at most [`WIDE`] bytes as four words, zero-padded, and
+    /// the masks of its bytes: [`Fields::slot_at`] compares a key with them without a
+    /// branch on its length (which a member order that changes from one event to the
+    /// next would mispredict).
+    wide: Vec<([u64; 4], [u64; 4])>,
 }
+
+/// Keys up to this long are compared as four masked words.
+const WIDE: usize = 32;
 
 const LENGTHS: usize = 64;
 const NONE: u8 = u8::MAX;
@@ -143,6 +174,17 @@ impl Fields {
             next[i] = by_len[l];
             by_len[l] = i as u8;
         }
+        let wide = keys
+            .iter()
+            .map(|(k, _)| {
+                let (mut words, mut masks) = ([0u64; 4], [0u64; 4]);
+                for (i, &c) in k.iter().take(WIDE).enumerate() {
+                    words[i / 8] |= (c as u64) << (8 * (i % 8));
+                    masks[i / 8] |= 0xff << (8 * (i % 8));
+                }
+                (words, masks)
+            })
+            .collect();
         Ok(Fields {
             event_id: event_id.map(Into::into),
             device_id: device_id.into(),
@@ -151,9 +193,11 @@ impl Fields {
             time: time.into(),
             time_format,
             values: values.iter().map(|&v| v.into()).collect(),
+            slots: keys.iter().map(|(_, r)| r.slot() as u8).collect(),
             keys,
             by_len,
             next,
+            wide,
         })
     }
 
@@ -169,6 +213,45 @@ impl Fields {
             i = self.next[i as usize];
         }
         Role::Other
+    }
+
+    /// [`Role::slot`] of [`Fields::role`], read from a table (no branch on the role).
+    #[inline(always)]
+    pub fn slot(&self, key: &[u8]) -> usize {
+        let mut i = self.by_len[key.len().min(LENGTHS - 1)];
+        while i != NONE {
+            if same(&self.keys[i as usize].0, key) {
+                return self.slots[i as usize] as usize;
+            }
+            i = self.next[i as usize];
+        }
+        SLOTS - 1
+    }
+
+    /// [`Fields::slot`] of the key `b[at..at + len]` (raw bytes, without escapes): a
+    /// key of up to 32 bytes, with 32 bytes of `b` from `at`, is read as four words and
+    /// compared with a name's masked words.
+    #[inline(always)]
+    pub fn slot_at(&self, b: &[u8], at: usize, len: usize) -> usize {
+        let Some(w) = b.get(at..at + WIDE).filter(|_| len <= WIDE) else {
+            return self.slot(&b[at..at + len]);
+        };
+        let x: [u64; 4] = std::array::from_fn(|i| {
+            u64::from_le_bytes(w[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+        });
+        let mut i = self.by_len[len];
+        while i != NONE {
+            let (k, m) = &self.wide[i as usize];
+            let diff = ((x[0] ^ k[0]) & m[0])
+                | ((x[1] ^ k[1]) & m[1])
+                | ((x[2] ^ k[2]) & m[2])
+                | ((x[3] ^ k[3]) & m[3]);
+            if diff == 0 {
+                return self.slots[i as usize] as usize;
+            }
+            i = self.next[i as usize];
+        }
+        SLOTS - 1
     }
 
     /// Whether each value member is its own series (no type member).

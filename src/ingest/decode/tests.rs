@@ -936,3 +936,78 @@ fn mapped_fields_are_read_by_their_names() {
         "duplicate field `time`"
     );
 }
+
+/// The fast reader reads each member from a 64-byte window: keys, strings, numbers
+/// and whitespace runs that end just inside it, at its edge or past it, members in the
+/// last bytes of a message, messages shorter than a window, and mapped names of 32
+/// bytes (the longest compared as words) and longer, are all read as the scalar
+/// decoder reads them, and taken when they are plain.
+#[test]
+fn members_across_the_readers_window_are_read_alike() {
+    let long_name = "n".repeat(33);
+    let word_name = "w".repeat(32);
+    let mapped = Fields::new(
+        None,
+        &word_name,
+        None,
+        None,
+        &[&long_name, "v"],
+        "t",
+        TimeFormat::EpochMs,
+    )
+    .unwrap();
+    let mut checked = 0;
+    for len in (0..8).chain(26..40).chain(56..72) {
+        let text = "s".repeat(len);
+        let key = "k".repeat(len.max(1));
+        let digits = format!("1{}", "0".repeat(len.min(58)));
+        let blank = " ".repeat(len);
+        for (i, message) in [
+            // A long string in front, then the rest.
+            format!(r#"{{"x":"{text}","deviceId":"d","eventId":"e","deviceSequenceNumber":1,"type":"T","value":2.5,"createdAt":"2026-01-01T00:00:01.250Z"}}"#),
+            // An unknown key of any length, a number of any length.
+            format!(r#"{{"{key}":{digits},"value":2.5,"deviceId":"d","eventId":"e","deviceSequenceNumber":1,"type":"T","createdAt":"2026-01-01T00:00:01.250Z"}}"#),
+            // Whitespace before a value, and a string at the very end.
+            format!(r#"{{"value":{blank}2.5,"deviceId":{blank}"d","eventId":"e","deviceSequenceNumber":1,"type":"T","createdAt":"2026-01-01T00:00:01.250Z","x":"{text}"}}"#),
+            // A number last.
+            format!(r#"{{"deviceId":"{text}d","eventId":"e","deviceSequenceNumber":1,"type":"T","createdAt":"2026-01-01T00:00:01.250Z","value":{digits}}}"#),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let taken = fast_agrees(message.as_bytes());
+            assert!(
+                taken || (i == 1 && len > 59) || !fast::simd_available(),
+                "{message}"
+            );
+            // Cut short anywhere: refused by both (and never read past the end).
+            for cut in [1, 2, 5, 30, 63, 64, 65].into_iter().filter(|&c| c < message.len()) {
+                fast_agrees(&message.as_bytes()[..message.len() - cut]);
+            }
+            checked += 1;
+        }
+        // Short messages and mapped names compared as words or not.
+        for message in [
+            format!(r#"{{"{word_name}":"{text}d","t":1,"v":1}}"#),
+            format!(r#"{{"v":1,"t":1,"{long_name}":{digits},"{word_name}":"d"}}"#),
+            format!(r#"{{"{word_name}":"d","t":1,"{long_name}":null,"v":{digits}}}"#),
+        ] {
+            assert!(
+                fast_agrees_with(message.as_bytes(), &mapped) || !fast::simd_available(),
+                "{message}"
+            );
+            for cut in 1..message.len().min(70) {
+                fast_agrees_with(&message.as_bytes()[..message.len() - cut], &mapped);
+            }
+        }
+    }
+    assert!(checked > 100);
+    // A message shorter than a window, in full and cut.
+    let short = r#"{"deviceId":"d","eventId":"e","deviceSequenceNumber":1,"type":"T","value":2,"createdAt":"2026-01-01T00:00:01Z"}"#;
+    assert!(fast_agrees(short.as_bytes()) || !fast::simd_available());
+    let tiny = Fields::new(None, "d", None, None, &["v"], "t", TimeFormat::EpochMs).unwrap();
+    assert!(fast_agrees_with(br#"{"d":"x","v":1,"t":5}"#, &tiny) || !fast::simd_available());
+    for cut in 1..20 {
+        fast_agrees_with(&br#"{"d":"x","v":1,"t":5}"#[..21 - cut], &tiny);
+    }
+}
