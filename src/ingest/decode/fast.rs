@@ -396,12 +396,6 @@ fn read<'a, S: Scan>(
     if n > u32::MAX as usize {
         return None;
     }
-    // A message of fewer than 64 bytes, then zeros (a zero is a control character: no
-    // string, number or literal runs past the end).
-    let mut tail = [0u8; 128];
-    if n < 64 {
-        tail[..n].copy_from_slice(b);
-    }
     let mut p = ws(b, 0);
     if at(b, p) != b'{' {
         return None;
@@ -433,8 +427,14 @@ fn read<'a, S: Scan>(
                     high: k.high >> shift,
                 }
             }
-            // A message of fewer than 64 bytes: from a copy, with zeros after it.
-            None => S::block(tail[p..p + 64].try_into().expect("64 bytes")),
+            // A message of fewer than 64 bytes: from a copy, with zeros after it (a
+            // zero is a control character: no string, number or literal runs past
+            // the end).
+            None => {
+                let mut short = [0u8; 128];
+                short[..n].copy_from_slice(b);
+                S::block(short[p..p + 64].try_into().expect("64 bytes"))
+            }
         };
         let close = (k.string & from(1)).trailing_zeros() as usize;
         let (key_end, slot) = if close < 64 {

@@ -204,28 +204,27 @@ impl Fields {
     /// The role of the member named `key` (its raw bytes, without escapes).
     #[inline(always)]
     pub fn role(&self, key: &[u8]) -> Role {
-        let mut i = self.by_len[key.len().min(LENGTHS - 1)];
-        while i != NONE {
-            let (name, role) = &self.keys[i as usize];
-            if same(name, key) {
-                return *role;
-            }
-            i = self.next[i as usize];
-        }
-        Role::Other
+        self.entry(key).map_or(Role::Other, |i| self.keys[i].1)
     }
 
     /// [`Role::slot`] of [`Fields::role`], read from a table (no branch on the role).
     #[inline(always)]
     pub fn slot(&self, key: &[u8]) -> usize {
+        self.entry(key)
+            .map_or(SLOTS - 1, |i| self.slots[i] as usize)
+    }
+
+    /// The entry of `keys` named `key`.
+    #[inline(always)]
+    fn entry(&self, key: &[u8]) -> Option<usize> {
         let mut i = self.by_len[key.len().min(LENGTHS - 1)];
         while i != NONE {
             if same(&self.keys[i as usize].0, key) {
-                return self.slots[i as usize] as usize;
+                return Some(i as usize);
             }
             i = self.next[i as usize];
         }
-        SLOTS - 1
+        None
     }
 
     /// [`Fields::slot`] of the key `b[at..at + len]` (raw bytes, without escapes): a
